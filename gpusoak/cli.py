@@ -1,0 +1,127 @@
+"""The `gpusoak` command.
+
+    gpusoak run     soak the node (the simulated one by default) and write the reports
+    gpusoak report  rebuild the reports of a run from its journal (also of a killed run)
+
+Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
+node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option; 4 the run
+could not complete (see the message; every finished cycle is in the journal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpusoak import __version__
+from gpusoak.errors import GpusoakError
+from gpusoak.soak import new_run_id
+
+EXIT_OK, EXIT_DECISION, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 4
+
+
+def suites_dir() -> Path:
+    """The suites of this checkout, or the copy inside an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "suites", here / "_project" / "suites"):
+        if (candidate / "conftest.py").is_file():
+            return candidate
+    raise GpusoakError("cannot find the gpusoak suites; pass --suites DIR")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpusoak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"gpusoak {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="soak the node and write reports")
+    run.add_argument("--backend", default="sim", help="sim, sim:SCENARIO (name or .toml) or real (default sim)")
+    run.add_argument("--cycles", type=int, default=20, help="cycles per GPU and action (default 20)")
+    run.add_argument("--actions", default="flr", help="comma-separated actions (default flr)")
+    run.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: all NVIDIA GPUs)")
+    run.add_argument("--seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    run.add_argument("--report-dir", type=Path, default=None, help="default: reports/<run-id>")
+    run.add_argument("--destructive", action="store_true",
+                     help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
+    run.add_argument("--recovery-deadline", type=float, default=60.0, help="seconds to recover (default 60)")
+    run.add_argument("--strict", action="store_true", help="exit 1 unless the node's decision is admit")
+    run.add_argument("--suites", type=Path, default=None, help="suites folder (default: gpusoak's own)")
+    run.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
+    run.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
+
+    rep = sub.add_parser("report", help="rebuild report.html, junit.xml and result.json from a journal")
+    rep.add_argument("journal", type=Path, help="journal.jsonl of a run")
+    rep.add_argument("--out", type=Path, default=None, help="output folder (default: the journal's)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _report(args)
+    except GpusoakError as err:
+        print(f"gpusoak: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cycles < 1:
+        print("gpusoak: --cycles must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    suites = args.suites or suites_dir()
+    run_id = new_run_id()
+    report_dir = (args.report_dir or Path("reports") / run_id).resolve()
+    argv = [str(suites), "-p", "no:cacheprovider", "--rootdir", str(suites.parent),
+            f"--gpusoak-backend={args.backend}", f"--gpusoak-cycles={args.cycles}",
+            f"--gpusoak-actions={args.actions}", f"--gpusoak-report-dir={report_dir}",
+            f"--gpusoak-run-id={run_id}",
+            f"--gpusoak-recovery-deadline={args.recovery_deadline}",
+            f"--html={report_dir / 'report.html'}", "--self-contained-html"]
+    if args.gpus:
+        argv.append(f"--gpusoak-gpus={args.gpus}")
+    if args.seed is not None:
+        argv.append(f"--gpusoak-seed={args.seed}")
+    if args.destructive or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1":
+        argv.append("--gpusoak-destructive")
+    argv += ["-q"] if args.quiet else ["-rfE"]
+    argv += args.pytest_args
+    code = pytest.main(argv)
+    return _finish(code, report_dir, args.strict)
+
+
+def _finish(code: int | pytest.ExitCode, report_dir: Path, strict: bool) -> int:
+    result = report_dir / "result.json"
+    if int(code) not in (0, 1) or not result.exists():
+        print(f"gpusoak: the run did not complete (pytest exit {int(code)}); "
+              f"finished cycles are in {report_dir / 'journal.jsonl'}", file=sys.stderr)
+        return EXIT_USAGE if int(code) == 4 else EXIT_INCOMPLETE
+    decision = json.loads(result.read_text())["node"]["decision"]
+    print(f"gpusoak: decision {decision}; reports in {report_dir}")
+    if strict and decision != "admit":
+        return EXIT_DECISION
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    journal = args.journal.resolve()
+    if not journal.is_file():
+        print(f"gpusoak: no journal at {journal}", file=sys.stderr)
+        return EXIT_USAGE
+    out = (args.out or journal.parent).resolve()
+    suite = Path(__file__).resolve().parent / "report" / "replay_suite.py"
+    argv = [str(suite), "-q", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(out),
+            f"--gpusoak-replay={journal}", f"--gpusoak-report-dir={out}",
+            f"--html={out / 'report.html'}", "--self-contained-html"]
+    code = pytest.main(argv)
+    return _finish(code, out, strict=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

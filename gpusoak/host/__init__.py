@@ -1,0 +1,1 @@
+"""What a node is, read and acted on through one seam per source."""

@@ -1,0 +1,72 @@
+"""A node under test: the four seams bound together, real or simulated."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpusoak.clock import RealClock
+from gpusoak.errors import NvmlUnavailable
+from gpusoak.host.commands import Runner, SubprocessRunner
+from gpusoak.host.kmsg import DevKmsg, KernelLog
+from gpusoak.host.nvml import Nvml
+from gpusoak.host.sysfs import Sysfs
+from gpusoak.model import PciAddress
+
+
+@dataclass
+class Node:
+    backend: str  # "real" or "sim:<scenario>"
+    hostname: str
+    kernel: str
+    sysfs: Sysfs
+    kmsg: KernelLog
+    nvml: Nvml | None
+    nvml_unavailable: str | None  # why NVML checks are skipped, when nvml is None
+    runner: Runner
+    proc_root: Path
+    clock: RealClock
+    is_root: bool
+    dev_root: Path = Path("/dev")
+    _close: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def simulated(self) -> bool:
+        return self.backend.startswith("sim")
+
+    def gpus(self) -> list[PciAddress]:
+        return self.sysfs.nvidia_gpus()
+
+    def driver_version(self) -> str | None:
+        return self.sysfs.read(self.sysfs.root / "module" / "nvidia" / "version")
+
+    def close(self) -> None:
+        if self.nvml is not None:
+            self.nvml.close()
+        while self._close:
+            self._close.pop()()
+
+
+def open_real_node() -> Node:
+    """The node this process runs on: /sys, /dev/kmsg, libnvidia-ml, subprocess."""
+    try:
+        nvml, why = Nvml.open(), None
+    except NvmlUnavailable as err:
+        nvml, why = None, str(err)
+    return Node(
+        backend="real",
+        hostname=socket.gethostname(),
+        kernel=platform.release(),
+        sysfs=Sysfs("/sys"),
+        kmsg=DevKmsg("/dev/kmsg"),
+        nvml=nvml,
+        nvml_unavailable=why,
+        runner=SubprocessRunner(),
+        proc_root=Path("/proc"),
+        clock=RealClock(),
+        is_root=os.geteuid() == 0,
+    )

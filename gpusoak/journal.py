@@ -1,0 +1,109 @@
+"""The journal: an append-only, fsync'd record of every cycle. Reports are rebuilt from it.
+
+One JSON object a line. The first is the run header (``"type": "run"``); each cycle is a
+``"type": "cycle"`` line written and fsync'd before the next cycle starts, so a run killed at any
+moment loses no finished cycle. Reading tolerates a last line cut short by such a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpusoak.errors import JournalError
+from gpusoak.model import CycleResult
+
+JOURNAL_SCHEMA = "gpusoak.journal/1"
+
+
+class Journal:
+    def __init__(self, path: Path | str, header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists() or self.path.stat().st_size == 0
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as err:
+            raise JournalError(f"cannot open the journal: {err.strerror}", path=str(self.path)) from err
+        if fresh:
+            self._append({"type": "run", "schema": JOURNAL_SCHEMA, **header})
+            _fsync_dir(self.path.parent)
+
+    def append(self, result: CycleResult) -> None:
+        self._append({"type": "cycle", **result.to_dict()})
+        self.count += 1
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise JournalError(
+                f"journal write failed: {err.strerror}; the {self.count} cycles before this one are "
+                f"safe in the journal and the reports can be rebuilt with `gpusoak report {self.path}`",
+                path=str(self.path)) from err
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass  # everything was already fsync'd line by line
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the file itself is synced
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class JournalContent:
+    header: dict[str, Any]
+    results: list[CycleResult]
+    problems: list[str] = field(default_factory=list)  # lines that could not be read, and why
+
+
+def read(path: Path | str) -> JournalContent:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise JournalError(f"cannot read the journal: {err.strerror}", path=str(path)) from err
+    header: dict[str, Any] | None = None
+    results: list[CycleResult] = []
+    problems: list[str] = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            kind = record.pop("type")
+            if kind == "run":
+                header = header or record
+            elif kind == "cycle":
+                results.append(CycleResult.from_dict(record))
+            else:
+                problems.append(f"line {number}: unknown record type {kind!r}")
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            last = number == len(lines) or (number == len(lines) - 1 and not lines[-1])
+            why = "cut short (the run was killed while writing it)" if last else f"unreadable: {err}"
+            problems.append(f"line {number}: {why}")
+    if header is None:
+        raise JournalError("not a gpusoak journal: no run header", path=str(path))
+    if header.get("schema") != JOURNAL_SCHEMA:
+        raise JournalError(f"unsupported journal schema {header.get('schema')!r}", path=str(path))
+    return JournalContent(header, results, problems)

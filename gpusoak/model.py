@@ -1,0 +1,223 @@
+"""Small value types shared by everything.
+
+Each is frozen and serialised one way: ``to_dict`` for the journal and the reports, ``from_dict``
+to read a journal back. Units are in the field names (``recovery_s``, ``memory_total_bytes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpusoak.errors import InvalidAddress
+
+# DDDD:BB:DD.F as the kernel prints it (domain is %04x, so wider domains such as VMD's 10000 print
+# five digits) and NVML's 00000000:BB:DD.F (domain %08X). Nothing else is accepted: no spaces,
+# no path pieces, no trailing newline.
+_BDF = re.compile(r"(?P<domain>[0-9a-fA-F]{4,8}):(?P<bus>[0-9a-fA-F]{2}):(?P<device>[0-9a-fA-F]{2})\.(?P<function>[0-7])")
+_SLOT = re.compile(r"(?P<domain>[0-9a-fA-F]{4,8}):(?P<bus>[0-9a-fA-F]{2}):(?P<device>[0-9a-fA-F]{2})")
+
+
+@dataclass(frozen=True, order=True)
+class PciAddress:
+    """A validated PCI function address; the only way an address becomes part of a path."""
+
+    domain: int
+    bus: int
+    device: int
+    function: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.domain <= 0xFFFFFFFF and 0 <= self.bus <= 0xFF
+                and 0 <= self.device <= 0x1F and 0 <= self.function <= 7):
+            raise InvalidAddress("PCI address out of range", value=repr(tuple(dataclasses.astuple(self))))
+
+    @classmethod
+    def parse(cls, text: str) -> PciAddress:
+        if not isinstance(text, str):
+            raise InvalidAddress("PCI address must be text", value=repr(text))
+        m = _BDF.fullmatch(text)
+        if m is None:
+            raise InvalidAddress("not a PCI address (want DDDD:BB:DD.F)", value=repr(text))
+        return cls(int(m["domain"], 16), int(m["bus"], 16), int(m["device"], 16), int(m["function"], 16))
+
+    @property
+    def slot(self) -> str:
+        """``DDDD:BB:DD``: the form NVRM's Xid lines use (no function number)."""
+        return f"{self.domain:04x}:{self.bus:02x}:{self.device:02x}"
+
+    @property
+    def nvml_bus_id(self) -> str:
+        """``00000000:BB:DD.F``: the form of NVML's ``pciInfo.busId``."""
+        return f"{self.domain:08X}:{self.bus:02X}:{self.device:02X}.{self.function:X}"
+
+    def __str__(self) -> str:
+        return f"{self.slot}.{self.function:x}"
+
+    def __repr__(self) -> str:
+        return f"PciAddress('{self}')"
+
+
+def normalise_pci(text: str) -> str | None:
+    """Normalise a PCI address from a log line to ``DDDD:BB:DD.F`` or ``DDDD:BB:DD``; None if neither."""
+    m = _BDF.fullmatch(text)
+    if m:
+        return str(PciAddress.parse(text))
+    m = _SLOT.fullmatch(text)
+    if m:
+        return f"{int(m['domain'], 16):04x}:{int(m['bus'], 16):02x}:{int(m['device'], 16):02x}"
+    return None
+
+
+def pci_matches(event_pci: str | None, bdf: PciAddress) -> bool:
+    """Does a log's address (function or slot form) name this function?"""
+    if event_pci is None:
+        return False
+    return event_pci == str(bdf) or event_pci == bdf.slot
+
+
+@dataclass(frozen=True)
+class KernelEvent:
+    """One event the kernel log reported (see gpusoak.host.kmsg)."""
+
+    kind: str  # xid, aer, flr_not_ready, fell_off_bus, d3cold, ...
+    text: str  # the record's message, as logged
+    pci: str | None = None  # DDDD:BB:DD.F, or DDDD:BB:DD where the log omits the function
+    xid: int | None = None
+    severity: str | None = None  # AER: corrected, nonfatal, fatal
+    seq: int | None = None  # /dev/kmsg sequence number
+    line: int | None = None  # 1-based line of the record's first line in its source
+    timestamp_s: float | None = None  # seconds since boot, when the source gives it
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KernelEvent:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One recovery assertion: passed, failed or skipped (could not look, with the reason)."""
+
+    name: str
+    status: str  # pass, fail, skip
+    detail: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Check:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class LinkState:
+    current_speed: str | None  # "32.0 GT/s PCIe", "Unknown"; None where sysfs lacks the file
+    current_width: int | None
+    max_speed: str | None
+    max_width: int | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one PCI function looked like at one moment (never reused across cycles)."""
+
+    bdf: str
+    present: bool
+    power_state: str | None = None
+    driver: str | None = None
+    link: LinkState | None = None
+    uuid: str | None = None
+    nvml_status: str = "not read"  # ok, gpu_lost, reset_required, not_found, unavailable: <why>
+
+
+# Cycle outcomes. attempts = recovered + failed + hung; refused and skipped are not attempts.
+RECOVERED, FAILED, HUNG, REFUSED, SKIPPED = "recovered", "failed", "hung", "refused", "skipped"
+OUTCOMES = (RECOVERED, FAILED, HUNG, REFUSED, SKIPPED)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A named reason a cycle did not recover (or was not attempted), with its evidence."""
+
+    reason: str
+    detail: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    run_id: str
+    bdf: str
+    uuid: str | None
+    action: str
+    cycle: int
+    outcome: str
+    started_at: str  # ISO 8601, UTC, wall clock
+    duration_s: float  # action + verification, monotonic (or the simulator's clock)
+    recovery_s: float | None = None  # action start -> every check passed; None unless recovered
+    findings: tuple[Finding, ...] = ()
+    checks: tuple[Check, ...] = ()
+    events: tuple[KernelEvent, ...] = ()
+
+    @property
+    def attempted(self) -> bool:
+        return self.outcome in (RECOVERED, FAILED, HUNG)
+
+    @property
+    def reason(self) -> str | None:
+        """The first named reason, or None when the cycle recovered."""
+        return self.findings[0].reason if self.findings else None
+
+    def explain(self) -> str:
+        lines = [f"{self.action} cycle {self.cycle} on {self.bdf}: {self.outcome}"]
+        lines += [f"  {f.reason}: {f.detail}" for f in self.findings]
+        lines += [f"  kernel: {e.text}" for e in self.events]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CycleResult:
+        d = dict(d)
+        if d.get("outcome") not in OUTCOMES:
+            raise ValueError(f"unknown outcome {d.get('outcome')!r}")
+        d["findings"] = tuple(Finding.from_dict(x) for x in d.get("findings", ()))
+        d["checks"] = tuple(Check.from_dict(x) for x in d.get("checks", ()))
+        d["events"] = tuple(KernelEvent.from_dict(x) for x in d.get("events", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ActionStats:
+    attempts: int
+    successes: int
+    lower_bound: float  # Wilson score interval, 95 %, lower end of the success rate
+    recovery_p50_s: float | None
+    recovery_p95_s: float | None
+    recovery_max_s: float | None
+
+
+@dataclass(frozen=True)
+class GpuVerdict:
+    bdf: str
+    uuid: str | None
+    gpu_class: str
+    actions: dict[str, ActionStats]
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    hostname: str
+    decision: str
+    gpus: tuple[GpuVerdict, ...]
+    evidence: tuple[str, ...] = field(default=())
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """The one serialisation of every value type above (plain JSON types only)."""
+    return dataclasses.asdict(obj)

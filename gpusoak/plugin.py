@@ -1,0 +1,192 @@
+"""The pytest plugin: options, and one stateful ``SoakRun`` kept in ``config.stash``.
+
+Hooks here only parse options and hand work to library objects. The plugin is inert until a suite
+(``suites/conftest.py``) or ``gpusoak report`` enables it, so it costs nothing in other test runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpusoak import journal as journal_mod
+from gpusoak.actions import ACTIONS
+from gpusoak.errors import GpusoakError
+from gpusoak.host.node import Node, open_real_node
+from gpusoak.model import FAILED, HUNG, RECOVERED, CycleResult, PciAddress
+from gpusoak.report import build as report_build
+from gpusoak.report import html as report_html
+from gpusoak.soak import Soak, SoakOptions, new_run_id
+
+SOAK_RUN = pytest.StashKey["SoakRun"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("gpusoak", "gpusoak reset-reliability soak")
+    g.addoption("--gpusoak-backend", default="sim",
+                help="sim, sim:SCENARIO (name or .toml path), or real (this node). Default: sim")
+    g.addoption("--gpusoak-cycles", type=int, default=20, help="cycles per GPU and action (default 20)")
+    g.addoption("--gpusoak-actions", default="flr", help=f"comma-separated actions ({', '.join(ACTIONS)})")
+    g.addoption("--gpusoak-gpus", default="", help="comma-separated PCI addresses (default: every NVIDIA GPU)")
+    g.addoption("--gpusoak-seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
+    g.addoption("--gpusoak-report-dir", default=None, help="report folder (default reports/<run-id>)")
+    g.addoption("--gpusoak-destructive", action="store_true", default=False,
+                help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
+    g.addoption("--gpusoak-recovery-deadline", type=float, default=60.0,
+                help="seconds a GPU has to recover after each action (default 60)")
+    g.addoption("--gpusoak-replay", default=None, metavar="JOURNAL",
+                help="rebuild the reports of a finished or killed run from its journal")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("gpusoak_replay", None):
+        enable(config)
+
+
+def enable(config: pytest.Config) -> None:
+    """Turn the plugin on for this session: called by suites/conftest.py and by the replay suite."""
+    if SOAK_RUN in config.stash or hasattr(config, "workerinput"):
+        return
+    try:
+        run = SoakRun(config)
+    except GpusoakError as err:
+        raise pytest.UsageError(f"gpusoak: {err}") from err
+    config.stash[SOAK_RUN] = run
+    config.pluginmanager.register(run, "gpusoak-run")
+    # pytest-html reads these in its own pytest_configure, which runs after this one.
+    if not config.getoption("htmlpath", None):
+        config.option.htmlpath = str(run.report_dir / "report.html")
+    config.option.self_contained_html = True
+
+
+def soak_run(config: pytest.Config) -> SoakRun:
+    try:
+        return config.stash[SOAK_RUN]
+    except KeyError:
+        raise pytest.UsageError("gpusoak is not enabled in this session: run the suites "
+                                "(`gpusoak run` or `pytest suites`)") from None
+
+
+def _parse_gpus(text: str) -> list[PciAddress]:
+    return [PciAddress.parse(t.strip()) for t in text.split(",") if t.strip()]
+
+
+class SoakRun:
+    """One session's soak (live) or replay: the journal, and the reports at the end."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        opt = config.getoption
+        self.config = config
+        self.replay_path = opt("gpusoak_replay")
+        self.node: Node | None = None
+        self.soak: Soak | None = None
+        self.replayed: list[CycleResult] = []
+        self.built: report_build.Built | None = None
+        if self.replay_path:
+            content = journal_mod.read(Path(self.replay_path))
+            self.replayed = content.results
+            self.run_id = content.header.get("run_id") or "replay"
+            self.report_dir = Path(opt("gpusoak_report_dir") or Path(self.replay_path).parent)
+            self.journal_path = Path(self.replay_path)
+            return
+        self.run_id = opt("gpusoak_run_id") or new_run_id()
+        self.report_dir = Path(opt("gpusoak_report_dir") or config.rootpath / "reports" / self.run_id)
+        self.journal_path = self.report_dir / "journal.jsonl"
+        destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
+        options = SoakOptions(cycles=opt("gpusoak_cycles"),
+                              actions=tuple(a.strip() for a in opt("gpusoak_actions").split(",") if a.strip()),
+                              recovery_deadline_s=opt("gpusoak_recovery_deadline"),
+                              destructive=destructive)
+        self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+        found = self.node.gpus()
+        wanted = _parse_gpus(opt("gpusoak_gpus"))
+        missing = [str(b) for b in wanted if b not in found]
+        if missing:
+            raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
+        gpus = wanted or found
+        self.soak = Soak(self.node, self.run_id, options, gpus)
+        self.soak.start(self.journal_path)
+
+    # -- collection --------------------------------------------------------------------------
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        names = metafunc.fixturenames
+        if "replayed_cycle" in names:
+            metafunc.parametrize("replayed_cycle", self.replayed,
+                                 ids=[f"{r.action}-c{r.cycle:03d}-{r.bdf}" for r in self.replayed])
+        elif {"action", "gpu", "cycle"} <= set(names) and self.soak is not None:
+            soak = self.soak
+            cases = [(a, c, g) for a in soak.options.actions for c in range(1, soak.options.cycles + 1)
+                     for g in soak.gpus]
+            metafunc.parametrize(("action", "cycle", "gpu"), cases,
+                                 ids=[f"{a}-c{c:03d}-{g}" for a, c, g in cases])
+
+    # -- the end -----------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.soak is not None and self.soak.journal is not None:
+            self.soak.journal.close()
+        if not self.journal_path.exists():
+            return
+        self.built = report_build.rebuild(self.journal_path, self.report_dir)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: Any) -> None:
+        if self.built is None:
+            return
+        h = self.built.content.header
+        prefix.append(report_html.summary(self.built.verdict, run_id=h.get("run_id"), backend=h.get("backend"),
+                                          kernel=h.get("kernel"), driver=h.get("driver")))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_report_title(self, report: Any) -> None:
+        report.title = f"gpusoak {self.run_id}"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.built is None:
+            return
+        v = self.built.verdict
+        tr = terminalreporter
+        tr.write_sep("=", f"gpusoak: node {v.hostname}: {v.decision}")
+        for g in v.gpus:
+            tr.write_line(f"  {g.bdf}  {g.gpu_class:<13} {'; '.join(g.evidence)}")
+        for problem in self.built.content.problems:
+            tr.write_line(f"  journal: {problem}")
+        tr.write_line(f"  reports: {self.report_dir}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        html = config.getoption("htmlpath", None)
+        if html and Path(html).exists():
+            report_html.make_offline(Path(html))
+        if self.node is not None:
+            self.node.close()
+
+
+def open_node(backend: str, seed: int | None) -> Node:
+    if backend == "real":
+        return open_real_node()
+    if backend == "sim" or backend.startswith("sim:"):
+        from gpusoak.sim import open_sim_node
+
+        return open_sim_node(backend[4:] or None, seed=seed).node
+    raise GpusoakError(f"unknown backend {backend!r}: use sim, sim:SCENARIO or real")
+
+
+def expect_recovered(result: CycleResult) -> None:
+    """The assertion every suite makes about one cycle, in pytest's terms."""
+    if result.outcome == RECOVERED:
+        return
+    if result.outcome in (FAILED, HUNG):
+        pytest.fail(result.explain(), pytrace=False)
+    why = "; ".join(f"{f.reason}: {f.detail}" for f in result.findings) or result.outcome
+    pytest.skip(f"{result.outcome}: {why}")
+
+
+def record(item: pytest.Item, result: CycleResult) -> None:
+    """Facts of one cycle on the test item (pytest-html rows, xunit properties)."""
+    item.user_properties.extend([("bdf", result.bdf), ("action", result.action), ("cycle", result.cycle),
+                                 ("outcome", result.outcome), ("recovery_s", result.recovery_s)])

@@ -1,0 +1,83 @@
+"""result.json: the verdict in a versioned, documented shape (docs/result-json.md).
+
+Validated against ``result.schema.json`` beside this file. Written atomically (temporary file and
+rename) so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gpusoak import __version__
+from gpusoak.errors import JournalError
+from gpusoak.journal import JournalContent
+from gpusoak.model import OUTCOMES, Verdict
+
+SCHEMA_VERSION = "1.0"
+
+
+def schema() -> dict[str, Any]:
+    return json.loads((resources.files("gpusoak.report") / "result.schema.json").read_text())
+
+
+def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
+    h = content.header
+    outcomes = {o: 0 for o in OUTCOMES}
+    for r in content.results:
+        outcomes[r.outcome] += 1
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": f"gpusoak {__version__}",
+        "run": {
+            "run_id": h.get("run_id"),
+            "started_at": h.get("started_at"),
+            "backend": h.get("backend"),
+            "options": h.get("options", {}),
+            "cycles_recorded": len(content.results),
+            "outcomes": outcomes,
+            "journal_problems": content.problems,
+        },
+        "node": {
+            "hostname": verdict.hostname,
+            "kernel": h.get("kernel"),
+            "driver": h.get("driver"),
+            "nvml": h.get("nvml"),
+            "decision": verdict.decision,
+            "evidence": list(verdict.evidence),
+        },
+        "gpus": [
+            {
+                "bdf": g.bdf,
+                "uuid": g.uuid,
+                "class": g.gpu_class,
+                "evidence": list(g.evidence),
+                "actions": {
+                    name: {
+                        "attempts": s.attempts,
+                        "successes": s.successes,
+                        "lower_bound": s.lower_bound,
+                        "recovery_s": {"p50": s.recovery_p50_s, "p95": s.recovery_p95_s, "max": s.recovery_max_s},
+                    }
+                    for name, s in g.actions.items()
+                },
+            }
+            for g in verdict.gpus
+        ],
+    }
+
+
+def write(path: Path, document: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise JournalError(f"cannot write {path.name}: {err.strerror}", path=str(path)) from err

@@ -1,0 +1,66 @@
+"""A simulated GPU node: a sysfs tree, a kernel log, NVML and commands, with fault profiles.
+
+``open_sim_node("h100-8gpu", seed=1)`` returns a ``Node`` whose seams are bound to a temporary
+folder; the production readers run over it unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpusoak.clock import VirtualClock
+from gpusoak.host.kmsg import KmsgFile
+from gpusoak.host.node import Node
+from gpusoak.host.nvml import Nvml
+from gpusoak.host.sysfs import Sysfs
+from gpusoak.sim import scenario as scenarios
+from gpusoak.sim.kernel import SimKernel
+from gpusoak.sim.nvml import SimNvmlLib
+from gpusoak.sim.runner import SimRunner
+from gpusoak.sim.tree import build
+
+
+@dataclass
+class SimNode:
+    node: Node
+    kernel: SimKernel
+    scenario: scenarios.Scenario
+    root: Path
+
+
+def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
+                  root: Path | None = None, time_scale: float | None = None) -> SimNode:
+    scenario = scenarios.load(name_or_path)
+    owned = root is None
+    root = Path(tempfile.mkdtemp(prefix="gpusoak-sim-")) if root is None else Path(root)
+    sys_root = root / "sys"
+    tree = build(sys_root, scenario)
+    proc = root / "proc"
+    for pid, device in scenario.holders.items():
+        fd = proc / str(pid) / "fd"
+        fd.mkdir(parents=True, exist_ok=True)
+        (fd / "3").symlink_to(device)
+    proc.mkdir(exist_ok=True)
+    clock = VirtualClock(time_scale=scenario.time_scale if time_scale is None else time_scale)
+    kernel = SimKernel(sys_root, tree, scenario, clock, scenario.seed if seed is None else seed)
+    nvml = Nvml.open(SimNvmlLib(kernel))
+    node = Node(
+        backend=f"sim:{scenario.name}",
+        hostname=scenario.hostname,
+        kernel=scenario.kernel,
+        sysfs=Sysfs(sys_root, writer=kernel.write),
+        kmsg=KmsgFile(kernel.kmsg_path),
+        nvml=nvml,
+        nvml_unavailable=None,
+        runner=SimRunner(kernel),
+        proc_root=proc,
+        clock=clock,
+        is_root=True,
+        dev_root=root / "dev",
+    )
+    if owned:
+        node._close.append(lambda: shutil.rmtree(root, ignore_errors=True))
+    return SimNode(node, kernel, scenario, root)

@@ -1,0 +1,137 @@
+"""Scenario files (TOML) describing a simulated node: its GPUs, topology and fault profiles.
+
+Each GPU may carry ``expect``, the class the verdict must give it: the simulator knows the ground
+truth, so tests (and users evaluating gpusoak) can check the verdict against it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gpusoak.errors import GpusoakError, ScenarioError
+from gpusoak.model import PciAddress
+from gpusoak.sim.profiles import PROFILES, FaultProfile
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_SCENARIO = "h100-8gpu"
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    bdf: PciAddress
+    model: str
+    device_id: int
+    memory_bytes: int
+    link_speed: str
+    link_width: int
+    upstream: tuple[PciAddress, ...]  # bridge chain from the root bus down to the GPU's port
+    profile: FaultProfile
+    uuid: str
+    serial: str
+    numa_node: int
+    expect: str | None = None  # the class the verdict must give this GPU
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    hostname: str
+    kernel: str
+    driver: str
+    seed: int
+    time_scale: float
+    gpus: tuple[GpuSpec, ...]
+    description: str = ""
+    holders: dict[int, str] = field(default_factory=dict)  # pid -> device node it holds open
+
+
+def bundled() -> list[str]:
+    folder = resources.files("gpusoak.sim") / "scenarios"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str | None) -> Scenario:
+    """A bundled scenario by name, or a TOML file by path."""
+    name_or_path = name_or_path or DEFAULT_SCENARIO
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ScenarioError(f"cannot read scenario: {err.strerror}", path=str(path)) from err
+    else:
+        res = resources.files("gpusoak.sim") / "scenarios" / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise ScenarioError(f"no scenario {name_or_path!r}; bundled: {', '.join(bundled())}")
+        text = res.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"invalid TOML: {err}", path=str(name_or_path)) from err
+    return parse(data, default_name=path.stem)
+
+
+def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
+    defaults = data.get("defaults", {})
+    raw_gpus = data.get("gpu", [])
+    if not raw_gpus:
+        raise ScenarioError("scenario has no [[gpu]] entries")
+    gpus = []
+    for index, raw in enumerate(raw_gpus):
+        spec = {**defaults, **raw}
+        try:
+            gpus.append(_gpu(spec, index))
+        except GpusoakError as err:
+            raise ScenarioError(f"gpu #{index + 1}: {err}") from err
+        except (KeyError, TypeError, ValueError) as err:
+            raise ScenarioError(f"gpu #{index + 1}: bad or missing field: {err}") from err
+    seen = [g.bdf for g in gpus]
+    if len(set(seen)) != len(seen):
+        raise ScenarioError("two GPUs share one PCI address")
+    holders = {int(pid): str(dev) for pid, dev in data.get("holders", {}).items()}
+    return Scenario(
+        name=str(data.get("name", default_name)),
+        description=str(data.get("description", "")),
+        hostname=str(data.get("hostname", "sim-node")),
+        kernel=str(data.get("kernel", "6.8.0-sim")),
+        driver=str(data.get("driver", "570.124.06")),
+        seed=int(data.get("seed", 0)),
+        time_scale=float(data.get("time_scale", 0.0)),
+        gpus=tuple(gpus),
+        holders=holders,
+    )
+
+
+def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
+    bdf = PciAddress.parse(spec["bdf"])
+    upstream = tuple(PciAddress.parse(a) for a in spec.get("upstream", ()))
+    if not upstream and bdf.bus > 0:
+        # One root port per GPU by default: its own reset domain.
+        upstream = (PciAddress(bdf.domain, bdf.bus - 1, 1, 0),)
+    profile_name = spec.get("profile", "healthy")
+    if profile_name not in PROFILES:
+        raise ScenarioError(f"unknown fault profile {profile_name!r}; known: {', '.join(sorted(PROFILES))}")
+    params = {k: v for k, v in spec.items() if k in PROFILES[profile_name].PARAMS}
+    profile = PROFILES[profile_name](**params)
+    return GpuSpec(
+        bdf=bdf,
+        model=str(spec.get("model", "NVIDIA H100 80GB HBM3")),
+        device_id=int(str(spec.get("device_id", "0x2330")), 16),
+        memory_bytes=int(float(spec.get("memory_gib", 80)) * 2**30),
+        link_speed=str(spec.get("link_speed", "32.0 GT/s PCIe")),
+        link_width=int(spec.get("link_width", 16)),
+        upstream=upstream,
+        profile=profile,
+        uuid=str(spec.get("uuid", f"GPU-5a1f00d{index:01x}-{bdf.bus:04x}-4c3b-9e2a-0c0ffee{index:05x}")),
+        serial=str(spec.get("serial", f"165022000{index:04d}")),
+        numa_node=int(spec.get("numa_node", 0 if bdf.bus < 0x80 else 1)),
+        expect=spec.get("expect"),
+    )

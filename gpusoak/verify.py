@@ -1,0 +1,153 @@
+"""Did it come back? The recovery assertions, polled to a deadline.
+
+Recovered means, within the deadline: the function is present in sysfs, in D0, bound to the driver
+it had, its link as wide and as fast as the baseline taken at idle before the soak (like with like:
+a GPU's current link speed drops at idle, so both readings are taken idle), NVML sees the same UUID
+without GPU_IS_LOST or RESET_REQUIRED, and the kernel logged no fatal event for the device since
+the cycle's cursor. A check that cannot look (no such sysfs file, NVML unavailable) is skipped with
+its reason; it has not passed, and the result says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tenacity import Retrying, retry_if_result, wait_exponential
+
+from gpusoak.errors import DeviceGone, GpusoakError
+from gpusoak.host import kmsg, nvml, xid
+from gpusoak.host.node import Node
+from gpusoak.model import Check, KernelEvent, PciAddress, Snapshot, pci_matches
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+_FATAL_KINDS = {"fell_off_bus", "flr_not_ready", "flr_failed", "reset_failed", "d3cold",
+                "rminit_failed", "msix_failed", "link_down"}
+
+
+def is_fatal(event: KernelEvent) -> bool:
+    """The one place that decides which kernel events fail a cycle."""
+    if event.kind == "xid":
+        return event.xid is not None and xid.fails_cycle(event.xid)
+    if event.kind == "aer":
+        return event.severity in ("nonfatal", "fatal")
+    return event.kind in _FATAL_KINDS
+
+
+def event_reason(event: KernelEvent) -> str:
+    return f"xid_{event.xid}" if event.kind == "xid" else event.kind
+
+
+def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
+    """A fresh read of everything recovery is judged on."""
+    fn = node.sysfs.function(bdf)
+    if not fn.present:
+        return Snapshot(str(bdf), present=False, nvml_status=_nvml_status(node, bdf)[0])
+    try:
+        power, driver, link = fn.power_state, fn.driver, fn.link
+    except DeviceGone:
+        return Snapshot(str(bdf), present=False, nvml_status=_nvml_status(node, bdf)[0])
+    status, uuid = _nvml_status(node, bdf)
+    return Snapshot(str(bdf), True, power, driver, link, uuid, status)
+
+
+def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
+    if node.nvml is None:
+        return f"unavailable: {node.nvml_unavailable}", None
+    try:
+        health = node.nvml.health(bdf)
+    except GpusoakError as err:
+        return f"error: {err}", None
+    return health.status, health.uuid
+
+
+def compare(baseline: Snapshot, now: Snapshot) -> list[Check]:
+    """The sysfs and NVML checks of one poll, against the idle baseline."""
+    if not now.present:
+        return [Check("present", FAIL, "the function is gone from sysfs")]
+    checks = [Check("present", PASS)]
+    if now.power_state is None:
+        checks.append(Check("power_state", SKIP, "no power_state file in this kernel's sysfs"))
+    else:
+        checks.append(Check("power_state", PASS if now.power_state == "D0" else FAIL,
+                            f"power state {now.power_state}, expected D0"))
+    checks.append(Check("driver", PASS if now.driver == baseline.driver else FAIL,
+                        f"bound to {now.driver or 'no driver'}, expected {baseline.driver}"))
+    checks.extend(_link_checks(baseline, now))
+    checks.append(_nvml_check(baseline, now))
+    return checks
+
+
+def _link_checks(baseline: Snapshot, now: Snapshot) -> list[Check]:
+    b, n = baseline.link, now.link
+    if b is None or n is None or b.current_width is None or n.current_width is None:
+        width = Check("link_width", SKIP, "no current_link_width file in this kernel's sysfs")
+    else:
+        width = Check("link_width", PASS if n.current_width == b.current_width else FAIL,
+                      f"link x{n.current_width}, expected x{b.current_width}")
+    if b is None or n is None or b.current_speed is None or n.current_speed is None:
+        speed = Check("link_speed", SKIP, "no current_link_speed file in this kernel's sysfs")
+    else:
+        speed = Check("link_speed", PASS if n.current_speed == b.current_speed else FAIL,
+                      f"link {n.current_speed}, expected {b.current_speed}")
+    return [width, speed]
+
+
+def _nvml_check(baseline: Snapshot, now: Snapshot) -> Check:
+    status = now.nvml_status
+    if status.startswith("unavailable"):
+        return Check("nvml", SKIP, status)
+    if status != nvml.OK:
+        return Check("nvml", FAIL, f"NVML: {status}")
+    if baseline.uuid and now.uuid != baseline.uuid:
+        return Check("nvml", FAIL, f"NVML UUID {now.uuid}, expected {baseline.uuid}")
+    return Check("nvml", PASS, f"NVML sees {now.uuid}")
+
+
+def device_events(node: Node, bdf: PciAddress, cursor: int) -> list[KernelEvent]:
+    """Events for this function (or its slot) logged after ``cursor``."""
+    return [e for e in kmsg.events(node.kmsg.records_since(cursor)) if pci_matches(e.pci, bdf)]
+
+
+@dataclass(frozen=True)
+class Poll:
+    checks: tuple[Check, ...]
+    events: tuple[KernelEvent, ...]
+    at_s: float
+
+    @property
+    def fatal(self) -> list[KernelEvent]:
+        return [e for e in self.events if is_fatal(e)]
+
+    @property
+    def recovered(self) -> bool:
+        return not self.fatal and all(c.status != FAIL for c in self.checks)
+
+    @property
+    def done(self) -> bool:
+        # A fatal event is final: nothing after it turns the cycle into a recovery.
+        return self.recovered or bool(self.fatal)
+
+
+def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
+                   deadline_s: float) -> Poll:
+    """Poll until recovered, a fatal kernel event, or the deadline; return the last poll."""
+    clock = node.clock
+    start = clock.monotonic()
+    expo = wait_exponential(multiplier=0.05, min=0.05, max=2.0)
+
+    def wait(state) -> float:  # back off, but never sleep past the deadline
+        return max(0.0, min(expo(state), deadline_s - (clock.monotonic() - start)))
+
+    def poll() -> Poll:
+        checks = compare(baseline, snapshot(node, bdf))
+        return Poll(tuple(checks), tuple(device_events(node, bdf, cursor)), clock.monotonic())
+
+    retrying = Retrying(
+        stop=lambda state: clock.monotonic() - start >= deadline_s,
+        wait=wait,
+        retry=retry_if_result(lambda p: not p.done),
+        sleep=clock.sleep,
+        retry_error_callback=lambda state: state.outcome.result(),
+    )
+    return retrying(poll)

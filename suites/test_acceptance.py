@@ -1,0 +1,17 @@
+"""Acceptance: before a node takes work, every GPU must come back from every reset, every time.
+
+For each action (default: FLR), each cycle and each GPU: reset it, then wait for it to be present,
+in D0, bound to its driver, with its link as before, seen by NVML under the same UUID, and with no
+fatal kernel event since the cycle began. Any cycle that does not recover fails here with its reason.
+"""
+
+import pytest
+
+from gpusoak.plugin import expect_recovered
+
+pytestmark = pytest.mark.destructive
+
+
+def test_gpu_recovers_from_reset(run_cycle, action, cycle, gpu):
+    result = run_cycle(action, gpu, cycle)
+    expect_recovered(result)
