@@ -1,0 +1,59 @@
+from gpusoak.actions import ACTIONS
+from gpusoak.actions.base import HELD, NOT_PRESENT, NOT_ROOT, UNSUPPORTED
+from gpusoak.errors import WriteFailed
+from gpusoak.model import PciAddress
+from gpusoak.sim import open_sim_node
+
+GPU = PciAddress.parse("0000:18:00.0")
+FLAKY = PciAddress.parse("0000:9a:00.0")
+flr = ACTIONS["flr"]
+
+
+def test_flr_narrows_reset_method_resets_and_restores(sim, record_writes):
+    flr.perform(sim.node, GPU, timeout_s=90)
+    base = "bus/pci/devices/0000:18:00.0"
+    assert record_writes == [(f"{base}/reset_method", "flr"), (f"{base}/reset", "1"),
+                             (f"{base}/reset_method", "flr bus")]
+    assert [w[0].split("/")[-1] for w in record_writes] == [p.split("/")[-1] for p, _ in flr.writes(sim.node, GPU)]
+
+
+def test_reset_method_is_restored_after_a_failed_flr(tmp_path, record_writes, sim):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[[gpu]]\nbdf = "0000:9a:00.0"\nprofile = "flaky-flr"\np = 1.0\n')
+    s = open_sim_node(str(scenario))
+    try:
+        try:
+            flr.perform(s.node, FLAKY, timeout_s=90)
+        except WriteFailed as err:
+            assert err.errno == "ENOTTY"
+        else:
+            raise AssertionError("a failed FLR must raise")
+        assert s.node.sysfs.function(FLAKY).reset_methods == ("flr", "bus")
+    finally:
+        s.node.close()
+
+
+def test_refusals_carry_reasons(sim):
+    node = sim.node
+    assert flr.refusals(node, GPU) == []
+    node.is_root = False
+    assert [f.reason for f in flr.refusals(node, GPU)] == [NOT_ROOT]
+    node.is_root = True
+    gone = PciAddress.parse("0000:01:00.0")
+    assert [f.reason for f in flr.refusals(node, gone)] == [NOT_PRESENT]
+    sim.kernel.write(node.sysfs.function(GPU).path / "reset_method", "bus")
+    (refusal,) = flr.refusals(node, GPU)
+    assert refusal.reason == UNSUPPORTED and "(bus)" in refusal.detail
+
+
+def test_a_process_holding_the_gpu_refuses_the_reset(tmp_path):
+    # pid 4242 has /dev/nvidia0 open: found through /proc/<pid>/fd, never by its name.
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[holders]\n4242 = "/dev/nvidia0"\n[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    s = open_sim_node(str(scenario))
+    try:
+        (refusal,) = flr.refusals(s.node, GPU)
+        assert refusal.reason == HELD and "pid 4242 (/dev/nvidia0 open)" in refusal.detail
+        assert flr.refusals(s.node, PciAddress.parse("0000:2a:00.0")) == []  # that one is /dev/nvidia1
+    finally:
+        s.node.close()

@@ -1,0 +1,153 @@
+"""The simulated node: laid out like the kernel's tree, answering writes the way the kernel does."""
+
+import errno
+import os
+
+import pynvml
+import pytest
+
+from gpusoak.errors import ScenarioError
+from gpusoak.host.nvml import GPU_LOST, OK
+from gpusoak.model import PciAddress
+from gpusoak.sim import open_sim_node
+from gpusoak.sim import scenario as scenarios
+
+FLAKY = PciAddress.parse("0000:9a:00.0")
+HEALTHY = PciAddress.parse("0000:18:00.0")
+
+
+def _scenario(tmp_path, gpus, **top):
+    lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in top.items()]
+    for g in gpus:
+        lines.append("[[gpu]]")
+        lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in g.items()]
+    path = tmp_path / "s.toml"
+    path.write_text("\n".join(lines).replace("'", '"') + "\n")
+    return path
+
+
+def test_default_scenario_is_eight_h100s_one_flaky(sim):
+    assert len(sim.node.gpus()) == 8
+    expected = {str(g.bdf): g.expect for g in sim.scenario.gpus}
+    assert list(expected.values()).count("fail") == 1 and expected[str(FLAKY)] == "fail"
+
+
+def test_tree_is_laid_out_like_the_kernels(sim):
+    root = sim.node.sysfs.root
+    link = root / "bus" / "pci" / "devices" / str(HEALTHY)
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    real = link.resolve()
+    assert real.relative_to(root / "devices").parts == ("pci0000:17", "0000:17:01.0", "0000:18:00.0")
+    assert os.readlink(real / "driver").endswith("bus/pci/drivers/nvidia")
+    assert (root / "bus" / "pci" / "drivers" / "nvidia" / str(HEALTHY)).resolve() == real
+    assert (real / "power_state").read_text() == "D0\n"
+    assert (real / "current_link_speed").read_text() == "32.0 GT/s PCIe\n"
+    assert (real / "aer_dev_correctable").read_text().splitlines()[-1] == "TOTAL_ERR_COR 0"
+    assert (root / "module" / "nvidia" / "version").read_text() == "570.124.06\n"
+
+
+def test_failed_flr_looks_like_the_real_thing(tmp_path):
+    path = _scenario(tmp_path, [{"bdf": "0000:9a:00.0", "profile": "flaky-flr", "p": 1.0}])
+    s = open_sim_node(str(path))
+    try:
+        node, fn = s.node, s.node.sysfs.function(FLAKY)
+        cursor = node.kmsg.cursor()
+        start = node.clock.monotonic()
+        with pytest.raises(OSError) as err:
+            s.kernel.write(fn.path / "reset", "1")
+        assert err.value.errno == errno.ENOTTY
+        assert node.clock.monotonic() - start == pytest.approx(65.535)
+        (rec,) = node.kmsg.records_since(cursor)
+        assert rec.message == "nvidia 0000:9a:00.0: not ready 65535ms after FLR; giving up"
+        assert rec.level == 4 and rec.field("DEVICE") == "+pci:0000:9a:00.0"
+        assert (fn.link.current_speed, fn.link.current_width) == ("Unknown", 63)
+        assert node.nvml.health(FLAKY).status == GPU_LOST
+        with pytest.raises(pynvml.NVMLError_GpuIsLost):
+            node.nvml.lib.nvmlDeviceGetUUID(node.nvml.handle(FLAKY))
+    finally:
+        s.node.close()
+
+
+def test_healthy_flr_retrains_the_link_then_settles(sim):
+    fn = sim.node.sysfs.function(HEALTHY)
+    sim.kernel.write(fn.path / "reset", "1")
+    assert fn.link.current_speed == "2.5 GT/s PCIe"  # retraining right after the reset
+    sim.node.clock.sleep(1.0)
+    assert fn.link.current_speed == "32.0 GT/s PCIe"
+    assert sim.node.nvml.health(HEALTHY).status == OK
+
+
+def test_kernel_rejects_what_the_kernel_rejects(sim):
+    fn = sim.node.sysfs.function(HEALTHY)
+    with pytest.raises(OSError) as err:
+        sim.kernel.write(fn.path / "reset", "2")
+    assert err.value.errno == errno.EINVAL
+    cursor = sim.node.kmsg.cursor()
+    with pytest.raises(OSError) as err:
+        sim.kernel.write(fn.path / "reset_method", "acpi")
+    assert err.value.errno == errno.EINVAL
+    assert sim.node.kmsg.records_since(cursor)[0].message == "pci 0000:18:00.0: Unsupported reset method 'acpi'"
+    with pytest.raises(PermissionError):
+        sim.kernel.write(fn.path / "vendor", "0x1234")
+    sim.kernel.write(fn.path / "reset_method", "bus")
+    assert fn.reset_methods == ("bus",)
+
+
+def test_unbind_and_bind(sim):
+    drv = sim.node.sysfs.root / "bus" / "pci" / "drivers" / "nvidia"
+    sim.kernel.write(drv / "unbind", str(HEALTHY))
+    assert sim.node.sysfs.function(HEALTHY).driver is None
+    assert sim.node.nvml.health(HEALTHY).status == "not_found"  # NVML sees only bound GPUs
+    sim.kernel.write(drv / "bind", str(HEALTHY))
+    assert sim.node.sysfs.function(HEALTHY).driver == "nvidia"
+    with pytest.raises(OSError) as err:
+        sim.kernel.write(drv / "bind", "../../etc")
+    assert err.value.errno == errno.ENODEV
+
+
+def test_same_seed_same_node_behaviour(tmp_path):
+    path = _scenario(tmp_path, [{"bdf": "0000:9a:00.0", "profile": "flaky-flr", "p": 0.5}])
+
+    def outcomes(seed):
+        s = open_sim_node(str(path), seed=seed)
+        fn = s.node.sysfs.function(FLAKY)
+        out = []
+        for _ in range(30):
+            try:
+                s.kernel.write(fn.path / "reset", "1")
+                out.append(True)
+            except OSError:
+                out.append(False)
+        s.node.close()
+        return out
+
+    assert outcomes(7) == outcomes(7)
+    assert outcomes(7) != outcomes(8)
+    assert 5 < outcomes(7).count(False) < 25
+
+
+def test_commands_never_reach_this_machine(sim):
+    r = sim.node.runner.run(["nvidia-smi", "-r", "-i", "0000:18:00.0"], timeout_s=5)
+    assert r.returncode == 127 and "simulated" in r.stderr
+    assert sim.node.runner.run(["uname", "-r"], timeout_s=5).stdout.strip() == "6.8.0-48-generic"
+
+
+@pytest.mark.parametrize("gpus, message", [
+    ([], "no [[gpu]]"),
+    ([{"bdf": "0000:9a:00.0", "profile": "melting"}], "unknown fault profile 'melting'"),
+    ([{"bdf": "../../etc"}], "not a PCI address"),
+    ([{"bdf": "0000:9a:00.0"}, {"bdf": "0000:9a:00.0"}], "share one PCI address"),
+    ([{"bdf": "0000:9a:00.0", "profile": "flaky-flr", "p": 2.0}], "p must be within"),
+])
+def test_bad_scenarios_are_clear_errors(tmp_path, gpus, message):
+    with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        scenarios.load(str(_scenario(tmp_path, gpus)))
+
+
+def test_unknown_scenario_and_bad_toml(tmp_path):
+    with pytest.raises(ScenarioError, match="h100-8gpu"):
+        scenarios.load("no-such-scenario")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [\n")
+    with pytest.raises(ScenarioError, match="invalid TOML"):
+        scenarios.load(str(bad))

@@ -1,0 +1,164 @@
+"""One cycle end to end on the simulated node: outcomes, reasons, windows, deadlines."""
+
+import threading
+
+import pytest
+
+from gpusoak.journal import read
+from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, PciAddress
+from gpusoak.soak import Soak, SoakOptions
+from gpusoak.verify import FAIL, SKIP, compare, snapshot
+
+GPU = PciAddress.parse("0000:18:00.0")
+FLAKY = PciAddress.parse("0000:9a:00.0")
+
+
+def _soak(sim, tmp_path, gpus=(GPU,), **options):
+    soak = Soak(sim.node, "run-1", SoakOptions(**options), list(gpus))
+    soak.start(tmp_path / "journal.jsonl")
+    return soak
+
+
+def test_healthy_cycle_recovers_and_is_journaled(sim, tmp_path):
+    soak = _soak(sim, tmp_path)
+    r = soak.run_cycle(GPU, "flr", 1)
+    assert r.outcome == RECOVERED and r.findings == ()
+    assert 0.1 <= r.recovery_s <= 1.5  # 100 ms FLR wait, then link retraining within a second
+    assert {c.name: c.status for c in r.checks} == dict.fromkeys(
+        ["present", "power_state", "driver", "link_width", "link_speed", "nvml"], "pass")
+    assert read(tmp_path / "journal.jsonl").results == [r]
+
+
+def test_flaky_flr_fails_with_named_reasons(sim, tmp_path):
+    soak = _soak(sim, tmp_path, gpus=(FLAKY,))
+    results = [soak.run_cycle(FLAKY, "flr", c) for c in range(1, 21)]
+    failed = [r for r in results if r.outcome == FAILED]
+    assert failed, "p=0.3 over 20 cycles with the scenario's seed fails at least once"
+    r = failed[0]
+    assert [f.reason for f in r.findings][:2] == ["flr_not_ready", "reset_write_failed"]
+    assert {"link_width", "link_speed", "nvml"} <= {f.reason for f in r.findings}
+    assert r.events[0].text == "nvidia 0000:9a:00.0: not ready 65535ms after FLR; giving up"
+    # A later FLR can bring it back: the next cycles are judged on their own.
+    assert any(x.outcome == RECOVERED for x in results[results.index(r) + 1:])
+
+
+def test_old_kernel_lines_do_not_fail_a_cycle(sim, tmp_path):
+    soak = _soak(sim, tmp_path)
+    sim.kernel.log(4, "NVRM: Xid (PCI:0000:18:00): 79, pid=1, name=x, GPU has fallen off the bus.")
+    assert soak.run_cycle(GPU, "flr", 1).outcome == RECOVERED
+
+
+def test_a_fatal_event_during_the_cycle_fails_it(sim, tmp_path, record_writes):
+    soak = _soak(sim, tmp_path)
+    inner = sim.node.sysfs._writer
+
+    def writer(path, data):
+        inner(path, data)
+        if path.name == "reset":
+            sim.kernel.log(4, "NVRM: Xid (PCI:0000:18:00): 79, pid=1, name=x, GPU has fallen off the bus.")
+
+    sim.node.sysfs._writer = writer
+    r = soak.run_cycle(GPU, "flr", 1)
+    assert r.outcome == FAILED and r.reason == "xid_79"
+
+
+def test_an_informational_xid_does_not_fail_a_cycle(sim, tmp_path, record_writes):
+    soak = _soak(sim, tmp_path)
+    inner = sim.node.sysfs._writer
+
+    def writer(path, data):
+        inner(path, data)
+        if path.name == "reset":  # Xid 45: channels torn down by the reset itself
+            sim.kernel.log(4, "NVRM: Xid (PCI:0000:18:00): 45, pid=1, name=x, Ch 00000010")
+
+    sim.node.sysfs._writer = writer
+    r = soak.run_cycle(GPU, "flr", 1)
+    assert r.outcome == RECOVERED and [e.xid for e in r.events] == [45]
+
+
+def test_degraded_link_is_caught_at_the_deadline(sim, tmp_path, record_writes):
+    soak = _soak(sim, tmp_path, recovery_deadline_s=5.0)
+    inner = sim.node.sysfs._writer
+
+    def writer(path, data):
+        inner(path, data)
+        if path.name == "reset":
+            sim.kernel.tree.set_attr(GPU, "current_link_width", "8")
+
+    sim.node.sysfs._writer = writer
+    start = sim.node.clock.monotonic()
+    r = soak.run_cycle(GPU, "flr", 1)
+    assert r.outcome == FAILED
+    assert [f.reason for f in r.findings] == ["link_width", "recovery_timeout"]
+    assert "link x8, expected x16" in r.findings[0].detail
+    assert 5.0 <= sim.node.clock.monotonic() - start <= 5.5  # polled to the deadline, not past it
+
+
+def test_nvml_unavailable_skips_its_check_with_the_reason(sim, tmp_path):
+    sim.node.nvml, sim.node.nvml_unavailable = None, "NVML not available: NVML Shared Library Not Found"
+    soak = _soak(sim, tmp_path)
+    r = soak.run_cycle(GPU, "flr", 1)
+    nvml_check = next(c for c in r.checks if c.name == "nvml")
+    assert r.outcome == RECOVERED and nvml_check.status == SKIP and "Library Not Found" in nvml_check.detail
+
+
+def test_a_gpu_unhealthy_before_the_soak_is_not_soaked(sim, tmp_path, record_writes):
+    sim.kernel._die(GPU, sim.kernel.gpus[GPU])
+    soak = _soak(sim, tmp_path)
+    r = soak.run_cycle(GPU, "flr", 1)
+    assert r.outcome == SKIPPED and r.reason == "not_healthy_before_soak"
+    assert "NVML: gpu_lost" in r.findings[0].detail
+    assert record_writes == []
+
+
+def test_a_hung_write_takes_the_gpu_out_and_the_run_goes_on(sim, tmp_path):
+    release = threading.Event()
+    inner = sim.kernel.write
+
+    def writer(path, data):
+        if path.name == "reset" and path.parent.name == str(GPU):
+            release.wait(30)
+        inner(path, data)
+
+    sim.node.sysfs._writer = writer
+    soak = _soak(sim, tmp_path, gpus=(GPU, PciAddress.parse("0000:2a:00.0")), write_timeout_s=0.3)
+    try:
+        r = soak.run_cycle(GPU, "flr", 1)
+        assert r.outcome == HUNG and r.reason == "hung" and "0.3 s" in r.findings[0].detail
+        assert soak.run_cycle(GPU, "flr", 2).outcome == SKIPPED
+        assert soak.run_cycle(PciAddress.parse("0000:2a:00.0"), "flr", 1).outcome == RECOVERED
+    finally:
+        release.set()
+
+
+def test_real_node_without_opt_in_writes_nothing(sim, tmp_path, record_writes):
+    sim.node.backend = "real"
+    soak = _soak(sim, tmp_path)
+    r = soak.run_cycle(GPU, "flr", 1)
+    assert r.outcome == REFUSED and r.reason == "not_authorised" and "--destructive" in r.findings[0].detail
+    assert record_writes == []
+    soak.options = SoakOptions(destructive=True)
+    assert soak.run_cycle(GPU, "flr", 2).outcome == RECOVERED and record_writes
+
+
+def test_refused_cycles_are_recorded_not_attempted(sim, tmp_path, record_writes):
+    sim.node.is_root = False
+    r = _soak(sim, tmp_path).run_cycle(GPU, "flr", 1)
+    assert r.outcome == REFUSED and r.reason == "not_root" and not r.attempted
+    assert record_writes == []
+
+
+def test_compare_fails_lost_and_unbound(sim):
+    base = snapshot(sim.node, GPU)
+    sim.kernel._die(GPU, sim.kernel.gpus[GPU])
+    sim.kernel.tree.unbind(GPU)
+    checks = {c.name: c for c in compare(base, snapshot(sim.node, GPU))}
+    assert checks["driver"].status == FAIL and "no driver" in checks["driver"].detail
+    assert checks["nvml"].status == FAIL
+
+
+def test_options_are_validated():
+    with pytest.raises(Exception, match="--cycles"):
+        SoakOptions(cycles=0)
+    with pytest.raises(Exception, match="unknown action"):
+        SoakOptions(actions=("melt",))
