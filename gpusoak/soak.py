@@ -17,8 +17,17 @@ from gpusoak.actions.base import NOT_AUTHORISED
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.host.node import Node
 from gpusoak.journal import Journal
-from gpusoak.model import (FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, CycleResult, Finding, PciAddress,
-                           Snapshot)
+from gpusoak.model import (
+    FAILED,
+    HUNG,
+    RECOVERED,
+    REFUSED,
+    SKIPPED,
+    CycleResult,
+    Finding,
+    PciAddress,
+    Snapshot,
+)
 
 OUT_OF_SERVICE = "out_of_service"
 NOT_HEALTHY_BEFORE = "not_healthy_before_soak"
