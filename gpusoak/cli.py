@@ -2,6 +2,7 @@
 
     gpusoak run     soak the node (the simulated one by default) and write the reports
     gpusoak report  rebuild the reports of a run from its journal (also of a killed run)
+    gpusoak events  the GPU and PCI events in a kernel log, in any of the formats seen in the field
 
 Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
 node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option; 4 the run
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.html, junit.xml and result.json from a journal")
     rep.add_argument("journal", type=Path, help="journal.jsonl of a run")
     rep.add_argument("--out", type=Path, default=None, help="output folder (default: the journal's)")
+    ev = sub.add_parser("events", help="list the GPU/PCI events in a kernel log (file or - for stdin)")
+    ev.add_argument("source", help="a log file (dmesg, journalctl, syslog, /dev/kmsg dump...) or - for stdin")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
 
 
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "events":
+            return _events(args)
         return _report(args)
     except GpusoakError as err:
         print(f"gpusoak: {err}", file=sys.stderr)
@@ -121,6 +127,39 @@ def _report(args: argparse.Namespace) -> int:
             f"--html={out / 'report.html'}", "--self-contained-html"]
     code = pytest.main(argv)
     return _finish(code, out, strict=False)
+
+
+def _events(args: argparse.Namespace) -> int:
+    """Stream events out as they are found: memory does not grow with the log."""
+    from gpusoak.host.klog import scan
+
+    try:
+        stream = sys.stdin.buffer if args.source == "-" else open(args.source, "rb")  # noqa: SIM115
+    except OSError as err:
+        print(f"gpusoak: cannot read {args.source}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    out = sys.stdout
+    try:
+        with stream:
+            if not args.json:
+                out.write(f"{'LINE':>8}  {'KIND':<13} {'PCI':<13} {'XID':>4} {'SEVERITY':<9} {'ACTION':<17} TEXT\n")
+            for e in scan(stream):
+                if args.json:
+                    out.write(json.dumps({"line": e.line, "kind": e.kind, "pci": e.pci, "xid": e.xid,
+                                          "severity": e.severity, "action": e.action, "text": e.text,
+                                          "timestamp": e.stamp}) + "\n")
+                else:
+                    text = e.text.replace("\n", " | ")
+                    out.write(f"{e.line:>8}  {e.kind:<13} {e.pci or '-':<13} {e.xid if e.xid is not None else '-':>4} "
+                              f"{e.severity or '-':<9} {e.action or '-':<17} {text}\n")
+        out.flush()
+    except BrokenPipeError:  # `gpusoak events log | head`
+        sys.stderr.close()
+        return EXIT_OK
+    except OSError as err:
+        print(f"gpusoak: cannot read {args.source}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

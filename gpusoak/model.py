@@ -90,6 +90,8 @@ class KernelEvent:
     seq: int | None = None  # /dev/kmsg sequence number
     line: int | None = None  # 1-based line of the record's first line in its source
     timestamp_s: float | None = None  # seconds since boot, when the source gives it
+    stamp: str | None = None  # the log's own time stamp as written (monotonic, wall clock, ISO)
+    action: str | None = None  # for an XID: the catalog's immediate-action bucket
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KernelEvent:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from gpusoak.errors import from_oserror
-from gpusoak.model import KernelEvent, normalise_pci
+from gpusoak.host.klog import Grouper, Line
+from gpusoak.model import KernelEvent
 
 
 @dataclass(frozen=True)
@@ -149,55 +150,11 @@ class DevKmsg:
 
 
 # -- events -------------------------------------------------------------------------------------
-_ADDR = r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
-# dev_printk prefix: "<driver or bus> <device>: " e.g. "pci 0000:65:00.0: ", "nvidia 0000:65:00.0: ".
-_DEV_PREFIX = re.compile(rf"^(?:[\w.\-]+ )?(?P<dev>{_ADDR}): ")
-
-_XID = re.compile(
-    rf"NVRM: Xid \((?:PCI:)?(?P<pci>{_ADDR})(?: GPU-I:\d+)?(?: GPU-CI:\d+)?\): (?P<xid>\d+)\b", re.I)
-_NVRM_GPU_LOST = re.compile(rf"NVRM: GPU (?P<pci>{_ADDR}): GPU has fallen off the bus", re.I)
-_NOT_READY = re.compile(r"not ready (?P<ms>\d+)ms after (?P<what>[\w >\-]+?); (?P<phase>waiting|giving up)")
-_D3COLD = re.compile(r"Unable to change power state from D3cold to D0, device inaccessible")
-_AER_ARRIVAL = re.compile(
-    rf"AER: (?:\[?Multiple\]? )?(?P<sev>Correct(?:ed|able)|Uncorrect(?:ed|able) \((?:Non-Fatal|Fatal)\)) "
-    rf"error(?: message)? received(?::| from) (?P<pci>{_ADDR})")
-_AER_DETAIL = re.compile(r"PCIe Bus Error: severity=(?P<sev>Correct(?:ed|able)|Uncorrect(?:ed|able) \((?:Non-Fatal|Fatal)\))")
-
-
-def aer_severity(text: str) -> str:
-    if text.startswith("Correct"):
-        return "corrected"
-    return "fatal" if "(Fatal)" in text else "nonfatal"
-
-
-def events_in_record(rec: KmsgRecord) -> list[KernelEvent]:
-    """The events one record reports (usually none)."""
-    msg = rec.message
-    device = rec.field("DEVICE")
-    prefix = _DEV_PREFIX.match(msg)
-    dev_pci = normalise_pci(prefix["dev"]) if prefix else None
-    if dev_pci is None and device and device.startswith("+pci:"):
-        dev_pci = normalise_pci(device[len("+pci:"):])
-    common = dict(text=msg, seq=rec.seq, line=rec.line, timestamp_s=rec.usec / 1e6)
-
-    if m := _XID.search(msg):
-        return [KernelEvent("xid", pci=normalise_pci(m["pci"]), xid=int(m["xid"]), **common)]
-    if m := _NVRM_GPU_LOST.search(msg):
-        return [KernelEvent("fell_off_bus", pci=normalise_pci(m["pci"]), **common)]
-    if m := _AER_ARRIVAL.search(msg):
-        return [KernelEvent("aer", pci=normalise_pci(m["pci"]), severity=aer_severity(m["sev"]), **common)]
-    if m := _AER_DETAIL.search(msg):
-        return [KernelEvent("aer", pci=dev_pci, severity=aer_severity(m["sev"]), **common)]
-    if (m := _NOT_READY.search(msg)) and m["phase"] == "giving up":
-        kind = "flr_not_ready" if "FLR" in m["what"] else "reset_failed"
-        return [KernelEvent(kind, pci=dev_pci, **common)]
-    if _D3COLD.search(msg):
-        return [KernelEvent("d3cold", pci=dev_pci, **common)]
-    return []
-
-
 def events(records: Iterable[KmsgRecord]) -> list[KernelEvent]:
+    """Events in /dev/kmsg records, through the same parser and grouping as any other log."""
+    grouper = Grouper()
     out: list[KernelEvent] = []
     for rec in records:
-        out.extend(events_in_record(rec))
+        line = Line(rec.message, str(rec.usec), rec.usec / 1e6)
+        out.extend(grouper.feed(rec.line, line, dict(rec.fields), seq=rec.seq))
     return out

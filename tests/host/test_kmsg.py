@@ -7,7 +7,7 @@ shared/reference/gpu-reset-reference.md (sections 1.1 and 3.1).
 
 import pytest
 
-from gpusoak.host.kmsg import KmsgFile, events, events_in_record, parse_records
+from gpusoak.host.kmsg import KmsgFile, events, parse_records
 
 DEV_KMSG_EXAMPLE = """\
 7,160,424069,-;pci_root PNP0A03:00: host bridge window [io  0x0000-0x0cf7] (ignored)
@@ -42,8 +42,7 @@ def test_damaged_lines_lose_only_themselves():
 
 def _ev(message, device=None):
     lines = [f"4,7,1000000,-;{message}"] + ([f" DEVICE=+pci:{device}"] if device else [])
-    recs = list(parse_records(lines))
-    return events_in_record(recs[0])
+    return events(parse_records(lines))
 
 
 @pytest.mark.parametrize("message, pci, xid", [
