@@ -17,8 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
 from gpusoak import __version__
 from gpusoak.errors import GpusoakError
 from gpusoak.soak import new_run_id
@@ -98,11 +96,13 @@ def _run(args: argparse.Namespace) -> int:
         argv.append("--gpusoak-destructive")
     argv += ["-q"] if args.quiet else ["-rfE"]
     argv += args.pytest_args
+    import pytest  # only the soak and the report need it; `events` starts faster without
+
     code = pytest.main(argv)
     return _finish(code, report_dir, args.strict)
 
 
-def _finish(code: int | pytest.ExitCode, report_dir: Path, strict: bool) -> int:
+def _finish(code: int, report_dir: Path, strict: bool) -> int:
     result = report_dir / "result.json"
     if int(code) not in (0, 1) or not result.exists():
         print(f"gpusoak: the run did not complete (pytest exit {int(code)}); "
@@ -125,6 +125,8 @@ def _report(args: argparse.Namespace) -> int:
     argv = [str(suite), "-q", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(out),
             f"--gpusoak-replay={journal}", f"--gpusoak-report-dir={out}",
             f"--html={out / 'report.html'}", "--self-contained-html"]
+    import pytest
+
     code = pytest.main(argv)
     return _finish(code, out, strict=False)
 

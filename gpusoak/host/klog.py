@@ -27,11 +27,26 @@ from gpusoak.model import KernelEvent, normalise_pci
 KINDS = ("xid", "aer", "flr_not_ready", "flr_failed", "reset_failed", "fell_off_bus", "msix_failed",
          "rminit_failed", "d3cold", "link_down")
 
-# A line can be an event only if it holds one of these (kernel and driver wording, case as logged).
-TRIGGERS = (b"Xid (", b"AER: ", b"PCIe Bus Error", b"not ready ", b"fallen off the bus", b"NVRM: The NVIDIA GPU", b"NVRM: (PCI ID: ",
-            b"D3cold to D0", b"RmInitAdapter failed", b"rm_init_adapter failed", b"Failed to enable MSI",
-            b"Failed to allocate MSI", b"Link Down", b"reset failed", b"recovery failed",
-            b"function level reset anyway")
+# A line can be an event only if it holds one of these triggers. Each costs one sweep of the log
+# (bytes.find, or a regex whose literal prefix keeps the sweep in C), so the set is small: NVRM's
+# own lines (fall-off, RmInitAdapter, MSI/MSI-X) share "NVRM: "; drivers/pci/pcie/{aer,err}.c
+# prefix theirs with "AER: " (recovery and subordinate-reset failures included); older kernels
+# print the AER detail line without it, hence "Bus Error". The two broad triggers carry the rest of
+# what an event line must hold, so routine chatter ("NVRM: loading ...", "AER: enabled with IRQ")
+# is passed over without leaving C. Their look-ahead is bounded (a record is about 1 KiB) so that
+# a line packed with triggers costs linear, not quadratic, time.
+TRIGGERS: tuple[bytes | re.Pattern[bytes], ...] = (
+    b"Xid (",
+    re.compile(rb"NVRM: (?:The NVIDIA GPU|\(PCI ID: |[^\n]{0,512}?(?:fallen off the bus|RmInitAdapter|rm_init_adapter"
+               rb"|Failed to (?:enable|allocate) MSI))"),
+    re.compile(rb"AER: [^\n]{0,512}?(?:rror|failed)"),
+    b"Bus Error",
+    b"not ready ",
+    b"D3cold",
+    b"Link Down",
+    b"reset failed",
+    b"level reset anyway",
+)
 
 # -- prefixes ------------------------------------------------------------------------------------
 _KMSG = re.compile(r"(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;")
@@ -191,14 +206,17 @@ def _hits(block: bytes, limit: int) -> list[int]:
     """Start offsets of the lines (within block[:limit]) that hold a trigger."""
     starts = set()
     for trigger in TRIGGERS:
-        pos = block.find(trigger, 0, limit)
-        while pos != -1:
-            line_start = block.rfind(b"\n", 0, pos) + 1
-            starts.add(line_start)
-            line_end = block.find(b"\n", pos)
-            if line_end == -1 or line_end >= limit:
-                break
-            pos = block.find(trigger, line_end, limit)
+        if isinstance(trigger, bytes):
+            pos = block.find(trigger, 0, limit)
+            while pos != -1:
+                starts.add(block.rfind(b"\n", 0, pos) + 1)
+                line_end = block.find(b"\n", pos, limit)
+                if line_end == -1:
+                    break
+                pos = block.find(trigger, line_end, limit)
+        else:
+            for m in trigger.finditer(block, 0, limit):
+                starts.add(block.rfind(b"\n", 0, m.start()) + 1)
     return sorted(starts)
 
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from gpusoak.host.klog import KINDS, TRIGGERS, parse_lines, scan
 
 # Fragments of real lines, so the fuzzer reaches the parsing code behind the triggers.
-FRAGMENTS = [t.decode() for t in TRIGGERS] + [
+FRAGMENTS = [t.decode() if isinstance(t, bytes) else t.pattern.decode() for t in TRIGGERS] + [
+    "NVRM: ", "AER: ", "fallen off the bus", "RmInitAdapter failed", "Failed to enable MSI-X", "error",
     "[ 12.5] ", "NVRM: Xid (PCI:0000:65:00): ", "79, ", "pid=1, name=x, ", "0000:65:00.0", ": ", "\n", " ",
     "Nov 21 21:52:59 h kernel: ", "4,1,2,-;", " DEVICE=+pci:", "severity=", "Uncorrectable (Fatal)",
     "received from ", "; giving up", "after FLR", "[Sat Nov 21 21:52:59 2026] ", "\\x0a", "GPU-I:01 ", ")",
