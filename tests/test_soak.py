@@ -24,8 +24,11 @@ def test_healthy_cycle_recovers_and_is_journaled(sim, tmp_path):
     r = soak.run_cycle(GPU, "flr", 1)
     assert r.outcome == RECOVERED and r.findings == ()
     assert 0.1 <= r.recovery_s <= 1.5  # 100 ms FLR wait, then link retraining within a second
-    assert {c.name: c.status for c in r.checks} == dict.fromkeys(
-        ["present", "power_state", "driver", "link_width", "link_speed", "nvml"], "pass")
+    statuses = {c.name: c.status for c in r.checks}
+    assert {k: statuses[k] for k in ("present", "power_state", "driver", "link_width", "link_speed", "nvml")} \
+        == dict.fromkeys(["present", "power_state", "driver", "link_width", "link_speed", "nvml"], "pass")
+    assert statuses["gate_retired_pages"] == "pass"
+    assert statuses["gate_pcie_replay_rate"] == "skip"  # 0.5 s after the baseline: too soon for a rate
     assert read(tmp_path / "journal.jsonl").results == [r]
 
 

@@ -49,6 +49,7 @@ class Nvml:
 
     def __init__(self, lib: Any) -> None:
         self.lib = lib
+        self._probed: dict[str, str | None] = {}
 
     @classmethod
     def open(cls, lib: Any | None = None) -> Nvml:
@@ -71,7 +72,7 @@ class Nvml:
     def call(self, name: str, *args: Any) -> Any:
         """Call ``lib.<name>``; NotSupported and FunctionNotFound come back as NA."""
         lib = self.lib
-        fn = getattr(lib, name, None)
+        fn = getattr(lib, name, None) if name else None
         if fn is None:
             return NA(f"{name} not in this nvidia-ml-py")
         try:
@@ -108,6 +109,13 @@ class Nvml:
             raise
         return NvmlHealth(str(bdf), OK, None if isinstance(uuid, NA) else uuid, values, na)
 
+    def probe(self, *names: str) -> str | None:
+        """The first of several versioned NVML symbols this driver has; probed once, then cached."""
+        key = names[0]
+        if key not in self._probed:
+            self._probed[key] = next((n for n in names if getattr(self.lib, n, None) is not None), None)
+        return self._probed[key]
+
     def _values(self, h: Any) -> tuple[dict[str, Any], dict[str, str]]:
         lib = self.lib
         values: dict[str, Any] = {}
@@ -124,7 +132,14 @@ class Nvml:
         mem = self.call("nvmlDeviceGetMemoryInfo", h)
         put("memory_total_bytes", mem, lambda m: int(m.total))
         put("memory_used_bytes", mem, lambda m: int(m.used))
+        util = self.call("nvmlDeviceGetUtilizationRates", h)
+        put("utilization_gpu_pct", util, lambda u: int(u.gpu))
+        put("utilization_memory_pct", util, lambda u: int(u.memory))
         put("temperature_c", self.call("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU), int)
+        put("temperature_slowdown_c", self.call(
+            "nvmlDeviceGetTemperatureThreshold", h, lib.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN), int)
+        put("temperature_shutdown_c", self.call(
+            "nvmlDeviceGetTemperatureThreshold", h, lib.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN), int)
         put("power_mw", self.call("nvmlDeviceGetPowerUsage", h), int)
         put("persistence_mode", self.call("nvmlDeviceGetPersistenceMode", h),
             lambda v: v == lib.NVML_FEATURE_ENABLED)
@@ -132,11 +147,58 @@ class Nvml:
         put("pcie_width_current", self.call("nvmlDeviceGetCurrPcieLinkWidth", h), int)
         put("pcie_gen_max", self.call("nvmlDeviceGetMaxPcieLinkGeneration", h), int)
         put("pcie_width_max", self.call("nvmlDeviceGetMaxPcieLinkWidth", h), int)
-        put("ecc_uncorrected_volatile", self.call(
-            "nvmlDeviceGetTotalEccErrors", h, lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, lib.NVML_VOLATILE_ECC), int)
+        put("pcie_replay_count", self.call("nvmlDeviceGetPcieReplayCounter", h), int)
+        for kind, etype in (("corrected", lib.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+                            ("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
+            for scope, counter in (("volatile", lib.NVML_VOLATILE_ECC), ("aggregate", lib.NVML_AGGREGATE_ECC)):
+                put(f"ecc_{kind}_{scope}", self.call("nvmlDeviceGetTotalEccErrors", h, etype, counter), int)
+        put("retired_pages_sbe", self.call(
+            "nvmlDeviceGetRetiredPages", h, lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS), len)
+        put("retired_pages_dbe", self.call(
+            "nvmlDeviceGetRetiredPages", h, lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR), len)
+        put("retired_pages_pending", self.call("nvmlDeviceGetRetiredPagesPendingStatus", h), bool)
         rows = self.call("nvmlDeviceGetRemappedRows", h)
         put("remapped_rows_correctable", rows, lambda r: int(r[0]))
         put("remapped_rows_uncorrectable", rows, lambda r: int(r[1]))
         put("remapped_rows_pending", rows, lambda r: bool(r[2]))
         put("remapped_rows_failure", rows, lambda r: bool(r[3]))
+        # "ClocksThrottleReasons" was renamed "ClocksEventReasons"; older drivers have only the former.
+        reasons_fn = self.probe("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
+        reasons = self.call(reasons_fn, h) if reasons_fn else NA("no clock-event-reasons function")
+        put("clock_event_reasons", reasons, int)
+        put("clock_events", reasons, decode_clock_events)
+        put("recovery_action", self.field_value(h, RECOVERY_ACTION_FIELD), int)
+        procs = self.call("nvmlDeviceGetComputeRunningProcesses", h)
+        put("compute_pids", procs, lambda ps: sorted(int(p.pid) for p in ps))
         return values, na
+
+    def field_value(self, h: Any, field_id: int) -> Any:
+        """One nvmlDeviceGetFieldValues entry: its own return code checked, its union read by type."""
+        lib = self.lib
+        got = self.call("nvmlDeviceGetFieldValues", h, [field_id])
+        if isinstance(got, NA):
+            return got
+        fv = got[0]
+        if fv.nvmlReturn != lib.NVML_SUCCESS:
+            err = lib.NVMLError(fv.nvmlReturn)
+            if isinstance(err, (lib.NVMLError_NotSupported, lib.NVMLError_FunctionNotFound)):
+                return NA(f"field {field_id}: {err}")
+            raise NvmlFailure(f"NVML field {field_id}: {err}", code=fv.nvmlReturn)
+        member = {lib.NVML_VALUE_TYPE_DOUBLE: "dVal", lib.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+                  lib.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", lib.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+                  lib.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal"}.get(fv.valueType, "siVal")
+        return getattr(fv.value, member)
+
+
+# NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; replaces the deprecated fields 226 and 227 (reference 2.4).
+RECOVERY_ACTION_FIELD = 230
+RECOVERY_ACTIONS = {0: "none", 1: "gpu_reset", 2: "node_reboot", 3: "drain_p2p", 4: "drain_and_reset",
+                    5: "recover_imex_domain", 6: "bus_reset", 7: "system_reboot"}
+
+# nvmlClocksEventReason* bits (reference 2.2).
+CLOCK_EVENTS = {0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+                0x10: "sync_boost", 0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake"}
+
+
+def decode_clock_events(mask: int) -> list[str]:
+    return [name for bit, name in CLOCK_EVENTS.items() if mask & bit]

@@ -11,7 +11,7 @@ import errno
 import os
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpusoak.clock import VirtualClock
@@ -35,6 +35,7 @@ class GpuState:
     reset_method: tuple[str, ...] = ("flr", "bus")
     settle_until: float = 0.0  # link still retraining until this simulated time
     flr_count: int = 0
+    health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
 
 
 class SimKernel:
@@ -48,7 +49,8 @@ class SimKernel:
         self._seq = 0
         self._lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
-            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}")) for g in scenario.gpus}
+            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), health=dict(g.health)) for g in scenario.gpus}
+        self.event_sets: list = []  # simulated NVML event sets registered for XIDs
         clock.on_advance(self._tick)
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
         for g in scenario.gpus:
@@ -64,6 +66,12 @@ class SimKernel:
         self._seq += 1
         with open(self.kmsg_path, "a", encoding="utf-8") as f:
             f.write(record)
+
+    def xid(self, bdf: PciAddress, number: int, text: str, pid: str = "'<unknown>'", name: str = "<unknown>") -> None:
+        """The driver reports an XID: the NVRM line in the kernel log, and an NVML event."""
+        self.log(KERN_WARNING, f"NVRM: Xid (PCI:{bdf.slot}): {number}, pid={pid}, name={name}, {text}")
+        for event_set in self.event_sets:
+            event_set.deliver(bdf, number)
 
     # -- time --------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:

@@ -17,6 +17,17 @@ from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim.kernel import GpuState, SimKernel
 
+# What a healthy H100 reads; a scenario's [gpu.health] table overrides any of these.
+HEALTH: dict[str, Any] = {
+    "temperature_c": 33, "temperature_slowdown_c": 87, "temperature_shutdown_c": 92, "power_mw": 71_000,
+    "utilization_gpu_pct": 0, "utilization_memory_pct": 0, "persistence_mode": True,
+    "pcie_replay_count": 0, "ecc_corrected_volatile": 0, "ecc_uncorrected_volatile": 0,
+    "ecc_corrected_aggregate": 0, "ecc_uncorrected_aggregate": 0,
+    "retired_pages_sbe": 0, "retired_pages_dbe": 0, "retired_pages_pending": False,
+    "remapped_rows_correctable": 0, "remapped_rows_uncorrectable": 0, "remapped_rows_pending": False,
+    "remapped_rows_failure": False, "clock_event_reasons": 0x1, "recovery_action": 0,
+}
+
 _GEN = {"2.5 GT/s PCIe": 1, "5.0 GT/s PCIe": 2, "8.0 GT/s PCIe": 3, "16.0 GT/s PCIe": 4,
         "32.0 GT/s PCIe": 5, "64.0 GT/s PCIe": 6}
 
@@ -24,6 +35,18 @@ _GEN = {"2.5 GT/s PCIe": 1, "5.0 GT/s PCIe": 2, "8.0 GT/s PCIe": 3, "16.0 GT/s P
 @dataclass(frozen=True)
 class SimHandle:
     bdf: PciAddress
+
+
+class SimEventSet:
+    """An NVML event set: XIDs of the registered devices queue here until waited for."""
+
+    def __init__(self) -> None:
+        self.devices: set[PciAddress] = set()
+        self.queue: list[tuple[PciAddress, int]] = []
+
+    def deliver(self, bdf: PciAddress, xid: int) -> None:
+        if bdf in self.devices:
+            self.queue.append((bdf, xid))
 
 
 class SimNvmlLib:
@@ -35,8 +58,10 @@ class SimNvmlLib:
 
     def __getattr__(self, name: str) -> Any:
         # Exception classes and constants are pynvml's own.
-        if name.startswith(("NVMLError", "NVML_", "nvmlExceptionClass")):
-            return getattr(pynvml, name)
+        real = getattr(pynvml, name, None)
+        if name.startswith(("NVMLError", "NVML_", "nvmlExceptionClass")) or (
+                real is not None and not callable(real)):  # constants such as nvmlEventTypeXidCriticalError
+            return real if real is not None else getattr(pynvml, name)
         if name.startswith("nvml"):
             def missing(*_args: Any, **_kw: Any) -> Any:
                 raise pynvml.NVMLError_FunctionNotFound()
@@ -116,16 +141,80 @@ class SimNvmlLib:
         used = 530 * 2**20  # driver-reserved memory on an idle GPU
         return SimpleNamespace(total=st.spec.memory_bytes, used=used, free=st.spec.memory_bytes - used)
 
+    def _h(self, h: SimHandle, key: str) -> Any:
+        return self._state(h).health[key]
+
     def nvmlDeviceGetTemperature(self, h: SimHandle, sensor: int) -> int:
-        return 31 + self._state(h).spec.bdf.bus % 7
+        return self._h(h, "temperature_c")
+
+    def nvmlDeviceGetTemperatureThreshold(self, h: SimHandle, which: int) -> int:
+        key = "temperature_slowdown_c" if which == pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN else "temperature_shutdown_c"
+        return self._h(h, key)
+
+    def nvmlDeviceGetUtilizationRates(self, h: SimHandle) -> Any:
+        return SimpleNamespace(gpu=self._h(h, "utilization_gpu_pct"), memory=self._h(h, "utilization_memory_pct"))
 
     def nvmlDeviceGetPowerUsage(self, h: SimHandle) -> int:
-        self._state(h)
-        return 71_000
+        return self._h(h, "power_mw")
 
     def nvmlDeviceGetPersistenceMode(self, h: SimHandle) -> int:
+        return pynvml.NVML_FEATURE_ENABLED if self._h(h, "persistence_mode") else pynvml.NVML_FEATURE_DISABLED
+
+    def nvmlDeviceGetPcieReplayCounter(self, h: SimHandle) -> int:
+        return self._h(h, "pcie_replay_count")
+
+    def nvmlDeviceGetRetiredPages(self, h: SimHandle, cause: int) -> list[int]:
+        dbe = cause == pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR
+        count = self._h(h, "retired_pages_dbe" if dbe else "retired_pages_sbe")
+        return [0x1000 * (i + 1) for i in range(count)]
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: SimHandle) -> int:
+        return int(self._h(h, "retired_pages_pending"))
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: SimHandle) -> int:
+        return self._h(h, "clock_event_reasons")
+
+    def nvmlDeviceGetFieldValues(self, h: SimHandle, field_ids: list[int]) -> list[Any]:
+        out = []
+        for fid in field_ids:
+            if fid == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION:
+                out.append(SimpleNamespace(fieldId=fid, nvmlReturn=pynvml.NVML_SUCCESS,
+                                           valueType=pynvml.NVML_VALUE_TYPE_UNSIGNED_INT,
+                                           value=SimpleNamespace(uiVal=self._h(h, "recovery_action"))))
+            else:
+                out.append(SimpleNamespace(fieldId=fid, nvmlReturn=pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                           valueType=0, value=SimpleNamespace()))
+        return out
+
+    # -- events (reference 2.3) ----------------------------------------------------------------
+    def nvmlEventSetCreate(self) -> SimEventSet:
+        self._ready()
+        es = SimEventSet()
+        self._kernel.event_sets.append(es)
+        return es
+
+    def nvmlDeviceGetSupportedEventTypes(self, h: SimHandle) -> int:
         self._state(h)
-        return pynvml.NVML_FEATURE_ENABLED
+        return (pynvml.nvmlEventTypeSingleBitEccError | pynvml.nvmlEventTypeDoubleBitEccError
+                | pynvml.nvmlEventTypeXidCriticalError)
+
+    def nvmlDeviceRegisterEvents(self, h: SimHandle, mask: int, es: SimEventSet) -> None:
+        self._state(h)
+        if mask & pynvml.nvmlEventTypeXidCriticalError:
+            es.devices.add(h.bdf)
+
+    def nvmlEventSetWait_v2(self, es: SimEventSet, timeout_ms: int) -> Any:
+        if not es.queue:
+            raise pynvml.NVMLError_Timeout()
+        bdf, xid = es.queue.pop(0)
+        return SimpleNamespace(device=SimHandle(bdf), eventType=pynvml.nvmlEventTypeXidCriticalError,
+                               eventData=xid, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+
+    nvmlEventSetWait = nvmlEventSetWait_v2
+
+    def nvmlEventSetFree(self, es: SimEventSet) -> None:
+        if es in self._kernel.event_sets:
+            self._kernel.event_sets.remove(es)
 
     def nvmlDeviceGetCurrPcieLinkGeneration(self, h: SimHandle) -> int:
         st = self._state(h)
@@ -143,12 +232,14 @@ class SimNvmlLib:
         return self._state(h).spec.link_width
 
     def nvmlDeviceGetTotalEccErrors(self, h: SimHandle, error_type: int, counter: int) -> int:
-        self._state(h)
-        return 0
+        kind = "corrected" if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED else "uncorrected"
+        scope = "volatile" if counter == pynvml.NVML_VOLATILE_ECC else "aggregate"
+        return self._h(h, f"ecc_{kind}_{scope}")
 
     def nvmlDeviceGetRemappedRows(self, h: SimHandle) -> tuple[int, int, int, int]:
-        self._state(h)
-        return (0, 0, 0, 0)
+        g = self._state(h).health
+        return (g["remapped_rows_correctable"], g["remapped_rows_uncorrectable"],
+                int(g["remapped_rows_pending"]), int(g["remapped_rows_failure"]))
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: SimHandle) -> list[Any]:
         self._state(h)

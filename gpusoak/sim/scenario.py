@@ -38,6 +38,7 @@ class GpuSpec:
     serial: str
     numa_node: int
     expect: str | None = None  # the class the verdict must give this GPU
+    health: dict[str, Any] = field(default_factory=dict)  # NVML readings to start from (see sim.nvml.HEALTH)
 
 
 @dataclass(frozen=True)
@@ -134,4 +135,14 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         serial=str(spec.get("serial", f"165022000{index:04d}")),
         numa_node=int(spec.get("numa_node", 0 if bdf.bus < 0x80 else 1)),
         expect=spec.get("expect"),
+        health=_health(spec.get("health", {})),
     )
+
+
+def _health(raw: dict[str, Any]) -> dict[str, Any]:
+    from gpusoak.sim.nvml import HEALTH
+
+    unknown = sorted(set(raw) - set(HEALTH))
+    if unknown:
+        raise ScenarioError(f"unknown health field(s) {', '.join(unknown)}; known: {', '.join(sorted(HEALTH))}")
+    return {**HEALTH, **raw}

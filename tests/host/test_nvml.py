@@ -81,7 +81,10 @@ def test_healthy_read():
     h = Nvml.open(FakeLib()).health(GPU)
     assert h.status == OK and h.uuid.startswith("GPU-")
     assert h.values["power_mw"] == 70123 and h.values["persistence_mode"] is True
-    assert h.values["remapped_rows_correctable"] == 1 and h.na == {}
+    assert h.values["remapped_rows_correctable"] == 1
+    # What this fake lacks reads as NA with a reason, never as a healthy zero.
+    assert h.values["pcie_replay_count"] is None and "not in this nvidia-ml-py" in h.na["pcie_replay_count"]
+    assert "remapped_rows_correctable" not in h.na
 
 
 def test_not_supported_and_missing_functions_are_na_with_reason():
