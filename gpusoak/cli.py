@@ -3,6 +3,7 @@
     gpusoak run     soak the node (the simulated one by default) and write the reports
     gpusoak report  rebuild the reports of a run from its journal (also of a killed run)
     gpusoak events  the GPU and PCI events in a kernel log, in any of the formats seen in the field
+    gpusoak inspect what this node's GPUs are, how they sit, and which resets could run (read-only)
 
 Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
 node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option; 4 the run
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--destructive", action="store_true",
                      help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     run.add_argument("--recovery-deadline", type=float, default=60.0, help="seconds to recover (default 60)")
+    run.add_argument("--gates", type=Path, default=None, help="TOML file of health-gate limits")
     run.add_argument("--strict", action="store_true", help="exit 1 unless the node's decision is admit")
     run.add_argument("--suites", type=Path, default=None, help="suites folder (default: gpusoak's own)")
     run.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
@@ -59,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("events", help="list the GPU/PCI events in a kernel log (file or - for stdin)")
     ev.add_argument("source", help="a log file (dmesg, journalctl, syslog, /dev/kmsg dump...) or - for stdin")
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    ins = sub.add_parser("inspect", help="inventory, topology, health and what could run, per GPU (read-only); "
+                                         "exit 3 when the node has no NVIDIA GPU")
+    ins.add_argument("--backend", default="real", help="real (this node, default), sim or sim:SCENARIO")
+    ins.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: every NVIDIA GPU)")
+    ins.add_argument("--json", action="store_true", help="JSON for machines")
     return p
 
 
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "events":
             return _events(args)
+        if args.command == "inspect":
+            return _inspect(args)
         return _report(args)
     except GpusoakError as err:
         print(f"gpusoak: {err}", file=sys.stderr)
@@ -92,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append(f"--gpusoak-gpus={args.gpus}")
     if args.seed is not None:
         argv.append(f"--gpusoak-seed={args.seed}")
+    if args.gates is not None:
+        argv.append(f"--gpusoak-gates={args.gates.resolve()}")
     if args.destructive or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1":
         argv.append("--gpusoak-destructive")
     argv += ["-q"] if args.quiet else ["-rfE"]
@@ -129,6 +140,21 @@ def _report(args: argparse.Namespace) -> int:
 
     code = pytest.main(argv)
     return _finish(code, out, strict=False)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from gpusoak import inspect
+    from gpusoak.model import PciAddress
+    from gpusoak.plugin import open_node
+
+    node = open_node(args.backend, None)
+    try:
+        wanted = [PciAddress.parse(t.strip()) for t in args.gpus.split(",") if t.strip()]
+        report = inspect.inspect_node(node, wanted or None)
+    finally:
+        node.close()
+    print(json.dumps(report, indent=2) if args.json else inspect.render_table(report), end="" if not args.json else "\n")
+    return inspect.EXIT_OK if report["gpus"] else inspect.EXIT_NO_GPU
 
 
 def _events(args: argparse.Namespace) -> int:

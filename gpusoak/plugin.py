@@ -15,6 +15,7 @@ import pytest
 from gpusoak import journal as journal_mod
 from gpusoak.actions import ACTIONS
 from gpusoak.errors import GpusoakError
+from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
 from gpusoak.model import FAILED, HUNG, RECOVERED, CycleResult, PciAddress
 from gpusoak.report import build as report_build
@@ -38,6 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     g.addoption("--gpusoak-recovery-deadline", type=float, default=60.0,
                 help="seconds a GPU has to recover after each action (default 60)")
+    g.addoption("--gpusoak-gates", default=None, metavar="TOML",
+                help="health-gate limits (defaults from DCGM; see gpusoak/gates.py)")
     g.addoption("--gpusoak-replay", default=None, metavar="JOURNAL",
                 help="rebuild the reports of a finished or killed run from its journal")
 
@@ -101,7 +104,7 @@ class SoakRun:
         options = SoakOptions(cycles=opt("gpusoak_cycles"),
                               actions=tuple(a.strip() for a in opt("gpusoak_actions").split(",") if a.strip()),
                               recovery_deadline_s=opt("gpusoak_recovery_deadline"),
-                              destructive=destructive)
+                              destructive=destructive, gates=GateLimits.load(opt("gpusoak_gates")))
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
         found = self.node.gpus()
         wanted = _parse_gpus(opt("gpusoak_gpus"))

@@ -245,6 +245,17 @@ class PciFunction:
         except (OSError, ValueError) as err:
             raise SysfsError(f"unreadable iommu_group: {err}", path=str(self.path)) from err
 
+    def iommu_group_members(self) -> list[PciAddress]:
+        """Every function in this function's IOMMU group (all must go to vfio-pci together)."""
+        devices = self.path / "iommu_group" / "devices"
+        try:
+            names = os.listdir(devices)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise from_oserror(err, "listing the IOMMU group", path=str(devices)) from err
+        return sorted(b for b in (_parse_or_none(n) for n in names) if b is not None)
+
     def aer(self, kind: str) -> AerCounters | None:
         """``kind`` is correctable, nonfatal or fatal; None where the kernel has no AER stats."""
         if kind not in ("correctable", "nonfatal", "fatal"):
@@ -292,9 +303,12 @@ class PciFunction:
                 if b.slot == self.bdf.slot and b != self.bdf]
 
 
-def _looks_like_bdf(name: str) -> bool:
+def _parse_or_none(name: str) -> PciAddress | None:
     try:
-        PciAddress.parse(name)
-        return True
+        return PciAddress.parse(name)
     except GpusoakError:
-        return False
+        return None
+
+
+def _looks_like_bdf(name: str) -> bool:
+    return _parse_or_none(name) is not None

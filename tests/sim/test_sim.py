@@ -151,3 +151,19 @@ def test_unknown_scenario_and_bad_toml(tmp_path):
     bad.write_text("name = [\n")
     with pytest.raises(ScenarioError, match="invalid TOML"):
         scenarios.load(str(bad))
+
+
+def test_health_overrides_and_full_nvml_read(tmp_path):
+    path = _scenario(tmp_path, [{"bdf": "0000:18:00.0"}])
+    path.write_text(path.read_text() + "[gpu.health]\nretired_pages_dbe = 3\nrecovery_action = 1\n")
+    s = open_sim_node(str(path))
+    try:
+        h = s.node.nvml.health(HEALTHY)
+        assert h.na == {}  # the simulated NVML answers every call gpusoak makes
+        assert h.values["retired_pages_dbe"] == 3 and h.values["recovery_action"] == 1
+        assert h.values["clock_events"] == ["gpu_idle"] and h.values["temperature_slowdown_c"] == 87
+    finally:
+        s.node.close()
+    path.write_text(path.read_text().replace("recovery_action", "recovery_mood"))
+    with pytest.raises(ScenarioError, match="unknown health field"):
+        scenarios.load(str(path))
