@@ -106,7 +106,7 @@ def test_nvml_unavailable_skips_its_check_with_the_reason(sim, tmp_path):
 
 
 def test_a_gpu_unhealthy_before_the_soak_is_not_soaked(sim, tmp_path, record_writes):
-    sim.kernel._die(GPU, sim.kernel.gpus[GPU])
+    sim.kernel._die(sim.kernel.gpus[GPU])
     soak = _soak(sim, tmp_path)
     r = soak.run_cycle(GPU, "flr", 1)
     assert r.outcome == SKIPPED and r.reason == "not_healthy_before_soak"
@@ -153,7 +153,7 @@ def test_refused_cycles_are_recorded_not_attempted(sim, tmp_path, record_writes)
 
 def test_compare_fails_lost_and_unbound(sim):
     base = snapshot(sim.node, GPU)
-    sim.kernel._die(GPU, sim.kernel.gpus[GPU])
+    sim.kernel._die(sim.kernel.gpus[GPU])
     sim.kernel.tree.unbind(GPU)
     checks = {c.name: c for c in compare(base, snapshot(sim.node, GPU))}
     assert checks["driver"].status == FAIL and "no driver" in checks["driver"].detail

@@ -27,6 +27,7 @@ class NA:
 
 # NVML status of one GPU after a lookup.
 OK, GPU_LOST, RESET_REQUIRED, NOT_FOUND = "ok", "gpu_lost", "reset_required", "not_found"
+DRIVER_NOT_LOADED = "driver_not_loaded"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class Nvml:
         except NvmlFailure as err:
             if err.code == getattr(lib, "NVML_ERROR_NOT_FOUND", 6):
                 return NvmlHealth(str(bdf), NOT_FOUND)
+            if err.code == getattr(lib, "NVML_ERROR_DRIVER_NOT_LOADED", 9):
+                return NvmlHealth(str(bdf), DRIVER_NOT_LOADED)
             raise
         return NvmlHealth(str(bdf), OK, None if isinstance(uuid, NA) else uuid, values, na)
 

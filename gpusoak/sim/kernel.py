@@ -1,8 +1,10 @@
 """The simulated kernel: applies the effect of each sysfs write according to the GPU's profile.
 
-Production code writes through ``Sysfs.write``; here that write lands in ``SimKernel.write``,
-which edits the tree, appends /dev/kmsg records in the kernel's own wording, and updates the
-state the simulated NVML answers from. Errors are the kernel's: the errno a real write returns.
+Production code writes through ``Sysfs.write``; here that write lands in ``SimKernel.write``, which
+edits the tree, appends /dev/kmsg records in the kernel's and driver's own wording, and updates the
+state the simulated NVML and commands answer from. Errors are the kernel's: the errno a real write
+returns. A write the kernel would block forever blocks here too (outside the model's lock, so the
+rest of the node goes on, as it does on a real one).
 """
 
 from __future__ import annotations
@@ -19,12 +21,21 @@ from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim import profiles
 from gpusoak.sim.scenario import GpuSpec, Scenario
-from gpusoak.sim.tree import Tree
+from gpusoak.sim.tree import (
+    AER_COR_NAMES,
+    FUNCTIONS,
+    Tree,
+    aer_text,
+    create_gpu,
+    gpu_functions,
+    put,
+    remove_function,
+)
 
-KERN_WARNING, KERN_INFO, KERN_ERR = 4, 6, 3
+KERN_ERR, KERN_WARNING, KERN_INFO = 3, 4, 6
 BOOT_OFFSET_S = 12.0  # the node has been up a little while when the soak starts
-
 RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+_BLOCK_FOREVER_S = 3600.0
 
 
 @dataclass
@@ -32,9 +43,14 @@ class GpuState:
     spec: GpuSpec
     rng: random.Random
     alive: bool = True  # False: config space reads all-ones, NVML says GPU is lost
+    stuck: bool = False  # dead until the node reboots (D3cold, fallen off the bus)
+    removed: bool = False
     reset_method: tuple[str, ...] = ("flr", "bus")
     settle_until: float = 0.0  # link still retraining until this simulated time
-    flr_count: int = 0
+    resets: int = 0
+    link_width: int = 0  # the width the link trained at
+    was_on_vfio: bool = False
+    aer_corrected: int = 0
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
 
 
@@ -46,11 +62,17 @@ class SimKernel:
         self.clock = clock
         self.kmsg_path = root.parent / "kmsg"
         self.kmsg_path.touch()
+        self.dev_root = root.parent / "dev"
         self._seq = 0
         self._lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
-            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), health=dict(g.health)) for g in scenario.gpus}
+            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health))
+            for g in scenario.gpus}
+        self.overrides: dict[PciAddress, str] = {}
+        self.modules: set[str] = set(scenario.modules)
+        self.services: dict[str, str] = dict(scenario.services)
         self.event_sets: list = []  # simulated NVML event sets registered for XIDs
+        self.blocked: list[threading.Event] = []  # writes blocked "forever"; tests may release them
         clock.on_advance(self._tick)
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
         for g in scenario.gpus:
@@ -73,115 +95,328 @@ class SimKernel:
         for event_set in self.event_sets:
             event_set.deliver(bdf, number)
 
+    # -- lookups -----------------------------------------------------------------------------
+    def gpu_of(self, bdf: PciAddress) -> GpuState | None:
+        """The GPU a function belongs to (its graphics function or one of its siblings)."""
+        return self.gpus.get(PciAddress(bdf.domain, bdf.bus, bdf.device, 0))
+
+    def driver_of(self, bdf: PciAddress) -> str | None:
+        link = self.tree.device_dirs.get(bdf)
+        if link is None or not (link / "driver").is_symlink():
+            return None
+        return os.path.basename(os.readlink(link / "driver"))
+
+    def default_driver(self, bdf: PciAddress) -> str | None:
+        st = self.gpu_of(bdf)
+        if st is None:
+            return None
+        return dict(gpu_functions(st.spec)).get(bdf)
+
     # -- time --------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
         for bdf, st in self.gpus.items():
-            if st.alive and st.settle_until and now >= st.settle_until:
+            if st.alive and not st.removed and st.settle_until and now >= st.settle_until:
                 st.settle_until = 0.0
                 self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
 
     # -- the write seam ----------------------------------------------------------------------
     def write(self, path: Path, data: str) -> None:
         with self._lock:
-            self._write(Path(path), data)
+            block = self._write(Path(path), data)
+        if block is not None:
+            # The kernel would not return: block outside the lock, as one device's lock would.
+            self.blocked.append(block)
+            block.wait(_BLOCK_FOREVER_S)
+            raise OSError(errno.EINTR, "Interrupted system call", str(path))
 
-    def _write(self, path: Path, data: str) -> None:
+    def _write(self, path: Path, data: str) -> threading.Event | None:
         try:
             rel = path.relative_to(self.root)
         except ValueError:
             raise PermissionError(errno.EACCES, "outside the simulated sysfs", str(path)) from None
         parts = rel.parts
         if parts[:3] == ("bus", "pci", "devices") and len(parts) >= 5:
-            bdf = _bdf(parts[3])
-            return self._device_write(bdf, "/".join(parts[4:]), data, path)
+            return self._device_write(_bdf(parts[3], path), "/".join(parts[4:]), data, path)
         if parts[:3] == ("bus", "pci", "drivers") and len(parts) == 5:
             return self._driver_write(parts[3], parts[4], data, path)
+        if parts == ("bus", "pci", "drivers_probe"):
+            return self._probe(_bdf(data.strip(), path, errno.ENODEV), path)
+        if parts == ("bus", "pci", "rescan"):
+            return self._rescan(data, path)
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    def _device_write(self, bdf: PciAddress, attr: str, data: str, path: Path) -> None:
-        st = self.gpus.get(bdf)
-        if st is None or not self.tree.dev(bdf).exists():
+    def _device_write(self, bdf: PciAddress, attr: str, data: str, path: Path) -> threading.Event | None:
+        if bdf not in self.tree.device_dirs:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        if attr == "reset_subordinate":
+            return self._reset_subordinate(bdf, data, path)
+        if attr == "rescan":
+            return self._rescan(data, path)
+        st = self.gpu_of(bdf)
+        if st is None:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
         if attr == "reset":
             return self._reset(bdf, st, data, path)
         if attr == "reset_method":
             return self._reset_method(bdf, st, data, path)
+        if attr == "driver_override":
+            value = data.strip()
+            if value:
+                self.overrides[bdf] = value
+            else:
+                self.overrides.pop(bdf, None)
+            self.tree.set_attr(bdf, "driver_override", value or "(null)")
+            return None
+        if attr == "remove":
+            return self._remove(bdf, st, data, path)
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
+    # -- resets ------------------------------------------------------------------------------
     def _reset_method(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> None:
         value = data.strip()
+        supported = ("flr", "bus") if bdf == st.spec.bdf else ("flr",)
         if value == "default":
-            st.reset_method = ("flr", "bus")
+            wanted = supported
         else:
             wanted = tuple(value.split())
-            supported = ("flr", "bus")
             for name in wanted:
                 if name not in RESET_METHODS or name not in supported:
                     self.log(KERN_ERR, f"pci {bdf}: Unsupported reset method '{name}'", bdf)
                     raise OSError(errno.EINVAL, "Invalid argument", str(path))
             if not wanted:
                 self.log(KERN_INFO, f"pci {bdf}: All device reset methods disabled by user", bdf)
+        if bdf == st.spec.bdf:
             st.reset_method = wanted
-        self.tree.set_attr(bdf, "reset_method", " ".join(st.reset_method))
+        self.tree.set_attr(bdf, "reset_method", " ".join(wanted))
 
     def _reset(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> None:
         # pci-sysfs reset_store: kstrtoul, then "1" calls pci_reset_function(); else -EINVAL.
         if data.strip() != "1":
             raise OSError(errno.EINVAL, "Invalid argument", str(path))
-        if not st.reset_method:
+        if bdf != st.spec.bdf:
+            return None  # an audio or USB function's own FLR: nothing the soak looks at
+        method = st.reset_method[0] if st.reset_method else None
+        if method == "bus":
+            # pci_parent_bus_reset() refuses when any other function shares the bus.
+            if len(gpu_functions(st.spec)) > 1 or self._others_behind(st):
+                raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
+        elif method != "flr":
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
-        if st.reset_method[0] != "flr":
-            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))  # issue 4: bus
-        st.flr_count += 1
-        outcome = st.spec.profile.flr(st.rng, st.flr_count)
+        if not self.apply_reset(st, "flr" if method == "flr" else "bus"):
+            # pcie_flr()/the bus reset return -ENOTTY from pci_dev_wait(); with one method enabled
+            # no other is tried, so the write fails with it.
+            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
+        return None
+
+    def _others_behind(self, st: GpuState) -> list[PciAddress]:
+        mine = {b for b, _ in gpu_functions(st.spec)}
+        parent = self.tree.gpu_parents[st.spec.bdf]
+        return [b for b, d in self.tree.device_dirs.items() if d.parent == parent and b not in mine]
+
+    def _reset_subordinate(self, bridge: PciAddress, data: str, path: Path) -> None:
+        if data.strip() != "1":
+            raise OSError(errno.EINVAL, "Invalid argument", str(path))
+        below = [st for st in self.gpus.values() if self.tree.gpu_parents[st.spec.bdf] == self.tree.dev(bridge)]
+        ok = True
+        for st in below:
+            ok = self.apply_reset(st, "bus") and ok
+        if not ok:
+            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
+
+    def apply_reset(self, st: GpuState, kind: str) -> bool:
+        """One reset of a GPU by its profile; True when the GPU answered afterwards."""
+        bdf = st.spec.bdf
+        if st.removed:
+            return False
+        st.resets += 1
+        outcome = st.spec.profile.reset(st.rng, kind, st.resets)
         self.clock.advance(outcome.reset_s)
-        if outcome.result == profiles.FLR_NOT_READY:
-            ms = round(outcome.reset_s * 1000)
-            self.log(KERN_WARNING, f"nvidia {bdf}: not ready {ms}ms after FLR; giving up", bdf)
-            self._die(bdf, st)
-            # pcie_flr() returns -ENOTTY from pci_dev_wait(); with reset_method "flr" alone no
-            # other method is tried, so the write fails with it.
-            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
-        self._revive(bdf, st)
+        if st.stuck:
+            self.log(KERN_WARNING, f"nvidia {bdf}: not ready {round(profiles.NOT_READY_S * 1000)}ms after "
+                     f"{'FLR' if kind != 'bus' else 'bus reset'}; giving up", bdf)
+            return False
+        if outcome.result == profiles.NOT_READY:
+            what = "bus reset" if kind == "bus" else "FLR"
+            self.log(KERN_WARNING, f"nvidia {bdf}: not ready {round(outcome.reset_s * 1000)}ms after {what}; giving up", bdf)
+            self._die(st)
+            return False
+        if outcome.result == profiles.D3COLD:
+            self.log(KERN_ERR, f"nvidia {bdf}: Unable to change power state from D3cold to D0, device inaccessible", bdf)
+            self._die(st, stuck=True, power="D3cold")
+            return False
+        if outcome.result == profiles.FELL_OFF:
+            self.xid(bdf, 79, "GPU has fallen off the bus.")
+            self.log(KERN_ERR, f"NVRM: GPU {bdf}: GPU has fallen off the bus.")
+            self._die(st, stuck=True)
+            return False
+        if kind == "bus" or outcome.link_width is not None:
+            st.link_width = outcome.link_width or st.spec.link_width
+        self._revive(st)
+        if outcome.aer_corrected:
+            self._aer_storm(st, outcome.aer_corrected)
         if outcome.settle_s > 0:
             st.settle_until = self.clock.monotonic() + outcome.settle_s
             self.tree.set_attr(bdf, "current_link_speed", "2.5 GT/s PCIe")
+        return True
 
-    def _die(self, bdf: PciAddress, st: GpuState) -> None:
+    def _die(self, st: GpuState, stuck: bool = False, power: str | None = None) -> None:
         # Config space reads all-ones: LNKSTA 0xffff decodes to speed "Unknown" and width 63 [I];
-        # power_state shows the PCI core's cached current_state, still D0.
+        # power_state shows the PCI core's cached current_state (D0) unless the core saw D3cold.
         st.alive = False
+        st.stuck = st.stuck or stuck
+        bdf = st.spec.bdf
         self.tree.set_attr(bdf, "current_link_speed", "Unknown")
         self.tree.set_attr(bdf, "current_link_width", "63")
+        if power:
+            self.tree.set_attr(bdf, "power_state", power)
 
-    def _revive(self, bdf: PciAddress, st: GpuState) -> None:
+    def _revive(self, st: GpuState) -> None:
         st.alive = True
+        bdf = st.spec.bdf
         self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
-        self.tree.set_attr(bdf, "current_link_width", str(st.spec.link_width))
+        self.tree.set_attr(bdf, "current_link_width", str(st.link_width))
         self.tree.set_attr(bdf, "power_state", "D0")
 
-    def _driver_write(self, driver: str, control: str, data: str, path: Path) -> None:
+    def _aer_storm(self, st: GpuState, count: int) -> None:
+        bdf = st.spec.bdf
+        port = st.spec.upstream[-1] if st.spec.upstream else bdf
+        st.aer_corrected += count
+        self.tree.set_attr(bdf, "aer_dev_correctable",
+                           aer_text(AER_COR_NAMES, {"RxErr": st.aer_corrected}, "TOTAL_ERR_COR").rstrip("\n"))
+        for _ in range(min(count, 5)):  # the kernel rate-limits the messages; the counter keeps counting
+            self.log(KERN_WARNING, f"pcieport {port}: AER: Correctable error message received from {bdf}", port)
+            self.log(KERN_WARNING, f"nvidia {bdf}: PCIe Bus Error: severity=Correctable, type=Physical Layer, "
+                     "(Receiver ID)", bdf)
+
+    # -- drivers -----------------------------------------------------------------------------
+    def _driver_write(self, driver: str, control: str, data: str, path: Path) -> threading.Event | None:
         if not self.tree.driver_dir(driver).is_dir():
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
-        try:
-            bdf = _bdf(data.strip())
-        except GpusoakError:
-            raise OSError(errno.ENODEV, "No such device", str(path)) from None
-        dev = self.tree.device_dirs.get(bdf)
-        if dev is None:
+        bdf = _bdf(data.strip(), path, errno.ENODEV)
+        if bdf not in self.tree.device_dirs:
             raise OSError(errno.ENODEV, "No such device", str(path))
-        bound = os.path.basename(os.readlink(dev / "driver")) if (dev / "driver").is_symlink() else None
+        bound = self.driver_of(bdf)
         if control == "unbind":
             if bound != driver:
                 raise OSError(errno.ENODEV, "No such device", str(path))
-            self.tree.unbind(bdf)
-        elif control == "bind":
+            return self._unbind(bdf)
+        if control == "bind":
             if bound is not None:
                 raise OSError(errno.EBUSY, "Device or resource busy", str(path))
-            self.tree.bind(bdf, driver)
-        else:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            override = self.overrides.get(bdf)
+            if override is not None and override != driver:
+                raise OSError(errno.ENODEV, "No such device", str(path))
+            self._bind(bdf, driver, path)
+            return None
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def _unbind(self, bdf: PciAddress) -> threading.Event | None:
+        st = self.gpu_of(bdf)
+        if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia" and st.spec.profile.unbind_blocks():
+            # nv_pci_remove polls every 500 ms until the device's usage count drops; it never does.
+            self.log(KERN_WARNING, f"NVRM: Attempting to remove device {bdf} with non-zero usage count!")
+            return threading.Event()
+        self.tree.unbind(bdf)
+        if self.driver_of(bdf) is None and self._vfio_group(bdf).exists() and self._group_unbound_from_vfio(bdf):
+            self._vfio_group(bdf).unlink()
+        return None
+
+    def _bind(self, bdf: PciAddress, driver: str, path: Path) -> None:
+        st = self.gpu_of(bdf)
+        if driver == "nvidia":
+            if "nvidia" not in self.modules or st is None or bdf != st.spec.bdf:
+                raise OSError(errno.ENODEV, "No such device", str(path))
+            if not st.alive or st.spec.profile.probe_fails(st.was_on_vfio):
+                self.log(KERN_ERR, f"NVRM: GPU {bdf}: RmInitAdapter failed! (0x26:0x56:1482)")
+                self.log(KERN_ERR, f"NVRM: GPU {bdf}: rm_init_adapter failed, device minor number "
+                         f"{self.minor(bdf)}")
+                self.log(KERN_WARNING, f"nvidia: probe of {bdf} failed with error -1")
+                raise OSError(errno.ENODEV, "No such device", str(path))
+        elif driver == "vfio-pci":
+            if st is not None:
+                st.was_on_vfio = True
+            group = self.tree.groups.get(st.spec.bdf) if st else None
+            if group is not None:
+                put(self.dev_root / "vfio" / str(group), "")
+        elif driver not in FUNCTIONS_DRIVERS:
+            raise OSError(errno.ENODEV, "No such device", str(path))
+        self.tree.bind(bdf, driver)
+
+    def _vfio_group(self, bdf: PciAddress) -> Path:
+        st = self.gpu_of(bdf)
+        return self.dev_root / "vfio" / str(self.tree.groups.get(st.spec.bdf) if st else "none")
+
+    def _group_unbound_from_vfio(self, bdf: PciAddress) -> bool:
+        st = self.gpu_of(bdf)
+        return st is None or all(self.driver_of(b) != "vfio-pci" for b, _ in gpu_functions(st.spec))
+
+    def _probe(self, bdf: PciAddress, path: Path) -> None:
+        """drivers_probe: bind the driver_override's driver if set, else the default one."""
+        if bdf not in self.tree.device_dirs or self.driver_of(bdf) is not None:
+            return None
+        driver = self.overrides.get(bdf) or self.default_driver(bdf)
+        if driver is None or driver == "none":
+            return None
+        try:
+            self._bind(bdf, driver, path)
+        except OSError:
+            pass  # a failed probe leaves the device unbound; the write itself succeeds
+        return None
+
+    def minor(self, bdf: PciAddress) -> int:
+        return [g.bdf for g in self.scenario.gpus].index(bdf)
+
+    # -- remove / rescan ---------------------------------------------------------------------
+    def _remove(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> threading.Event | None:
+        if data.strip() in ("", "0"):
+            return None
+        if self.driver_of(bdf) == "nvidia" and st.spec.profile.unbind_blocks():
+            return self._unbind(bdf)
+        remove_function(self.tree, bdf)
+        if bdf == st.spec.bdf:
+            st.removed = True
+        return None
+
+    def _rescan(self, data: str, path: Path) -> None:
+        if data.strip() in ("", "0"):
+            return None
+        for st in self.gpus.values():
+            missing = [b for b, _ in gpu_functions(st.spec) if b not in self.tree.device_dirs]
+            if not missing:
+                continue
+            if st.stuck:
+                continue  # a device that fell off the bus does not answer the scan
+            for b in [b for b, _ in gpu_functions(st.spec) if b not in missing]:
+                remove_function(self.tree, b)  # a partial removal: the scan re-creates the whole slot
+            create_gpu(self.tree, st.spec, self.tree.groups[st.spec.bdf], bind=False)
+            st.removed = False
+            st.link_width = st.spec.link_width
+            self._revive(st)
+            st.reset_method = ("flr", "bus")
+            for b, _ in gpu_functions(st.spec):
+                self._probe(b, path)
+        return None
+
+    # -- modules (driven by the simulated modprobe/rmmod) --------------------------------------
+    def unbind_all(self, driver: str) -> None:
+        for bdf in list(self.tree.device_dirs):
+            if self.driver_of(bdf) == driver:
+                self.tree.unbind(bdf)
+
+    def probe_all(self, fresh: bool = False) -> None:
+        """What loading the nvidia module does: probe every GPU function with no driver."""
+        for st in self.gpus.values():
+            if fresh:
+                st.was_on_vfio = False
+            for bdf, _ in gpu_functions(st.spec):
+                self._probe(bdf, self.root / "bus" / "pci" / "drivers_probe")
 
 
-def _bdf(name: str) -> PciAddress:
-    return PciAddress.parse(name)
+FUNCTIONS_DRIVERS = {v[3] for v in FUNCTIONS.values()} | {"pcieport"}
+
+
+def _bdf(name: str, path: Path, code: int = errno.ENOENT) -> PciAddress:
+    try:
+        return PciAddress.parse(name)
+    except GpusoakError:
+        raise OSError(code, "No such device", str(path)) from None

@@ -6,7 +6,6 @@ classes, imported from nvidia-ml-py), so gpusoak.host.nvml runs unchanged agains
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -86,7 +85,7 @@ class SimNvmlLib:
             raise pynvml.NVMLError_Uninitialized()
 
     def _state(self, handle: SimHandle) -> GpuState:
-        self._ready()
+        self._driver()
         st = self._kernel.gpus.get(handle.bdf)
         if st is None:
             raise pynvml.NVMLError_InvalidArgument()
@@ -95,22 +94,31 @@ class SimNvmlLib:
         return st
 
     # -- devices -------------------------------------------------------------------------------
+    def _driver(self) -> None:
+        self._ready()
+        if "nvidia" not in self._kernel.modules:
+            raise pynvml.NVMLError_DriverNotLoaded()
+
+    def nvmlDeviceGetArchitecture(self, h: SimHandle) -> int:
+        arch = self._state(h).spec.arch
+        return {"ampere": pynvml.NVML_DEVICE_ARCH_AMPERE, "hopper": pynvml.NVML_DEVICE_ARCH_HOPPER,
+                "blackwell": getattr(pynvml, "NVML_DEVICE_ARCH_BLACKWELL", 10)}.get(arch, pynvml.NVML_DEVICE_ARCH_UNKNOWN)
+
     def nvmlDeviceGetCount(self) -> int:
         self._ready()
         return sum(1 for b in self._kernel.gpus if self._bound(b))
 
     def _bound(self, bdf: PciAddress) -> bool:
-        link = self._kernel.tree.dev(bdf) / "driver"
-        return link.is_symlink() and os.path.basename(os.readlink(link)) == "nvidia"
+        return self._kernel.driver_of(bdf) == "nvidia"
 
     def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> SimHandle:
-        self._ready()
+        self._driver()
         try:
             bdf = _parse_bus_id(bus_id)
         except GpusoakError:
             raise pynvml.NVMLError_InvalidArgument() from None
         st = self._kernel.gpus.get(bdf)
-        if st is None or not self._bound(bdf):
+        if st is None or st.removed or not self._bound(bdf):
             raise pynvml.NVMLError_NotFound()
         handle = SimHandle(bdf)
         self._state(handle)

@@ -1,7 +1,8 @@
-"""Fault profiles: how a simulated GPU answers a reset.
+"""Fault profiles: how a simulated GPU answers each reset path.
 
 A profile decides outcomes only; the kernel model (gpusoak.sim.kernel) turns an outcome into what
-a real node shows: sysfs values, /dev/kmsg records in the kernel's and driver's wording, NVML errors.
+a real node shows: sysfs values, /dev/kmsg records in the kernel's and driver's wording, NVML
+errors, command exit codes. Every profile is the way GPUs fail in the field (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -9,29 +10,55 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-# What one FLR does to the function.
-FLR_OK = "ok"
-FLR_NOT_READY = "not_ready"  # "not ready 65535ms after FLR; giving up": config space reads all-ones
+# Outcomes of one reset (FLR, bus reset, or nvidia-smi -r).
+OK = "ok"
+NOT_READY = "not_ready"  # "not ready 65535ms after FLR; giving up": config space reads all-ones
+D3COLD = "d3cold"  # "Unable to change power state from D3cold to D0, device inaccessible"; stays so
+FELL_OFF = "fell_off"  # Xid 79 and NVRM's "GPU has fallen off the bus"; only a reboot helps
+
+# 65535 ms is the sum of pci_dev_wait's doubling waits (1 + 2 + ... + 32768 ms) once it passes the
+# 60 s timeout, which is why the kernel's message reads "not ready 65535ms after FLR".
+NOT_READY_S = 65.535
 
 
 @dataclass(frozen=True)
-class FlrOutcome:
+class ResetOutcome:
     result: str
-    reset_s: float  # how long the write to "reset" blocks
-    settle_s: float = 0.0  # link retraining after the write returned (reads a lower speed meanwhile)
+    reset_s: float  # how long the write (or command) blocks
+    settle_s: float = 0.0  # link retraining after it returned (reads a lower speed meanwhile)
+    link_width: int | None = None  # the width the link retrains at, when not the GPU's own
+    aer_corrected: int = 0  # corrected AER errors the reset provokes on the link
 
 
 class FaultProfile:
     NAME = ""
     PARAMS: tuple[str, ...] = ()
+    STICKY = False  # a dead GPU of this profile stays dead until the node reboots
 
-    def flr(self, rng: random.Random, cycle: int) -> FlrOutcome:
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+        """``kind`` is flr, bus or gpu_reset; ``n`` counts this GPU's resets, 1-based."""
         # PCIe requires 100 ms after FLR before config requests (PCIe base spec 6.6.2); a healthy
-        # function then answers at once. Link retraining to full speed follows within a second.
-        return FlrOutcome(FLR_OK, reset_s=rng.uniform(0.10, 0.16), settle_s=rng.uniform(0.05, 0.8))
+        # function then answers at once, and its link retrains to full speed within a second.
+        base = {"flr": (0.10, 0.16), "bus": (0.15, 0.20), "gpu_reset": (0.4, 1.2)}[kind]
+        return ResetOutcome(OK, rng.uniform(*base), settle_s=rng.uniform(0.05, 0.8))
+
+    def unbind_blocks(self) -> bool:
+        return False
+
+    def probe_fails(self, after_vfio: bool) -> bool:
+        return False
+
+    def module_busy(self) -> bool:
+        return False
 
     def describe(self) -> str:
-        return self.NAME
+        params = ", ".join(f"{k}={getattr(self, k)}" for k in self.PARAMS)
+        return f"{self.NAME} ({params})" if params else self.NAME
+
+
+def _check_p(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: p must be within 0..1, got {value}")
 
 
 class Healthy(FaultProfile):
@@ -40,28 +67,135 @@ class Healthy(FaultProfile):
 
 @dataclass(frozen=True)
 class FlakyFlr(FaultProfile):
-    """With probability p an FLR leaves the function not ready; the kernel gives up after 65 s.
-
-    65535 ms is the sum of pci_dev_wait's doubling waits (1 + 2 + ... + 32768 ms) once it passes
-    the 60 s FLR timeout, which is why the real message reads "not ready 65535ms after FLR".
-    A later FLR may bring the function back, as it does in the field.
-    """
+    """With probability p an FLR (or nvidia-smi -r, which is an FLR) leaves the function not ready.
+    A later reset may bring it back, as it does in the field."""
 
     p: float = 0.3
     NAME = "flaky-flr"
     PARAMS = ("p",)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"flaky-flr: p must be within 0..1, got {self.p}")
+        _check_p(self.NAME, self.p)
 
-    def flr(self, rng: random.Random, cycle: int) -> FlrOutcome:
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+        if kind in ("flr", "gpu_reset") and rng.random() < self.p:
+            return ResetOutcome(NOT_READY, NOT_READY_S)
+        return super().reset(rng, kind, n)
+
+
+@dataclass(frozen=True)
+class Degrading(FaultProfile):
+    """Works in the morning: the chance that a reset leaves it not ready grows with every reset."""
+
+    base: float = 0.0
+    slope: float = 0.02
+    NAME = "degrading"
+    PARAMS = ("base", "slope")
+
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+        if kind in ("flr", "gpu_reset") and rng.random() < min(1.0, self.base + self.slope * n):
+            return ResetOutcome(NOT_READY, NOT_READY_S)
+        return super().reset(rng, kind, n)
+
+
+@dataclass(frozen=True)
+class D3coldStuck(FaultProfile):
+    """With probability p a reset leaves the GPU in D3cold for good."""
+
+    p: float = 0.25
+    NAME = "d3cold-stuck"
+    PARAMS = ("p",)
+    STICKY = True
+
+    def __post_init__(self) -> None:
+        _check_p(self.NAME, self.p)
+
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
         if rng.random() < self.p:
-            return FlrOutcome(FLR_NOT_READY, reset_s=65.535)
-        return super().flr(rng, cycle)
-
-    def describe(self) -> str:
-        return f"{self.NAME} (p={self.p})"
+            return ResetOutcome(D3COLD, rng.uniform(0.1, 0.2))
+        return super().reset(rng, kind, n)
 
 
-PROFILES: dict[str, type[FaultProfile]] = {p.NAME: p for p in (Healthy, FlakyFlr)}
+@dataclass(frozen=True)
+class FallsOffBusUnderLoad(FaultProfile):
+    """With probability p a reset knocks the GPU off the bus (Xid 79); only a reboot helps.
+    (The load that provokes it in the field arrives with the load issue; here every reset may.)"""
+
+    p: float = 0.2
+    NAME = "falls-off-bus-under-load"
+    PARAMS = ("p",)
+    STICKY = True
+
+    def __post_init__(self) -> None:
+        _check_p(self.NAME, self.p)
+
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+        if rng.random() < self.p:
+            return ResetOutcome(FELL_OFF, rng.uniform(0.1, 0.2))
+        return super().reset(rng, kind, n)
+
+
+@dataclass(frozen=True)
+class DegradedLink(FaultProfile):
+    """With probability p a function-level reset retrains the link narrower; a bus reset, which
+    retrains the link from the port, restores it."""
+
+    p: float = 0.3
+    width: int = 8
+    NAME = "degraded-link"
+    PARAMS = ("p", "width")
+
+    def __post_init__(self) -> None:
+        _check_p(self.NAME, self.p)
+
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+        out = super().reset(rng, kind, n)
+        if kind != "bus" and rng.random() < self.p:
+            return ResetOutcome(OK, out.reset_s, out.settle_s, link_width=self.width)
+        return out
+
+
+@dataclass(frozen=True)
+class AerStorm(FaultProfile):
+    """Every reset provokes a burst of corrected AER errors on the GPU's link."""
+
+    per_reset: int = 40
+    NAME = "aer-storm"
+    PARAMS = ("per_reset",)
+
+    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+        out = super().reset(rng, kind, n)
+        return ResetOutcome(OK, out.reset_s, out.settle_s, aer_corrected=self.per_reset)
+
+
+class UnbindHangs(FaultProfile):
+    """Unbinding it from nvidia blocks in the kernel and never returns."""
+
+    NAME = "unbind-hangs"
+
+    def unbind_blocks(self) -> bool:
+        return True
+
+
+class ModuleBusy(FaultProfile):
+    """Something keeps the nvidia module in use: rmmod answers "Module nvidia is in use"."""
+
+    NAME = "module-busy"
+
+    def module_busy(self) -> bool:
+        return True
+
+
+class VfioReattachFails(FaultProfile):
+    """Goes to vfio-pci and back, and then nvidia's probe fails (RmInitAdapter failed). Only a
+    fresh load of the driver brings it back."""
+
+    NAME = "vfio-reattach-fails"
+
+    def probe_fails(self, after_vfio: bool) -> bool:
+        return after_vfio
+
+
+PROFILES: dict[str, type[FaultProfile]] = {p.NAME: p for p in (
+    Healthy, FlakyFlr, Degrading, D3coldStuck, FallsOffBusUnderLoad, DegradedLink, AerStorm, UnbindHangs,
+    ModuleBusy, VfioReattachFails)}

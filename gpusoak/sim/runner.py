@@ -1,5 +1,7 @@
 """The simulated node's command runner: answers like the real programs, never runs anything.
 
+Covered: ``nvidia-smi -r -i BDF`` (exit codes from the nvidia-smi documentation, reference 4.1),
+``rmmod`` and ``modprobe`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
 A command the simulated node does not know answers as a shell does for a missing program (127),
 so nothing a test asks for can reach this machine's own devices.
 """
@@ -8,8 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gpusoak.host import procs
 from gpusoak.host.commands import CommandResult
-from gpusoak.sim.kernel import SimKernel
+from gpusoak.model import PciAddress
+from gpusoak.sim.kernel import KERN_INFO, SimKernel
+from gpusoak.sim.tree import load_module, unload_module
+
+# Which module holds which (lsmod's "Used by"): unloading needs these gone first.
+USED_BY = {"nvidia": ("nvidia_modeset", "nvidia_uvm", "nvidia_peermem"), "nvidia_modeset": ("nvidia_drm",)}
 
 
 class SimRunner:
@@ -22,6 +30,100 @@ class SimRunner:
             raise TypeError("argv must be a non-empty list of strings, never a shell string")
         argv = tuple(argv)
         self.calls.append(argv)
+        start = self._kernel.clock.monotonic()
+        code, out, err = self._answer(argv)
+        return CommandResult(argv, code, out, err, self._kernel.clock.monotonic() - start)
+
+    def _answer(self, argv: tuple[str, ...]) -> tuple[int, str, str]:
+        name, args = argv[0], argv[1:]
         if argv == ("uname", "-r"):
-            return CommandResult(argv, 0, self._kernel.scenario.kernel + "\n", "", 0.001)
-        return CommandResult(argv, 127, "", f"{argv[0]}: command not found (simulated node)", 0.0)
+            return 0, self._kernel.scenario.kernel + "\n", ""
+        if name == "nvidia-smi" and args[:1] in (("-r",), ("--gpu-reset",)):
+            return self._gpu_reset(args)
+        if name == "rmmod" and len(args) == 1:
+            return self._rmmod(args[0])
+        if name == "modprobe" and len(args) == 1:
+            return self._modprobe(args[0])
+        if name == "systemctl" and len(args) == 2:
+            return self._systemctl(*args)
+        return 127, "", f"{name}: command not found (simulated node)"
+
+    # -- nvidia-smi -r -------------------------------------------------------------------------
+    def _gpu_reset(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        k = self._kernel
+        if "nvidia" not in k.modules:
+            return 9, "", ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+                           "Make sure that the latest NVIDIA driver is installed and running.\n")
+        if "-i" not in args or args.index("-i") + 1 >= len(args):
+            return 2, "", "Resetting all GPUs at once is not supported by this simulated node; pass -i.\n"
+        target = args[args.index("-i") + 1]
+        try:
+            bdf = PciAddress.parse(target.lower())
+        except Exception:
+            return 6, "", f"No devices were found matching {target}.\n"
+        st = k.gpus.get(bdf)
+        if st is None or k.driver_of(bdf) != "nvidia":
+            return 6, "", f"No devices were found matching {target}.\n"
+        if not st.alive:
+            return 15, "", f"Unable to determine the device handle for GPU {bdf.nvml_bus_id}: GPU is lost.\n"
+        holders = procs.device_holders({f"/dev/nvidia{k.minor(bdf)}"}, k.root.parent / "proc")
+        if holders:
+            return 255, "", (f"The following GPUs could not be reset:\n  GPU {bdf.nvml_bus_id}: In use by another client\n"
+                             f"\n1 device is currently being used by one or more other processes.\n")
+        if k.apply_reset(st, "gpu_reset"):
+            return 0, f"GPU {bdf.nvml_bus_id} was successfully reset.\nAll done.\n", ""
+        return 255, "", f"GPU {bdf.nvml_bus_id}: Unknown Error\n"
+
+    # -- modules -------------------------------------------------------------------------------
+    def _rmmod(self, module: str) -> tuple[int, str, str]:
+        k = self._kernel
+        if module not in k.modules:
+            return 1, "", f"rmmod: ERROR: Module {module} is not currently loaded\n"
+        users = [m for m in USED_BY.get(module, ()) if m in k.modules]
+        if users:
+            return 1, "", f"rmmod: ERROR: Module {module} is in use by: {' '.join(users)}\n"
+        if module == "nvidia" and (any(st.spec.profile.module_busy() for st in k.gpus.values())
+                                   or self._device_users()):
+            return 1, "", "rmmod: ERROR: Module nvidia is in use\n"
+        k.modules.discard(module)
+        unload_module(k.tree, module)
+        if module == "nvidia":
+            k.unbind_all("nvidia")
+        return 0, "", ""
+
+    def _device_users(self) -> list[procs.Holder]:
+        k = self._kernel
+        nodes = {f"/dev/nvidia{k.minor(b)}" for b in k.gpus} | {"/dev/nvidiactl"}
+        return procs.device_holders(nodes, k.root.parent / "proc")
+
+    def _modprobe(self, module: str) -> tuple[int, str, str]:
+        k = self._kernel
+        if module in k.modules:
+            return 0, "", ""
+        needs = {"nvidia_uvm": "nvidia", "nvidia_modeset": "nvidia", "nvidia_peermem": "nvidia",
+                 "nvidia_drm": "nvidia_modeset"}
+        if module not in ("nvidia", *needs):
+            return 1, "", f"modprobe: FATAL: Module {module} not found in directory /lib/modules/{k.scenario.kernel}\n"
+        if module in needs and needs[module] not in k.modules:  # modprobe loads what a module needs
+            self._modprobe(needs[module])
+        k.modules.add(module)
+        load_module(k.tree, module, k.scenario.driver)
+        if module == "nvidia":
+            k.log(KERN_INFO, f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {k.scenario.driver}  "
+                  "Release Build  (gpusoak simulated node)")
+            k.probe_all(fresh=True)
+        return 0, "", ""
+
+    # -- services ------------------------------------------------------------------------------
+    def _systemctl(self, verb: str, unit: str) -> tuple[int, str, str]:
+        services = self._kernel.services
+        name = unit.removesuffix(".service")
+        if verb == "is-active":
+            state = services.get(name, "inactive")
+            return (0 if state == "active" else 3), state + "\n", ""
+        if name not in services:
+            return 5, "", f"Failed to {verb} {name}.service: Unit {name}.service not loaded.\n"
+        if verb in ("stop", "start"):
+            services[name] = "inactive" if verb == "stop" else "active"
+            return 0, "", ""
+        return 1, "", f"Unknown command verb {verb}.\n"

@@ -22,6 +22,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_SCENARIO = "h100-8gpu"
+DEFAULT_SERVICES = {"nvidia-persistenced": "active", "nvidia-fabricmanager": "inactive", "nvidia-dcgm": "inactive"}
+FUNCTION_KINDS = ("audio", "usb")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class GpuSpec:
     numa_node: int
     expect: str | None = None  # the class the verdict must give this GPU
     health: dict[str, Any] = field(default_factory=dict)  # NVML readings to start from (see sim.nvml.HEALTH)
+    functions: tuple[str, ...] = ()  # extra functions beside graphics: "audio", "usb"
+    arch: str = "hopper"  # NVML architecture: ampere, hopper, blackwell
+    display: bool = False  # boot VGA with a connected display (a console is on it)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,10 @@ class Scenario:
     gpus: tuple[GpuSpec, ...]
     description: str = ""
     holders: dict[int, str] = field(default_factory=dict)  # pid -> device node it holds open
+    services: dict[str, str] = field(default_factory=dict)  # systemd unit -> active / inactive
+    modules: tuple[str, ...] = ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm")  # loaded at start
+    nvswitches: int = 0  # NVSwitch functions on the node (Fabric Manager matters on Ampere)
+    actions: tuple[str, ...] = ("flr",)  # the actions the scenario's expected classes assume
 
 
 def bundled() -> list[str]:
@@ -108,12 +117,18 @@ def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
         time_scale=float(data.get("time_scale", 0.0)),
         gpus=tuple(gpus),
         holders=holders,
+        services={str(k): str(v) for k, v in data.get("services", DEFAULT_SERVICES).items()},
+        modules=tuple(data.get("modules", ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm"))),
+        nvswitches=int(data.get("nvswitches", 0)),
+        actions=tuple(data.get("actions", ("flr",))),
     )
 
 
 def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
     bdf = PciAddress.parse(spec["bdf"])
     upstream = tuple(PciAddress.parse(a) for a in spec.get("upstream", ()))
+    if bdf.function != 0:
+        raise ScenarioError("a GPU's graphics function is function 0; list others in `functions`")
     if not upstream and bdf.bus > 0:
         # One root port per GPU by default: its own reset domain.
         upstream = (PciAddress(bdf.domain, bdf.bus - 1, 1, 0),)
@@ -136,7 +151,17 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         numa_node=int(spec.get("numa_node", 0 if bdf.bus < 0x80 else 1)),
         expect=spec.get("expect"),
         health=_health(spec.get("health", {})),
+        functions=_functions(spec.get("functions", ())),
+        arch=str(spec.get("arch", "hopper")),
+        display=bool(spec.get("display", False)),
     )
+
+
+def _functions(raw) -> tuple[str, ...]:
+    bad = [f for f in raw if f not in FUNCTION_KINDS]
+    if bad:
+        raise ScenarioError(f"unknown function kind(s) {', '.join(map(str, bad))}; known: {', '.join(FUNCTION_KINDS)}")
+    return tuple(raw)
 
 
 def _health(raw: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from gpusoak.model import PciAddress
-from gpusoak.sim.scenario import Scenario
+from gpusoak.sim.scenario import GpuSpec, Scenario
 
 # aer_dev_* bit names printed by Linux 6.12 (drivers/pci/pcie/aer.c).
 AER_COR_NAMES = ("RxErr", "BadTLP", "BadDLLP", "Rollover", "Timeout", "NonFatalErr", "CorrIntErr", "HeaderOF")
@@ -49,6 +49,8 @@ class Tree:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.device_dirs: dict[PciAddress, Path] = {}
+        self.gpu_parents: dict[PciAddress, Path] = {}  # each GPU's upstream port directory (for rescans)
+        self.groups: dict[PciAddress, int] = {}  # each GPU's IOMMU group
 
     def bus_link(self, bdf: PciAddress) -> Path:
         return self.root / "bus" / "pci" / "devices" / str(bdf)
@@ -79,6 +81,12 @@ class Tree:
 WRITABLE = {"reset_method", "driver_override", "power/control", "d3cold_allowed", "enable"}
 
 
+
+# Extra functions a GPU may carry, as lspci shows them on NVIDIA boards: (function, device id, class, driver).
+FUNCTIONS = {"audio": (1, 0x22BA, "0x040300", "snd_hda_intel"), "usb": (2, 0x1AD8, "0x0c0330", "xhci_hcd")}
+DRIVERS = ("nvidia", "pcieport", "vfio-pci", "snd_hda_intel", "xhci_hcd")
+
+
 def _driver(tree: Tree, name: str) -> None:
     d = tree.driver_dir(name)
     for control in ("bind", "unbind", "new_id", "remove_id"):
@@ -91,18 +99,75 @@ def _function(tree: Tree, bdf: PciAddress, parent: Path, files: dict[str, str]) 
     tree.device_dirs[bdf] = d
     for name, value in files.items():
         put(d / name, value + "\n", 0o644 if name in WRITABLE else 0o444)
+    for control in ("remove", "rescan"):
+        put(d / control, "", 0o200)
     link(tree.bus_link(bdf), d)
     return d
+
+
+def _aer_files() -> dict[str, str]:
+    return {"aer_dev_correctable": aer_text(AER_COR_NAMES, {}, "TOTAL_ERR_COR").rstrip("\n"),
+            "aer_dev_nonfatal": aer_text(AER_UNCOR_NAMES, {}, "TOTAL_ERR_NONFATAL").rstrip("\n"),
+            "aer_dev_fatal": aer_text(AER_UNCOR_NAMES, {}, "TOTAL_ERR_FATAL").rstrip("\n")}
+
+
+def gpu_functions(gpu: GpuSpec) -> list[tuple[PciAddress, str]]:
+    """The GPU's functions and the driver each binds to by default, graphics first."""
+    out = [(gpu.bdf, "nvidia")]
+    for kind in gpu.functions:
+        number, _, _, driver = FUNCTIONS[kind]
+        out.append((PciAddress(gpu.bdf.domain, gpu.bdf.bus, gpu.bdf.device, number), driver))
+    return out
+
+
+def create_gpu(tree: Tree, gpu: GpuSpec, group: int, bind: bool = True) -> None:
+    """The GPU's functions under its upstream port, as the PCI core creates them on a scan."""
+    parent = tree.gpu_parents[gpu.bdf]
+    d = _function(tree, gpu.bdf, parent, {
+        "vendor": "0x10de", "device": f"0x{gpu.device_id:04x}", "class": "0x030200",
+        "subsystem_vendor": "0x10de", "subsystem_device": "0x16c1", "revision": "0xa1",
+        "numa_node": str(gpu.numa_node), "enable": "1", "d3cold_allowed": "1",
+        "power_state": "D0", "power/control": "on", "power/runtime_status": "active",
+        "current_link_speed": gpu.link_speed, "max_link_speed": gpu.link_speed,
+        "current_link_width": str(gpu.link_width), "max_link_width": str(gpu.link_width),
+        "reset_method": "flr bus", "driver_override": "(null)", "boot_vga": "1" if gpu.display else "0",
+        **_aer_files(),
+    })
+    put(d / "reset", "", 0o200)
+    group_dir = tree.root / "kernel" / "iommu_groups" / str(group)
+    for bdf, driver in gpu_functions(gpu):
+        if bdf != gpu.bdf:
+            number, device_id, klass, _ = next(v for v in FUNCTIONS.values() if v[3] == driver)
+            fd = _function(tree, bdf, parent, {
+                "vendor": "0x10de", "device": f"0x{device_id:04x}", "class": klass, "power_state": "D0",
+                "power/control": "on", "reset_method": "flr", "driver_override": "(null)", **_aer_files()})
+            put(fd / "reset", "", 0o200)
+        link(group_dir / "devices" / str(bdf), tree.dev(bdf))
+        link(tree.dev(bdf) / "iommu_group", group_dir)
+        if bind:
+            tree.bind(bdf, driver)
+
+
+def remove_function(tree: Tree, bdf: PciAddress) -> None:
+    """What pci_stop_and_remove_bus_device leaves: no directory, no links."""
+    import shutil
+
+    tree.unbind(bdf)
+    d = tree.device_dirs.pop(bdf)
+    for entry in (tree.bus_link(bdf), *tree.root.glob(f"kernel/iommu_groups/*/devices/{bdf}")):
+        if entry.is_symlink():
+            entry.unlink()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def build(root: Path, scenario: Scenario) -> Tree:
     tree = Tree(root)
     for control in ("rescan", "drivers_probe"):
         put(root / "bus" / "pci" / control, "", 0o200)
-    for drv in ("nvidia", "pcieport", "vfio-pci", "snd_hda_intel"):
+    for drv in DRIVERS:
         _driver(tree, drv)
-    put(root / "module" / "nvidia" / "version", scenario.driver + "\n", 0o444)
-    put(root / "module" / "nvidia" / "refcnt", "0\n", 0o444)
+    for module in scenario.modules:
+        load_module(tree, module, scenario.driver)
     for group, gpu in enumerate(scenario.gpus, start=10):
         parent = root / "devices" / f"pci{gpu.bdf.domain:04x}:{(gpu.upstream[0].bus if gpu.upstream else gpu.bdf.bus):02x}"
         for port in gpu.upstream:
@@ -113,28 +178,27 @@ def build(root: Path, scenario: Scenario) -> Tree:
                 "vendor": "0x8086", "device": "0x352a", "class": "0x060400",
                 "current_link_speed": gpu.link_speed, "max_link_speed": gpu.link_speed,
                 "current_link_width": str(gpu.link_width), "max_link_width": str(gpu.link_width),
-                "power_state": "D0", "power/control": "on", "reset_method": "pm",
-                "aer_dev_correctable": aer_text(AER_COR_NAMES, {}, "TOTAL_ERR_COR").rstrip("\n"),
-                "aer_dev_nonfatal": aer_text(AER_UNCOR_NAMES, {}, "TOTAL_ERR_NONFATAL").rstrip("\n"),
-                "aer_dev_fatal": aer_text(AER_UNCOR_NAMES, {}, "TOTAL_ERR_FATAL").rstrip("\n"),
+                "power_state": "D0", "power/control": "on", "reset_method": "pm", **_aer_files(),
             })
+            put(parent / "reset_subordinate", "", 0o200)
             tree.bind(port, "pcieport")
-        d = _function(tree, gpu.bdf, parent, {
-            "vendor": "0x10de", "device": f"0x{gpu.device_id:04x}", "class": "0x030200",
-            "subsystem_vendor": "0x10de", "subsystem_device": "0x16c1", "revision": "0xa1",
-            "numa_node": str(gpu.numa_node), "enable": "1", "d3cold_allowed": "1",
-            "power_state": "D0", "power/control": "on", "power/runtime_status": "active",
-            "current_link_speed": gpu.link_speed, "max_link_speed": gpu.link_speed,
-            "current_link_width": str(gpu.link_width), "max_link_width": str(gpu.link_width),
-            "reset_method": "flr bus", "driver_override": "(null)",
-            "aer_dev_correctable": aer_text(AER_COR_NAMES, {}, "TOTAL_ERR_COR").rstrip("\n"),
-            "aer_dev_nonfatal": aer_text(AER_UNCOR_NAMES, {}, "TOTAL_ERR_NONFATAL").rstrip("\n"),
-            "aer_dev_fatal": aer_text(AER_UNCOR_NAMES, {}, "TOTAL_ERR_FATAL").rstrip("\n"),
-        })
-        for control in ("reset", "remove", "rescan"):
-            put(d / control, "", 0o200)
-        tree.bind(gpu.bdf, "nvidia")
-        group_dir = root / "kernel" / "iommu_groups" / str(group)
-        link(group_dir / "devices" / str(gpu.bdf), d)
-        link(d / "iommu_group", group_dir)
+        tree.gpu_parents[gpu.bdf] = parent
+        tree.groups[gpu.bdf] = group
+        create_gpu(tree, gpu, group, bind="nvidia" in scenario.modules)
+    for n in range(scenario.nvswitches):
+        sw = PciAddress(0, 0x05 + n, 0, 0)
+        _function(tree, sw, root / "devices" / "pci0000:00", {"vendor": "0x10de", "device": "0x22a3",
+                                                              "class": "0x068000"})
     return tree
+
+
+def load_module(tree: Tree, name: str, version: str) -> None:
+    put(tree.root / "module" / name / "refcnt", "0\n", 0o444)
+    if name == "nvidia":
+        put(tree.root / "module" / name / "version", version + "\n", 0o444)
+
+
+def unload_module(tree: Tree, name: str) -> None:
+    import shutil
+
+    shutil.rmtree(tree.root / "module" / name, ignore_errors=True)

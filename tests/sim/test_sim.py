@@ -127,9 +127,30 @@ def test_same_seed_same_node_behaviour(tmp_path):
 
 
 def test_commands_never_reach_this_machine(sim):
+    # nvidia-smi -r is answered by the simulated GPU (its reset count moves), not by a program.
     r = sim.node.runner.run(["nvidia-smi", "-r", "-i", "0000:18:00.0"], timeout_s=5)
+    assert r.returncode == 0 and r.stdout == "GPU 00000000:18:00.0 was successfully reset.\nAll done.\n"
+    assert sim.kernel.gpus[HEALTHY].resets == 1
+    r = sim.node.runner.run(["reboot"], timeout_s=5)
     assert r.returncode == 127 and "simulated" in r.stderr
     assert sim.node.runner.run(["uname", "-r"], timeout_s=5).stdout.strip() == "6.8.0-48-generic"
+
+
+def test_modules_and_services(sim):
+    run = sim.node.runner.run
+    assert run(["rmmod", "nvidia"], timeout_s=5).stderr.startswith("rmmod: ERROR: Module nvidia is in use by:")
+    for m in ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"):
+        assert run(["rmmod", m], timeout_s=5).returncode == 0, m
+    assert sim.node.sysfs.function(HEALTHY).driver is None
+    assert sim.node.nvml.health(HEALTHY).status == "driver_not_loaded"
+    assert run(["rmmod", "nvidia"], timeout_s=5).stderr == "rmmod: ERROR: Module nvidia is not currently loaded\n"
+    assert run(["modprobe", "nvidia_drm"], timeout_s=5).returncode == 0  # pulls in nvidia_modeset and nvidia
+    assert sim.node.sysfs.function(HEALTHY).driver == "nvidia" and sim.kernel.modules >= {"nvidia", "nvidia_modeset"}
+    r = run(["systemctl", "is-active", "nvidia-persistenced"], timeout_s=5)
+    assert (r.returncode, r.stdout) == (0, "active\n")
+    assert run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5).returncode == 0
+    assert run(["systemctl", "is-active", "nvidia-persistenced"], timeout_s=5).returncode == 3
+    assert run(["systemctl", "stop", "nope"], timeout_s=5).returncode == 5
 
 
 @pytest.mark.parametrize("gpus, message", [
