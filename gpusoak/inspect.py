@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gpusoak import gates, verify
-from gpusoak.actions import ACTIONS
+from gpusoak.actions import ACTIONS, Context
 from gpusoak.errors import GpusoakError
 from gpusoak.host import kmsg
 from gpusoak.host.node import Node
@@ -97,7 +97,7 @@ def _nvml(node: Node, bdf: PciAddress) -> dict[str, Any]:
 
 
 def _can_run(node: Node, action, bdf: PciAddress) -> dict[str, Any]:
-    refusals = action.refusals(node, bdf)
+    refusals = action.refusals(node, None if action.scope == "node" else bdf, Context())
     return {"can_run": not refusals, "why_not": [f"{f.reason}: {f.detail}" for f in refusals]}
 
 

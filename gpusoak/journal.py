@@ -37,6 +37,10 @@ class Journal:
         self._append({"type": "cycle", **result.to_dict()})
         self.count += 1
 
+    def note(self, record: dict[str, Any]) -> None:
+        """Any other record (``type`` set by the caller): what the run did besides cycles."""
+        self._append(record)
+
     def _append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
         try:
@@ -74,6 +78,7 @@ class JournalContent:
     header: dict[str, Any]
     results: list[CycleResult]
     problems: list[str] = field(default_factory=list)  # lines that could not be read, and why
+    notes: list[dict[str, Any]] = field(default_factory=list)  # restore records and the like
 
 
 def read(path: Path | str) -> JournalContent:
@@ -85,6 +90,7 @@ def read(path: Path | str) -> JournalContent:
     header: dict[str, Any] | None = None
     results: list[CycleResult] = []
     problems: list[str] = []
+    notes: list[dict[str, Any]] = []
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -96,6 +102,8 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
+            elif kind == "restore":
+                notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -106,4 +114,4 @@ def read(path: Path | str) -> JournalContent:
         raise JournalError("not a gpusoak journal: no run header", path=str(path))
     if header.get("schema") != JOURNAL_SCHEMA:
         raise JournalError(f"unsupported journal schema {header.get('schema')!r}", path=str(path))
-    return JournalContent(header, results, problems)
+    return JournalContent(header, results, problems, notes)

@@ -130,6 +130,7 @@ class Snapshot:
     link: LinkState | None = None
     uuid: str | None = None
     nvml_status: str = "not read"  # ok, gpu_lost, reset_required, not_found, unavailable: <why>
+    siblings: tuple[tuple[str, str | None], ...] = ()  # the GPU's other functions and their drivers
 
 
 # Cycle outcomes. attempts = recovered + failed + hung; refused and skipped are not attempts.
@@ -163,6 +164,8 @@ class CycleResult:
     findings: tuple[Finding, ...] = ()
     checks: tuple[Check, ...] = ()
     events: tuple[KernelEvent, ...] = ()
+    ladder: tuple[Finding, ...] = ()  # after a failure: each rung tried, and what it did
+    recovered_by: str | None = None  # the rung that brought the GPU back; "reboot_required" if none did
 
     @property
     def attempted(self) -> bool:
@@ -177,6 +180,9 @@ class CycleResult:
         lines = [f"{self.action} cycle {self.cycle} on {self.bdf}: {self.outcome}"]
         lines += [f"  {f.reason}: {f.detail}" for f in self.findings]
         lines += [f"  kernel: {e.text}" for e in self.events]
+        lines += [f"  ladder {f.reason}: {f.detail}" for f in self.ladder]
+        if self.recovered_by:
+            lines.append(f"  recovered by: {self.recovered_by}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +196,7 @@ class CycleResult:
         d["findings"] = tuple(Finding.from_dict(x) for x in d.get("findings", ()))
         d["checks"] = tuple(Check.from_dict(x) for x in d.get("checks", ()))
         d["events"] = tuple(KernelEvent.from_dict(x) for x in d.get("events", ()))
+        d["ladder"] = tuple(Finding.from_dict(x) for x in d.get("ladder", ()))
         return cls(**d)
 
 

@@ -1,7 +1,7 @@
 """One soak: the node, its GPUs' idle baselines, and one cycle at a time into the journal.
 
     preconditions -> kernel-log cursor -> action.perform (deadline) -> verify.await_recovery
-    -> CycleResult -> journal (fsync'd) -> next cycle
+    -> (failed: the recovery ladder) -> CycleResult -> journal (fsync'd) -> next cycle
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpusoak import gates as health_gates
-from gpusoak import verify
-from gpusoak.actions import ACTIONS
+from gpusoak import ladder, verify
+from gpusoak import state as node_state
+from gpusoak.actions import ACTIONS, Context
 from gpusoak.actions.base import NOT_AUTHORISED
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
@@ -48,7 +49,11 @@ class SoakOptions:
     actions: tuple[str, ...] = ("flr",)
     recovery_deadline_s: float = 60.0  # verification polls this long after the action returns
     write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
+    command_timeout_s: float = 180.0
     destructive: bool = False  # required on a real node; the simulator needs no opt-in
+    stop_services: bool = False  # may GPU services be stopped (and restarted) for a module reload?
+    ladder: bool = True  # climb the recovery ladder after a failed cycle
+    ladder_module_reload: bool = True  # may the ladder reload the driver (affects every GPU)?
     gates: GateLimits = field(default_factory=GateLimits)
 
     def __post_init__(self) -> None:
@@ -57,6 +62,12 @@ class SoakOptions:
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
             raise UsageError(f"unknown action(s) {', '.join(unknown)}; known: {', '.join(ACTIONS)}")
+        if not self.actions:
+            raise UsageError("no actions to run")
+
+    @property
+    def context(self) -> Context:
+        return Context(self.write_timeout_s, self.command_timeout_s, self.stop_services)
 
 
 def new_run_id() -> str:
@@ -78,9 +89,11 @@ class Soak:
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
+        self.saved_state: node_state.NodeState | None = None
         for bdf in gpus:
             self._take_baseline(bdf)
 
+    # -- before ------------------------------------------------------------------------------
     def _take_baseline(self, bdf: PciAddress) -> None:
         """The idle reading every later cycle is compared with, taken before anything is reset,
         and the health gate: a GPU that fails it is not soaked, and the journal says why."""
@@ -105,67 +118,129 @@ class Soak:
                 health = node.nvml.health(bdf)
             except GpusoakError:
                 health = None
-        aer = node.sysfs.function(bdf).aer("correctable") if node.sysfs.function(bdf).present else None
+        fn = node.sysfs.function(bdf)
+        aer = fn.aer("correctable") if fn.present else None
         return health_gates.Reading(node.clock.monotonic(), health, None if aer is None else aer.total)
 
     @property
     def allowed(self) -> bool:
         return self.node.simulated or self.options.destructive
 
-    def start(self, journal_path: Path) -> None:
-        """Open the journal; its header records the node and the baselines before any reset."""
+    def start(self, journal_path: Path, state_path: Path | None = None) -> None:
+        """Save the node's state (when resets are allowed) and open the journal, whose header records
+        the node and the baselines before any reset."""
+        if self.allowed:
+            self.saved_state = node_state.capture(self.node, self.gpus, self.options.context)
+            if state_path is not None:
+                node_state.save(self.saved_state, state_path)
         self.journal = Journal(journal_path, self.header())
 
+    def finish(self) -> list[str]:
+        """Put the node back as it was found; what was changed goes to the journal."""
+        if self.saved_state is None:
+            return []
+        changes = node_state.restore(self.node, self.saved_state, self.options.context)
+        if self.journal is not None:
+            self.journal.note({"type": "restore", "changes": changes})
+        return changes
+
+    # -- cycles ------------------------------------------------------------------------------
     def run_cycle(self, bdf: PciAddress, action_name: str, cycle: int) -> CycleResult:
+        (result,) = self._journaled([bdf], action_name, cycle, lambda: [self._cycle(bdf, action_name, cycle)])
+        return result
+
+    def run_node_cycle(self, action_name: str, cycle: int) -> list[CycleResult]:
+        """One cycle of a node-scope action: one result per GPU."""
+        return self._journaled(self.gpus, action_name, cycle, lambda: self._node_cycle(action_name, cycle))
+
+    def _journaled(self, gpus, action_name, cycle, work) -> list[CycleResult]:
         if self.journal is None:
             raise RuntimeError("Soak.start() opens the journal before the first cycle")
         try:
-            result = self._cycle(bdf, action_name, cycle)
+            results = work()
         except Exception as err:
             # A bug in gpusoak is not the GPU's fault: journal the cycle as not judged, then raise.
-            self.journal.append(CycleResult(
-                run_id=self.run_id, bdf=str(bdf), uuid=self.baselines[bdf].uuid, action=action_name,
-                cycle=cycle, outcome=SKIPPED, started_at=_now_iso(), duration_s=0.0,
-                findings=(Finding(GPUSOAK_ERROR, f"{type(err).__name__}: {err}"),)))
+            for bdf in gpus:
+                self.journal.append(CycleResult(**self._base(bdf, action_name, cycle), outcome=SKIPPED,
+                                                duration_s=0.0, findings=(Finding(GPUSOAK_ERROR, f"{type(err).__name__}: {err}"),)))
             raise
-        self.journal.append(result)
-        return result
+        for r in results:
+            self.journal.append(r)
+        return results
 
-    def _cycle(self, bdf: PciAddress, action_name: str, cycle: int) -> CycleResult:
-        action = ACTIONS[action_name]
-        base = dict(run_id=self.run_id, bdf=str(bdf), uuid=self.baselines[bdf].uuid, action=action_name,
+    def _base(self, bdf: PciAddress, action_name: str, cycle: int) -> dict:
+        return dict(run_id=self.run_id, bdf=str(bdf), uuid=self.baselines[bdf].uuid, action=action_name,
                     cycle=cycle, started_at=_now_iso())
+
+    def _not_now(self, bdf: PciAddress, base: dict) -> CycleResult | None:
         if bdf in self.out_of_service:
             why = self.out_of_service[bdf]
-            reason = why.split(":", 1)[0]
-            return CycleResult(outcome=SKIPPED, duration_s=0.0, findings=(Finding(reason, why),), **base)
+            return CycleResult(outcome=SKIPPED, duration_s=0.0, findings=(Finding(why.split(":", 1)[0], why),), **base)
         if not self.allowed:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=(Finding(
                 NOT_AUTHORISED, "a real node is only reset with --destructive (or GPUSOAK_DESTRUCTIVE=1); "
                 "this run is read-only"),), **base)
-        refusals = action.refusals(self.node, bdf)
+        return None
+
+    def _cycle(self, bdf: PciAddress, action_name: str, cycle: int) -> CycleResult:
+        action = ACTIONS[action_name]
+        base = self._base(bdf, action_name, cycle)
+        if (skip := self._not_now(bdf, base)) is not None:
+            return skip
+        refusals = action.refusals(self.node, bdf, self.options.context)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
-        return self._attempt(bdf, action, cycle, base)
-
-    def _attempt(self, bdf: PciAddress, action, cycle: int, base: dict) -> CycleResult:
-        clock = self.node.clock
         cursor = self.node.kmsg.cursor()
         watch = XidWatch(self.node.nvml, bdf) if self.node.nvml is not None else None
-        start = clock.monotonic()
-        write_error: GpusoakError | None = None
+        start = self.node.clock.monotonic()
         try:
-            try:
-                action.perform(self.node, bdf, timeout_s=self.options.write_timeout_s)
-            except Hung as err:
-                self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
-                events = verify.device_events(self.node, bdf, cursor)
-                return CycleResult(outcome=HUNG, duration_s=clock.monotonic() - start,
-                                   findings=(Finding("hung", str(err)),), events=tuple(events), **base)
-            except GpusoakError as err:
-                write_error = err
-            poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor,
-                                         self.options.recovery_deadline_s)
+            action.perform(self.node, bdf, self.options.context)
+            error = None
+        except Hung as err:
+            self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
+            if watch is not None:
+                watch.close()
+            return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
+                               findings=(Finding("hung", str(err)),),
+                               events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
+        except GpusoakError as err:
+            error = err
+        return self._judge(bdf, base, cursor, start, error, watch)
+
+    def _node_cycle(self, action_name: str, cycle: int) -> list[CycleResult]:
+        action = ACTIONS[action_name]
+        bases = {bdf: self._base(bdf, action_name, cycle) for bdf in self.gpus}
+        out: dict[PciAddress, CycleResult] = {}
+        for bdf in self.gpus:
+            if (skip := self._not_now(bdf, bases[bdf])) is not None:
+                out[bdf] = skip
+        live = [b for b in self.gpus if b not in out]
+        refusals = action.refusals(self.node, None, self.options.context) if live else []
+        if refusals:
+            return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **bases[b])
+                    for b in self.gpus]
+        cursor = self.node.kmsg.cursor()
+        start = self.node.clock.monotonic()
+        error = None
+        try:
+            action.perform(self.node, None, self.options.context)
+        except Hung as err:
+            for b in live:
+                self.out_of_service[b] = f"{OUT_OF_SERVICE}: {action_name} hung in cycle {cycle}: {err}"
+                out[b] = CycleResult(outcome=HUNG, duration_s=self.options.command_timeout_s,
+                                     findings=(Finding("hung", str(err)),), **bases[b])
+            return [out[b] for b in self.gpus]
+        except GpusoakError as err:
+            error = err
+        for b in live:
+            out[b] = self._judge(b, bases[b], cursor, start, error, None)
+        return [out[b] for b in self.gpus]
+
+    def _judge(self, bdf: PciAddress, base: dict, cursor: int, start: float, error: GpusoakError | None,
+               watch: XidWatch | None) -> CycleResult:
+        """Verify recovery after the action; a failure climbs the recovery ladder."""
+        try:
+            poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s)
             nvml_events = tuple(watch.drain()) if watch is not None else ()
         finally:
             if watch is not None:
@@ -173,15 +248,19 @@ class Soak:
         gate_checks = self._gate_checks(bdf) if poll.recovered else ()
         checks = poll.checks + gate_checks
         events = poll.events + nvml_events
-        duration = clock.monotonic() - start
+        duration = self.node.clock.monotonic() - start
         fatal_nvml = [e for e in nvml_events if verify.is_fatal(e)]
-        if poll.recovered and write_error is None and not fatal_nvml \
-                and all(c.status != verify.FAIL for c in gate_checks):
+        if poll.recovered and error is None and not fatal_nvml and all(c.status != verify.FAIL for c in gate_checks):
             return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=poll.at_s - start,
                                checks=checks, events=events, **base)
-        findings = _findings(poll, write_error, fatal_nvml, gate_checks)
-        return CycleResult(outcome=FAILED, duration_s=duration, findings=tuple(findings),
-                           checks=checks, events=events, **base)
+        findings = tuple(_findings(poll, error, fatal_nvml, gate_checks))
+        rungs, recovered_by = (), None
+        if self.options.ladder:
+            rungs, recovered_by = ladder.climb(self, bdf)
+            if recovered_by == ladder.REBOOT_REQUIRED:
+                self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {base['cycle']}"
+        return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
+                           ladder=rungs, recovered_by=recovered_by, **base)
 
     def _gate_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
         """The health gate after a cycle: static limits, and rates since the soak began."""
@@ -208,13 +287,13 @@ class Soak:
         }
 
 
-def _findings(poll: verify.Poll, write_error: GpusoakError | None, fatal_nvml: list[KernelEvent],
+def _findings(poll: verify.Poll, error: GpusoakError | None, fatal_nvml: list[KernelEvent],
               gate_checks: tuple[Check, ...]) -> list[Finding]:
-    """Named reasons, most specific first: fatal kernel events (log, then NVML), the write's error,
+    """Named reasons, most specific first: fatal kernel events (log, then NVML), the action's error,
     failed checks, failed gates. One finding per reason: two sources of one XID are one reason."""
     out = [Finding(verify.event_reason(e), e.text) for e in [*poll.fatal, *fatal_nvml]]
-    if write_error is not None:
-        out.append(Finding(RESET_WRITE_FAILED, str(write_error)))
+    if error is not None:
+        out.append(Finding(error.reason or RESET_WRITE_FAILED, str(error)))
     out += [Finding(c.name, c.detail) for c in (*poll.checks, *gate_checks) if c.status == verify.FAIL]
     if not poll.fatal and not poll.recovered:
         out.append(Finding(RECOVERY_TIMEOUT, "checks still failing at the deadline"))

@@ -48,7 +48,8 @@ def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
     except DeviceGone:
         return Snapshot(str(bdf), present=False, nvml_status=_nvml_status(node, bdf)[0])
     status, uuid = _nvml_status(node, bdf)
-    return Snapshot(str(bdf), True, power, driver, link, uuid, status)
+    siblings = tuple((str(b), node.sysfs.function(b).driver) for b in fn.sibling_functions())
+    return Snapshot(str(bdf), True, power, driver, link, uuid, status, siblings)
 
 
 def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
@@ -73,9 +74,16 @@ def compare(baseline: Snapshot, now: Snapshot) -> list[Check]:
                             f"power state {now.power_state}, expected D0"))
     checks.append(Check("driver", PASS if now.driver == baseline.driver else FAIL,
                         f"bound to {now.driver or 'no driver'}, expected {baseline.driver}"))
+    if baseline.siblings or now.siblings:
+        checks.append(Check("functions", PASS if now.siblings == baseline.siblings else FAIL,
+                            f"functions {_fmt_siblings(now.siblings)}, expected {_fmt_siblings(baseline.siblings)}"))
     checks.extend(_link_checks(baseline, now))
     checks.append(_nvml_check(baseline, now))
     return checks
+
+
+def _fmt_siblings(siblings: tuple[tuple[str, str | None], ...]) -> str:
+    return ", ".join(f"{b} on {d or 'no driver'}" for b, d in siblings) or "none"
 
 
 def _link_checks(baseline: Snapshot, now: Snapshot) -> list[Check]:

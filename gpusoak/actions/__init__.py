@@ -1,9 +1,16 @@
-"""The reset actions. Each states its preconditions, refuses with a reason, and performs its
-writes through the node's seams with a deadline."""
+"""The reset actions (DESIGN.md, Actions). Each states its preconditions as refusals, lists the
+exact steps it would take, and performs them through the node's seams with a deadline each."""
 
-from gpusoak.actions.base import Action, refusals_common
+from gpusoak.actions.base import Action, Context, Step, refusals_common
+from gpusoak.actions.binding import Rebind, RemoveRescan, VfioCycle
+from gpusoak.actions.bus_reset import BusReset
 from gpusoak.actions.flr import Flr
+from gpusoak.actions.gpu_reset import GpuReset
+from gpusoak.actions.module_reload import ModuleReload
 
-ACTIONS: dict[str, Action] = {a.name: a for a in (Flr(),)}
+ACTIONS: dict[str, Action] = {a.name: a for a in (
+    Flr(), BusReset(), GpuReset(), Rebind(), VfioCycle(), RemoveRescan(), ModuleReload())}
+GPU_ACTIONS = tuple(n for n, a in ACTIONS.items() if a.scope == "gpu")
+NODE_ACTIONS = tuple(n for n, a in ACTIONS.items() if a.scope == "node")
 
-__all__ = ["ACTIONS", "Action", "Flr", "refusals_common"]
+__all__ = ["ACTIONS", "GPU_ACTIONS", "NODE_ACTIONS", "Action", "Context", "Step", "refusals_common"]

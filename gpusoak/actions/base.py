@@ -1,9 +1,20 @@
-"""What every action shares: its name and scope, and the refusals common to all of them."""
+"""What every action shares: scope, context, the steps it would take, and the common refusals.
+
+An action states its preconditions as refusals (each with a reason), lists the exact sysfs writes,
+commands and services it would touch (``steps``, what ``gpusoak plan`` prints), and performs them
+through the node's seams with a deadline on every one.
+"""
 
 from __future__ import annotations
 
-from gpusoak.errors import GpusoakError
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from gpusoak.errors import GpusoakError, Hung, WriteFailed
 from gpusoak.host import procs
+from gpusoak.host.commands import CommandResult
 from gpusoak.host.node import Node
 from gpusoak.model import Finding, PciAddress
 
@@ -13,21 +24,84 @@ HELD = "held_by_process"
 UNSUPPORTED = "method_unsupported"
 NOT_PRESENT = "not_present"
 NOT_AUTHORISED = "not_authorised"
+DISPLAY = "display_attached"
+SHARED_DOMAIN = "shared_reset_domain"
+MODULE_IN_USE = "module_in_use"
+FABRIC_MANAGER = "fabric_manager_needed"
+SERVICE_ACTIVE = "service_active"
+NOT_BOUND = "not_bound"
+IOMMU = "iommu_group"
+MODULE_NOT_LOADED = "module_not_loaded"
+
+# Units that hold GPUs open or must not see them vanish (reference 4.4); stopped only when allowed.
+GPU_SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager", "nvidia-dcgm", "dcgm")
+
+
+@dataclass(frozen=True)
+class Context:
+    write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
+    command_timeout_s: float = 180.0
+    stop_services: bool = False  # may GPU services be stopped (and restarted afterwards)?
+
+
+class Step(NamedTuple):
+    kind: str  # write, command, service
+    target: str  # a sysfs path, an argv, a unit
+    value: str = ""  # what is written; for a service: stop/start
+
+    def __str__(self) -> str:
+        if self.kind == "write":
+            return f"write {self.value!r} > {self.target}"
+        if self.kind == "service":
+            return f"systemctl {self.value} {self.target}"
+        return f"run {self.target}"
 
 
 class Action:
     name = ""
     scope = "gpu"  # or "node"
 
-    def refusals(self, node: Node, bdf: PciAddress) -> list[Finding]:
+    def refusals(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
         raise NotImplementedError
 
-    def perform(self, node: Node, bdf: PciAddress, *, timeout_s: float) -> None:
+    def steps(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Step]:
         raise NotImplementedError
+
+    def perform(self, node: Node, bdf: PciAddress | None, ctx: Context) -> None:
+        raise NotImplementedError
+
+
+# -- helpers shared by the actions ----------------------------------------------------------------
+def slot_functions(node: Node, bdf: PciAddress) -> list[PciAddress]:
+    """The GPU's functions, graphics first: audio and USB functions move with it."""
+    return [bdf] + node.sysfs.function(bdf).sibling_functions()
+
+
+def write(node: Node, path: Path, data: str, ctx: Context, what: str) -> None:
+    node.sysfs.write(path, data, timeout_s=ctx.write_timeout_s, what=what)
+
+
+def run(node: Node, argv: list[str], ctx: Context, what: str) -> CommandResult:
+    result = node.runner.run(argv, timeout_s=ctx.command_timeout_s)
+    if result.timed_out:
+        raise Hung(f"{what}: {' '.join(argv)} did not finish within {ctx.command_timeout_s:g} s")
+    return result
+
+
+def check(result: CommandResult, what: str, meanings: dict[int, str] | None = None,
+          reason: str | None = None) -> None:
+    if result.ok:
+        return
+    meaning = (meanings or {}).get(result.returncode or 0, "")
+    text = (result.stderr or result.stdout).strip().splitlines()
+    detail = f"{what}: {' '.join(result.argv)} exited {result.returncode}"
+    detail += f" ({meaning})" if meaning else ""
+    detail += f": {text[0]}" if text else ""
+    raise WriteFailed(detail, exit=result.returncode, reason=reason)
 
 
 def refusals_common(node: Node, bdf: PciAddress) -> list[Finding]:
-    """Refusals every GPU action shares: not root, absent, or a process holds the GPU."""
+    """Refusals every GPU action shares: not root, absent, a process holds the GPU, a display."""
     out = []
     if not node.is_root:
         out.append(Finding(NOT_ROOT, "resets write sysfs control files: run as root"))
@@ -36,9 +110,36 @@ def refusals_common(node: Node, bdf: PciAddress) -> list[Finding]:
         return out
     holders = gpu_holders(node, bdf)
     if holders:
-        listed = ", ".join(holders)
-        out.append(Finding(HELD, f"processes hold the GPU ({listed}); a held GPU blocks or breaks a reset"))
+        out.append(Finding(HELD, f"processes hold the GPU ({', '.join(holders)}); a held GPU blocks or breaks a reset"))
+    display = display_attached(node, bdf)
+    if display:
+        out.append(Finding(DISPLAY, display))
     return out
+
+
+def display_attached(node: Node, bdf: PciAddress) -> str | None:
+    """Why a console or display is on this GPU, if one is: the boot VGA device, or a connected
+    DRM connector of a card whose device is this function."""
+    fn = node.sysfs.function(bdf)
+    if node.sysfs.read(fn.path / "boot_vga") == "1":
+        return "this GPU is the boot VGA device: the console is on it"
+    drm = node.sysfs.root / "class" / "drm"
+    try:
+        cards = os.listdir(drm)
+    except OSError:
+        return None
+    for card in cards:
+        if "-" not in card:
+            continue
+        device = drm / card.split("-")[0] / "device"
+        try:
+            if os.path.basename(os.path.realpath(device)) != str(bdf):
+                continue
+        except OSError:
+            continue
+        if node.sysfs.read(drm / card / "status") == "connected":
+            return f"display connector {card} is connected"
+    return None
 
 
 def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
@@ -52,9 +153,20 @@ def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
             for p in node.nvml.call("nvmlDeviceGetComputeRunningProcesses", h) or []:
                 found[int(p.pid)] = f"pid {p.pid} (NVML compute process)"
         except (GpusoakError, node.nvml.lib.NVMLError):
-            pass  # a lost GPU has no processes NVML can list; /proc still tells
+            pass  # a lost or unbound GPU has no processes NVML can list; /proc still tells
     if isinstance(minor, int):
         nodes = {str(node.dev_root / f"nvidia{minor}"), f"/dev/nvidia{minor}"}
         for h in procs.device_holders(nodes, node.proc_root):
             found.setdefault(h.pid, f"pid {h.pid} ({h.path} open)")
     return [found[pid] for pid in sorted(found)]
+
+
+def driver_path(node: Node, driver: str, control: str) -> Path:
+    if "/" in driver or driver in ("", ".", ".."):
+        raise WriteFailed(f"refusing a driver name that is not a plain name: {driver!r}")
+    return node.sysfs.root / "bus" / "pci" / "drivers" / driver / control
+
+
+def service_active(node: Node, unit: str, ctx: Context) -> bool:
+    r = node.runner.run(["systemctl", "is-active", unit], timeout_s=ctx.command_timeout_s)
+    return r.ok and r.stdout.strip() == "active"

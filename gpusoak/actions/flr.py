@@ -11,52 +11,54 @@ from __future__ import annotations
 
 import contextlib
 
-from gpusoak.actions.base import UNSUPPORTED, Action, refusals_common
+from gpusoak.actions.base import UNSUPPORTED, Action, Context, Step, refusals_common, write
 from gpusoak.errors import GpusoakError
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import RESET, RESET_METHOD
 from gpusoak.model import Finding, PciAddress
 
 
-class Flr(Action):
-    name = "flr"
-    scope = "gpu"
+class MethodReset(Action):
+    """A reset through the function's ``reset`` file with one method selected."""
 
-    def refusals(self, node: Node, bdf: PciAddress) -> list[Finding]:
-        out = refusals_common(node, bdf)
-        if out:
-            return out
+    method = ""
+
+    def method_refusals(self, node: Node, bdf: PciAddress) -> list[Finding]:
         fn = node.sysfs.function(bdf)
         methods = fn.reset_methods
         if methods is None:
-            out.append(Finding(UNSUPPORTED, "this kernel has no reset_method file, so FLR cannot be "
-                               "chosen alone (Linux >= 5.15 has it)"))
-        elif "flr" not in methods:
-            out.append(Finding(UNSUPPORTED, f"flr is not among the enabled reset methods ({' '.join(methods) or 'none'})"))
-        elif not fn.can_reset:
-            out.append(Finding(UNSUPPORTED, "the kernel offers no reset file for this function"))
-        return out
+            return [Finding(UNSUPPORTED, f"this kernel has no reset_method file, so {self.method} cannot be "
+                            "chosen alone (Linux >= 5.15 has it)")]
+        if self.method not in methods:
+            return [Finding(UNSUPPORTED, f"{self.method} is not among the enabled reset methods "
+                            f"({' '.join(methods) or 'none'})")]
+        if not fn.can_reset:
+            return [Finding(UNSUPPORTED, "the kernel offers no reset file for this function")]
+        return []
 
-    def writes(self, node: Node, bdf: PciAddress) -> list[tuple[str, str]]:
-        """The sysfs writes, in order: what ``plan`` prints."""
-        fn = node.sysfs.function(bdf)
-        saved = " ".join(fn.reset_methods or ())
-        return [(str(fn.path / RESET_METHOD), "flr"), (str(fn.path / RESET), "1"),
-                (str(fn.path / RESET_METHOD), saved or "default")]
-
-    def perform(self, node: Node, bdf: PciAddress, *, timeout_s: float) -> None:
+    def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
         fn = node.sysfs.function(bdf)
         saved = " ".join(fn.reset_methods or ()) or "default"
-        node.sysfs.write(fn.path / RESET_METHOD, "flr", timeout_s=timeout_s, what="selecting FLR")
+        return [Step("write", str(fn.path / RESET_METHOD), self.method), Step("write", str(fn.path / RESET), "1"),
+                Step("write", str(fn.path / RESET_METHOD), saved)]
+
+    def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
+        fn = node.sysfs.function(bdf)
+        saved = " ".join(fn.reset_methods or ()) or "default"
+        write(node, fn.path / RESET_METHOD, self.method, ctx, f"selecting {self.method}")
         try:
-            node.sysfs.write(fn.path / RESET, "1", timeout_s=timeout_s, what="function-level reset")
+            write(node, fn.path / RESET, "1", ctx, f"{self.method} reset")
         except BaseException:
             # The reset's own error is the finding; a failed restore must not hide it.
             with contextlib.suppress(GpusoakError):
-                self._restore(node, fn.path / RESET_METHOD, saved, timeout_s)
+                write(node, fn.path / RESET_METHOD, saved, ctx, "restoring reset_method")
             raise
-        self._restore(node, fn.path / RESET_METHOD, saved, timeout_s)
+        write(node, fn.path / RESET_METHOD, saved, ctx, "restoring reset_method")
 
-    @staticmethod
-    def _restore(node: Node, path, saved: str, timeout_s: float) -> None:
-        node.sysfs.write(path, saved, timeout_s=timeout_s, what="restoring reset_method")
+
+class Flr(MethodReset):
+    name = "flr"
+    method = "flr"
+
+    def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
+        return refusals_common(node, bdf) or self.method_refusals(node, bdf)

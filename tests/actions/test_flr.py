@@ -1,4 +1,4 @@
-from gpusoak.actions import ACTIONS
+from gpusoak.actions import ACTIONS, Context
 from gpusoak.actions.base import HELD, NOT_PRESENT, NOT_ROOT, UNSUPPORTED
 from gpusoak.errors import WriteFailed
 from gpusoak.model import PciAddress
@@ -7,14 +7,16 @@ from gpusoak.sim import open_sim_node
 GPU = PciAddress.parse("0000:18:00.0")
 FLAKY = PciAddress.parse("0000:9a:00.0")
 flr = ACTIONS["flr"]
+CTX = Context()
 
 
 def test_flr_narrows_reset_method_resets_and_restores(sim, record_writes):
-    flr.perform(sim.node, GPU, timeout_s=90)
+    flr.perform(sim.node, GPU, CTX)
     base = "bus/pci/devices/0000:18:00.0"
     assert record_writes == [(f"{base}/reset_method", "flr"), (f"{base}/reset", "1"),
                              (f"{base}/reset_method", "flr bus")]
-    assert [w[0].split("/")[-1] for w in record_writes] == [p.split("/")[-1] for p, _ in flr.writes(sim.node, GPU)]
+    assert [(w[0].split("/")[-1], w[1]) for w in record_writes] == \
+        [(st.target.split("/")[-1], st.value) for st in flr.steps(sim.node, GPU, CTX)]
 
 
 def test_reset_method_is_restored_after_a_failed_flr(tmp_path, record_writes, sim):
@@ -23,7 +25,7 @@ def test_reset_method_is_restored_after_a_failed_flr(tmp_path, record_writes, si
     s = open_sim_node(str(scenario))
     try:
         try:
-            flr.perform(s.node, FLAKY, timeout_s=90)
+            flr.perform(s.node, FLAKY, CTX)
         except WriteFailed as err:
             assert err.errno == "ENOTTY"
         else:
@@ -35,14 +37,14 @@ def test_reset_method_is_restored_after_a_failed_flr(tmp_path, record_writes, si
 
 def test_refusals_carry_reasons(sim):
     node = sim.node
-    assert flr.refusals(node, GPU) == []
+    assert flr.refusals(node, GPU, CTX) == []
     node.is_root = False
-    assert [f.reason for f in flr.refusals(node, GPU)] == [NOT_ROOT]
+    assert [f.reason for f in flr.refusals(node, GPU, CTX)] == [NOT_ROOT]
     node.is_root = True
     gone = PciAddress.parse("0000:01:00.0")
-    assert [f.reason for f in flr.refusals(node, gone)] == [NOT_PRESENT]
+    assert [f.reason for f in flr.refusals(node, gone, CTX)] == [NOT_PRESENT]
     sim.kernel.write(node.sysfs.function(GPU).path / "reset_method", "bus")
-    (refusal,) = flr.refusals(node, GPU)
+    (refusal,) = flr.refusals(node, GPU, CTX)
     assert refusal.reason == UNSUPPORTED and "(bus)" in refusal.detail
 
 
@@ -52,8 +54,8 @@ def test_a_process_holding_the_gpu_refuses_the_reset(tmp_path):
     scenario.write_text('[holders]\n4242 = "/dev/nvidia0"\n[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
     s = open_sim_node(str(scenario))
     try:
-        (refusal,) = flr.refusals(s.node, GPU)
+        (refusal,) = flr.refusals(s.node, GPU, CTX)
         assert refusal.reason == HELD and "pid 4242 (/dev/nvidia0 open)" in refusal.detail
-        assert flr.refusals(s.node, PciAddress.parse("0000:2a:00.0")) == []  # that one is /dev/nvidia1
+        assert flr.refusals(s.node, PciAddress.parse("0000:2a:00.0"), CTX) == []  # that one is /dev/nvidia1
     finally:
         s.node.close()

@@ -1,0 +1,145 @@
+"""Actions that move a GPU between drivers: rebind, the vfio-pci passthrough cycle, remove/rescan.
+
+A GPU's audio and USB functions move with it. Unbinding an NVIDIA GPU blocks while anything holds
+it (nv_pci_remove waits for the usage count), so holders are a refusal, and every write has a deadline.
+"""
+
+from __future__ import annotations
+
+from gpusoak.actions.base import (
+    IOMMU,
+    NOT_BOUND,
+    UNSUPPORTED,
+    Action,
+    Context,
+    Step,
+    driver_path,
+    refusals_common,
+    slot_functions,
+    write,
+)
+from gpusoak.errors import WriteFailed
+from gpusoak.host.node import Node
+from gpusoak.model import Finding, PciAddress
+
+VFIO = "vfio-pci"
+
+
+def _bindings(node: Node, bdf: PciAddress) -> list[tuple[PciAddress, str | None]]:
+    return [(f, node.sysfs.function(f).driver) for f in slot_functions(node, bdf)]
+
+
+def _bound_refusal(node: Node, bdf: PciAddress) -> list[Finding]:
+    if node.sysfs.function(bdf).driver is None:
+        return [Finding(NOT_BOUND, f"{bdf} is bound to no driver: nothing to unbind and bind back")]
+    return []
+
+
+class Rebind(Action):
+    name = "rebind"
+
+    def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
+        return refusals_common(node, bdf) or _bound_refusal(node, bdf)
+
+    def _plan(self, node: Node, bdf: PciAddress) -> list[tuple[str, PciAddress, str]]:
+        bound = [(f, d) for f, d in _bindings(node, bdf) if d]
+        # Unbind the companions first and the graphics function last; bind back graphics first.
+        unbind = [("unbind", f, d) for f, d in reversed(bound)]
+        return unbind + [("bind", f, d) for f, d in bound]
+
+    def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
+        return [Step("write", str(driver_path(node, d, op)), str(f)) for op, f, d in self._plan(node, bdf)]
+
+    def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
+        for op, f, d in self._plan(node, bdf):
+            write(node, driver_path(node, d, op), str(f), ctx, f"{op} {f} {'from' if op == 'unbind' else 'to'} {d}")
+
+
+class VfioCycle(Action):
+    """Attach to vfio-pci through driver_override and drivers_probe, check /dev/vfio/GROUP, detach
+    back to the original drivers (reference 4.6): the passthrough lifecycle of a VM host."""
+
+    name = "vfio_cycle"
+
+    def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
+        out = refusals_common(node, bdf) or _bound_refusal(node, bdf)
+        if out:
+            return out
+        if not driver_path(node, VFIO, "bind").parent.is_dir():
+            out.append(Finding(UNSUPPORTED, "the vfio-pci driver is not loaded (modprobe vfio-pci)"))
+        fn = node.sysfs.function(bdf)
+        if fn.iommu_group is None:
+            out.append(Finding(IOMMU, "no IOMMU group: the IOMMU is off (intel_iommu=on or amd_iommu=on)"))
+        else:
+            mine = set(slot_functions(node, bdf))
+            others = [str(b) for b in fn.iommu_group_members() if b not in mine]
+            if others:
+                out.append(Finding(IOMMU, f"IOMMU group {fn.iommu_group} also holds {', '.join(others)}: "
+                                   "all of it would have to go to vfio-pci"))
+        return out
+
+    def _probe(self, node: Node) -> object:
+        return node.sysfs.root / "bus" / "pci" / "drivers_probe"
+
+    def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
+        out = []
+        bindings = _bindings(node, bdf)
+        for f, d in bindings:
+            fn = node.sysfs.function(f)
+            out += [Step("write", str(fn.path / "driver_override"), VFIO)]
+            if d:
+                out += [Step("write", str(driver_path(node, d, "unbind")), str(f))]
+            out += [Step("write", str(self._probe(node)), str(f))]
+        for f, _ in bindings:
+            fn = node.sysfs.function(f)
+            out += [Step("write", str(fn.path / "driver_override"), "\n"),
+                    Step("write", str(driver_path(node, VFIO, "unbind")), str(f)),
+                    Step("write", str(self._probe(node)), str(f))]
+        return out
+
+    def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
+        bindings = _bindings(node, bdf)
+        try:
+            for f, d in bindings:
+                fn = node.sysfs.function(f)
+                write(node, fn.path / "driver_override", VFIO, ctx, f"driver_override of {f}")
+                if d:
+                    write(node, driver_path(node, d, "unbind"), str(f), ctx, f"unbind {f} from {d}")
+                write(node, self._probe(node), str(f), ctx, f"probe {f}")
+            self._check_attached(node, bdf, bindings)
+        finally:
+            # Back to the original drivers, also when the attach went wrong.
+            for f, _ in bindings:
+                fn = node.sysfs.function(f)
+                write(node, fn.path / "driver_override", "\n", ctx, f"clear driver_override of {f}")
+                if fn.driver == VFIO:
+                    write(node, driver_path(node, VFIO, "unbind"), str(f), ctx, f"unbind {f} from vfio-pci")
+                write(node, self._probe(node), str(f), ctx, f"probe {f}")
+
+    def _check_attached(self, node: Node, bdf: PciAddress, bindings) -> None:
+        wrong = [f"{f} ({node.sysfs.function(f).driver or 'unbound'})" for f, _ in bindings
+                 if node.sysfs.function(f).driver != VFIO]
+        if wrong:
+            raise WriteFailed(f"vfio attach failed: not on vfio-pci: {', '.join(wrong)}")
+        group = node.sysfs.function(bdf).iommu_group
+        if not (node.dev_root / "vfio" / str(group)).exists():
+            raise WriteFailed(f"vfio attach failed: {node.dev_root / 'vfio' / str(group)} does not exist")
+
+
+class RemoveRescan(Action):
+    name = "remove_rescan"
+
+    def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
+        return refusals_common(node, bdf)
+
+    def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
+        funcs = list(reversed(slot_functions(node, bdf)))
+        return [Step("write", str(node.sysfs.function(f).path / "remove"), "1") for f in funcs] + \
+            [Step("write", str(node.sysfs.root / "bus" / "pci" / "rescan"), "1")]
+
+    def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
+        funcs = list(reversed(slot_functions(node, bdf)))
+        paths = [node.sysfs.function(f).path / "remove" for f in funcs]
+        for f, path in zip(funcs, paths, strict=True):
+            write(node, path, "1", ctx, f"remove {f}")
+        write(node, node.sysfs.root / "bus" / "pci" / "rescan", "1", ctx, "rescan the PCI bus")

@@ -1,0 +1,66 @@
+"""The recovery ladder: after a failed cycle, escalate until the GPU is back, and say which rung did it.
+
+    flr -> rebind -> bus_reset (only where isolated) -> module_reload -> reboot required
+
+Each rung is refused like any action (a rung that cannot run is recorded with its reason and
+skipped). After each rung the GPU's saved bindings are put back (a failed vfio cycle may leave it
+unbound) and recovery is verified as after any cycle. A GPU that nothing brings back needs a reboot
+and is taken out of the run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gpusoak import state as node_state
+from gpusoak import verify
+from gpusoak.actions import ACTIONS
+from gpusoak.errors import GpusoakError, Hung
+from gpusoak.model import Finding, PciAddress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gpusoak.soak import Soak
+
+RUNGS = ("flr", "rebind", "bus_reset", "module_reload")
+REBOOT_REQUIRED = "reboot_required"
+
+
+def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
+    """Try each rung in turn; return what each did and the rung that worked (or reboot_required)."""
+    node, ctx = soak.node, soak.options.context
+    record: list[Finding] = []
+    for rung in RUNGS:
+        if rung == "module_reload" and not soak.options.ladder_module_reload:
+            record.append(Finding(rung, "skipped: not allowed (--no-ladder-module-reload)"))
+            continue
+        action = ACTIONS[rung]
+        target = None if action.scope == "node" else bdf
+        refusals = action.refusals(node, target, ctx)
+        if rung == "rebind" and refusals and refusals[0].reason == "not_bound":
+            refusals = []  # unbound after the failure: binding it back is this rung's whole job
+        if refusals:
+            record.append(Finding(rung, "skipped: " + "; ".join(f"{f.reason}: {f.detail}" for f in refusals)))
+            continue
+        cursor = node.kmsg.cursor()
+        try:
+            if not (rung == "rebind" and node.sysfs.function(bdf).driver is None):
+                action.perform(node, target, ctx)
+        except Hung as err:
+            record.append(Finding(rung, f"hung: {err}"))
+            return tuple(record), REBOOT_REQUIRED
+        except GpusoakError as err:
+            record.append(Finding(rung, f"failed: {err}"))
+        if soak.saved_state is not None:
+            node_state.restore(node, soak.saved_state, ctx, only={str(b) for b in _functions(soak, bdf)})
+        poll = verify.await_recovery(node, bdf, soak.baselines[bdf], cursor, soak.options.recovery_deadline_s)
+        if poll.recovered:
+            record.append(Finding(rung, "recovered"))
+            return tuple(record), rung
+        why = "; ".join(f"{c.name}: {c.detail}" for c in poll.checks if c.status == verify.FAIL)
+        why = "; ".join([*(e.text for e in poll.fatal), why]).strip("; ")
+        record.append(Finding(rung, f"not recovered: {why}"))
+    return tuple(record), REBOOT_REQUIRED
+
+
+def _functions(soak: Soak, bdf: PciAddress) -> list[str]:
+    return [bdf_text for bdf_text, _ in ((str(bdf), None), *soak.baselines[bdf].siblings)]

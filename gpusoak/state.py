@@ -1,0 +1,152 @@
+"""The node's state before a destructive run, saved and put back afterwards (also after a failure).
+
+Saved: each GPU function's driver binding, driver_override and runtime-PM setting; each GPU's
+persistence mode; which NVIDIA modules are loaded; which GPU services are active. ``gpusoak
+restore STATE`` re-applies a saved state after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gpusoak.actions.base import GPU_SERVICES, Context, driver_path, service_active, slot_functions
+from gpusoak.actions.module_reload import UNLOAD_ORDER
+from gpusoak.errors import GpusoakError, JournalError, UsageError
+from gpusoak.host.node import Node
+from gpusoak.model import PciAddress
+
+STATE_SCHEMA = "gpusoak.state/1"
+
+
+@dataclass(frozen=True)
+class FunctionState:
+    bdf: str
+    driver: str | None
+    driver_override: str | None
+    runtime_pm: str | None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    hostname: str
+    backend: str
+    functions: list[FunctionState] = field(default_factory=list)
+    persistence: dict[str, bool | None] = field(default_factory=dict)  # graphics bdf -> mode
+    modules: list[str] = field(default_factory=list)
+    services: dict[str, bool] = field(default_factory=dict)  # unit -> was active
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": STATE_SCHEMA, **asdict(self)}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeState:
+        data = json.loads(text)
+        if data.pop("schema", None) != STATE_SCHEMA:
+            raise UsageError("not a gpusoak state file")
+        data["functions"] = [FunctionState(**f) for f in data.get("functions", [])]
+        return cls(**data)
+
+
+def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
+    functions, persistence = [], {}
+    for bdf in gpus:
+        for f in slot_functions(node, bdf) if node.sysfs.function(bdf).present else []:
+            fn = node.sysfs.function(f)
+            functions.append(FunctionState(str(f), fn.driver, fn.driver_override, fn.runtime_pm))
+        persistence[str(bdf)] = _persistence(node, bdf)
+    return NodeState(
+        hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
+        modules=[m for m in UNLOAD_ORDER if (node.sysfs.root / "module" / m).is_dir()],
+        services={u: service_active(node, u, ctx) for u in GPU_SERVICES})
+
+
+def _persistence(node: Node, bdf: PciAddress) -> bool | None:
+    if node.nvml is None:
+        return None
+    h = node.nvml.health(bdf)
+    return h.values.get("persistence_mode") if h.status == "ok" else None
+
+
+def save(state: NodeState, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(state.to_json())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise JournalError(f"cannot save the node's state: {err.strerror}", path=str(path)) from err
+
+
+def load(path: Path) -> NodeState:
+    try:
+        return NodeState.from_json(path.read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read state file: {err.strerror}", path=str(path)) from err
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"not a gpusoak state file: {err}", path=str(path)) from err
+
+
+def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = None) -> list[str]:
+    """Put the node back as saved. Returns what was changed; errors are collected, not raised, so one
+    stubborn device does not stop the others from being restored."""
+    done: list[str] = []
+    errors: list[str] = []
+
+    def attempt(what: str, fn) -> None:
+        try:
+            fn()
+            done.append(what)
+        except GpusoakError as err:
+            errors.append(f"{what}: {err}")
+
+    if only is None:
+        for m in reversed([m for m in state.modules if not (node.sysfs.root / "module" / m).is_dir()]):
+            attempt(f"modprobe {m}", lambda m=m: _ok(node.runner.run(["modprobe", m], timeout_s=ctx.command_timeout_s)))
+    for f in state.functions:
+        if only is not None and f.bdf not in only:
+            continue
+        bdf = PciAddress.parse(f.bdf)
+        fn = node.sysfs.function(bdf)
+        if not fn.present:
+            errors.append(f"{f.bdf}: not present (a rescan or a reboot may bring it back)")
+            continue
+        if fn.driver_override != f.driver_override:
+            attempt(f"driver_override of {f.bdf} -> {f.driver_override or '(none)'}",
+                    lambda fn=fn, f=f: node.sysfs.write(fn.path / "driver_override", f.driver_override or "\n",
+                                                        timeout_s=ctx.write_timeout_s, what="restoring driver_override"))
+        current = fn.driver
+        if current != f.driver:
+            if current is not None:
+                attempt(f"unbind {f.bdf} from {current}",
+                        lambda current=current, f=f: node.sysfs.write(driver_path(node, current, "unbind"), f.bdf,
+                                                                      timeout_s=ctx.write_timeout_s, what="unbind"))
+            if f.driver is not None:
+                attempt(f"bind {f.bdf} to {f.driver}",
+                        lambda f=f: node.sysfs.write(driver_path(node, f.driver, "bind"), f.bdf,
+                                                     timeout_s=ctx.write_timeout_s, what="bind"))
+        if f.runtime_pm is not None and fn.present and fn.runtime_pm != f.runtime_pm:
+            attempt(f"power/control of {f.bdf} -> {f.runtime_pm}",
+                    lambda fn=fn, f=f: node.sysfs.write(fn.path / "power" / "control", f.runtime_pm,
+                                                        timeout_s=ctx.write_timeout_s, what="restoring runtime PM"))
+    for bdf_text, mode in state.persistence.items():
+        if (only is not None and bdf_text not in only) or mode is None:
+            continue
+        now = _persistence(node, PciAddress.parse(bdf_text))
+        if now is not None and now != mode:
+            attempt(f"persistence mode of {bdf_text} -> {int(mode)}", lambda b=bdf_text, m=mode: _ok(node.runner.run(
+                ["nvidia-smi", "-i", PciAddress.parse(b).nvml_bus_id, "-pm", str(int(m))], timeout_s=ctx.command_timeout_s)))
+    if only is None:
+        for unit, was_active in state.services.items():
+            if was_active and not service_active(node, unit, ctx):
+                attempt(f"systemctl start {unit}", lambda u=unit: _ok(node.runner.run(
+                    ["systemctl", "start", u], timeout_s=ctx.command_timeout_s)))
+    return done + [f"FAILED {e}" for e in errors]
+
+
+def _ok(result) -> None:
+    from gpusoak.actions.base import check
+
+    check(result, "restore")
