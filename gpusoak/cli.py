@@ -4,6 +4,8 @@
     gpusoak report  rebuild the reports of a run from its journal (also of a killed run)
     gpusoak events  the GPU and PCI events in a kernel log, in any of the formats seen in the field
     gpusoak inspect what this node's GPUs are, how they sit, and which resets could run (read-only)
+    gpusoak plan    exactly what a run would do: actions, order, sysfs writes, commands, services
+    gpusoak restore put a node back as a run's saved state says (after a crash)
 
 Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
 node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option; 4 the run
@@ -50,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     run.add_argument("--recovery-deadline", type=float, default=60.0, help="seconds to recover (default 60)")
     run.add_argument("--gates", type=Path, default=None, help="TOML file of health-gate limits")
+    run.add_argument("--stop-services", action="store_true",
+                     help="allow stopping GPU services for a module reload (started again afterwards)")
+    run.add_argument("--no-ladder", action="store_true", help="no recovery ladder after a failed cycle")
+    run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
+    run.add_argument("--write-timeout", type=float, default=90.0, help="seconds before a blocked write is hung")
     run.add_argument("--strict", action="store_true", help="exit 1 unless the node's decision is admit")
     run.add_argument("--suites", type=Path, default=None, help="suites folder (default: gpusoak's own)")
     run.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
@@ -66,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--backend", default="real", help="real (this node, default), sim or sim:SCENARIO")
     ins.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: every NVIDIA GPU)")
     ins.add_argument("--json", action="store_true", help="JSON for machines")
+    plan = sub.add_parser("plan", help="print exactly what a run would do, and do nothing")
+    plan.add_argument("--backend", default="sim", help="sim, sim:SCENARIO or real (default sim)")
+    plan.add_argument("--actions", default="flr", help="comma-separated actions (default flr)")
+    plan.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: all NVIDIA GPUs)")
+    plan.add_argument("--cycles", type=int, default=20)
+    plan.add_argument("--stop-services", action="store_true")
+    plan.add_argument("--json", action="store_true")
+
+    res = sub.add_parser("restore", help="re-apply a saved node state (reports/<run-id>/state.json)")
+    res.add_argument("state", type=Path)
+    res.add_argument("--backend", default="real", help="real (default), sim or sim:SCENARIO")
     return p
 
 
@@ -78,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             return _events(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "restore":
+            return _restore(args)
         return _report(args)
     except GpusoakError as err:
         print(f"gpusoak: {err}", file=sys.stderr)
@@ -103,6 +125,13 @@ def _run(args: argparse.Namespace) -> int:
         argv.append(f"--gpusoak-seed={args.seed}")
     if args.gates is not None:
         argv.append(f"--gpusoak-gates={args.gates.resolve()}")
+    if args.stop_services:
+        argv.append("--gpusoak-stop-services")
+    if args.no_ladder:
+        argv.append("--gpusoak-no-ladder")
+    if args.lock_file is not None:
+        argv.append(f"--gpusoak-lock-file={args.lock_file.resolve()}")
+    argv.append(f"--gpusoak-write-timeout={args.write_timeout}")
     if args.destructive or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1":
         argv.append("--gpusoak-destructive")
     argv += ["-q"] if args.quiet else ["-rfE"]
@@ -140,6 +169,48 @@ def _report(args: argparse.Namespace) -> int:
 
     code = pytest.main(argv)
     return _finish(code, out, strict=False)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from gpusoak import plan
+    from gpusoak.plugin import open_node
+    from gpusoak.soak import SoakOptions
+
+    options = SoakOptions(cycles=args.cycles, actions=tuple(a for a in args.actions.split(",") if a),
+                          stop_services=args.stop_services)
+    node = open_node(args.backend, None)
+    try:
+        wanted = _addresses(args.gpus)
+        report = plan.make(node, wanted or node.gpus(), options)
+    finally:
+        node.close()
+    print(json.dumps(report, indent=2) if args.json else plan.render(report), end="")
+    return EXIT_OK
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from gpusoak import state
+    from gpusoak.actions import Context
+    from gpusoak.plugin import open_node
+
+    saved = state.load(args.state)
+    node = open_node(args.backend, None)
+    try:
+        if not node.is_root and not node.simulated:
+            print("gpusoak: restore writes sysfs and runs modprobe/systemctl: run it as root", file=sys.stderr)
+            return EXIT_USAGE
+        changes = state.restore(node, saved, Context())
+    finally:
+        node.close()
+    for line in changes or ["nothing to change: the node is as saved"]:
+        print(line)
+    return EXIT_INCOMPLETE if any(c.startswith("FAILED") for c in changes) else EXIT_OK
+
+
+def _addresses(text: str):
+    from gpusoak.model import PciAddress
+
+    return [PciAddress.parse(t.strip()) for t in text.split(",") if t.strip()]
 
 
 def _inspect(args: argparse.Namespace) -> int:

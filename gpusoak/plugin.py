@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from gpusoak import journal as journal_mod
-from gpusoak.actions import ACTIONS
+from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.errors import GpusoakError
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
-from gpusoak.model import FAILED, HUNG, RECOVERED, CycleResult, PciAddress
+from gpusoak.lock import DEFAULT_LOCK, NodeLock
+from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.report import build as report_build
 from gpusoak.report import html as report_html
 from gpusoak.soak import Soak, SoakOptions, new_run_id
@@ -30,7 +31,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gpusoak-backend", default="sim",
                 help="sim, sim:SCENARIO (name or .toml path), or real (this node). Default: sim")
     g.addoption("--gpusoak-cycles", type=int, default=20, help="cycles per GPU and action (default 20)")
-    g.addoption("--gpusoak-actions", default="flr", help=f"comma-separated actions ({', '.join(ACTIONS)})")
+    g.addoption("--gpusoak-actions", default="flr", help=f"comma-separated actions ({', '.join(ACTIONS)}); "
+                "node-scope ones run after the per-GPU ones")
+    g.addoption("--gpusoak-stop-services", action="store_true", default=False,
+                help="allow stopping GPU services (persistenced, fabricmanager, DCGM) for a module reload; "
+                "they are started again afterwards")
+    g.addoption("--gpusoak-no-ladder", action="store_true", default=False,
+                help="do not climb the recovery ladder after a failed cycle")
+    g.addoption("--gpusoak-lock-file", default=None,
+                help=f"lock file that keeps one destructive run per node (default {DEFAULT_LOCK} on a real node)")
+    g.addoption("--gpusoak-write-timeout", type=float, default=90.0,
+                help="seconds a sysfs write may block before it counts as hung (default 90)")
     g.addoption("--gpusoak-gpus", default="", help="comma-separated PCI addresses (default: every NVIDIA GPU)")
     g.addoption("--gpusoak-seed", type=int, default=None, help="simulator seed (default: the scenario's)")
     g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
@@ -88,6 +99,7 @@ class SoakRun:
         self.replay_path = opt("gpusoak_replay")
         self.node: Node | None = None
         self.soak: Soak | None = None
+        self.lock: NodeLock | None = None
         self.replayed: list[CycleResult] = []
         self.built: report_build.Built | None = None
         if self.replay_path:
@@ -101,10 +113,12 @@ class SoakRun:
         self.report_dir = Path(opt("gpusoak_report_dir") or config.rootpath / "reports" / self.run_id)
         self.journal_path = self.report_dir / "journal.jsonl"
         destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
-        options = SoakOptions(cycles=opt("gpusoak_cycles"),
-                              actions=tuple(a.strip() for a in opt("gpusoak_actions").split(",") if a.strip()),
+        actions = tuple(a.strip() for a in opt("gpusoak_actions").split(",") if a.strip())
+        options = SoakOptions(cycles=opt("gpusoak_cycles"), actions=actions,
                               recovery_deadline_s=opt("gpusoak_recovery_deadline"),
-                              destructive=destructive, gates=GateLimits.load(opt("gpusoak_gates")))
+                              write_timeout_s=opt("gpusoak_write_timeout"),
+                              destructive=destructive, stop_services=opt("gpusoak_stop_services"),
+                              ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")))
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
         found = self.node.gpus()
         wanted = _parse_gpus(opt("gpusoak_gpus"))
@@ -113,7 +127,11 @@ class SoakRun:
             raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
         gpus = wanted or found
         self.soak = Soak(self.node, self.run_id, options, gpus)
-        self.soak.start(self.journal_path)
+        lock_path = opt("gpusoak_lock_file") or (DEFAULT_LOCK if self.node.backend == "real" and destructive else None)
+        self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None
+        if self.lock is not None:
+            self.lock.acquire()
+        self.soak.start(self.journal_path, self.report_dir / "state.json")
 
     # -- collection --------------------------------------------------------------------------
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -123,16 +141,26 @@ class SoakRun:
                                  ids=[f"{r.action}-c{r.cycle:03d}-{r.bdf}" for r in self.replayed])
         elif {"action", "gpu", "cycle"} <= set(names) and self.soak is not None:
             soak = self.soak
-            cases = [(a, c, g) for a in soak.options.actions for c in range(1, soak.options.cycles + 1)
-                     for g in soak.gpus]
+            cases = [(a, c, g) for a in soak.options.actions if a in GPU_ACTIONS
+                     for c in range(1, soak.options.cycles + 1) for g in soak.gpus]
             metafunc.parametrize(("action", "cycle", "gpu"), cases,
                                  ids=[f"{a}-c{c:03d}-{g}" for a, c, g in cases])
+        elif {"node_action", "cycle"} <= set(names) and self.soak is not None:
+            soak = self.soak
+            cases = [(a, c) for a in soak.options.actions if a in NODE_ACTIONS
+                     for c in range(1, soak.options.cycles + 1)]
+            metafunc.parametrize(("node_action", "cycle"), cases, ids=[f"{a}-c{c:03d}" for a, c in cases])
 
     # -- the end -----------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.soak is not None and self.soak.journal is not None:
-            self.soak.journal.close()
+            try:
+                self.soak.finish()  # put the node back as it was found, also after failures
+            finally:
+                self.soak.journal.close()
+                if self.lock is not None:
+                    self.lock.release()
         if not self.journal_path.exists():
             return
         self.built = report_build.rebuild(self.journal_path, self.report_dir)
@@ -187,6 +215,15 @@ def expect_recovered(result: CycleResult) -> None:
         pytest.fail(result.explain(), pytrace=False)
     why = "; ".join(f"{f.reason}: {f.detail}" for f in result.findings) or result.outcome
     pytest.skip(f"{result.outcome}: {why}")
+
+
+def expect_all_recovered(results: list[CycleResult]) -> None:
+    """A node-wide cycle passes only if every GPU came back."""
+    bad = [r for r in results if r.outcome in (FAILED, HUNG)]
+    if bad:
+        pytest.fail("\n".join(r.explain() for r in bad), pytrace=False)
+    if all(r.outcome in (REFUSED, SKIPPED) for r in results):
+        expect_recovered(results[0])
 
 
 def record(item: pytest.Item, result: CycleResult) -> None:

@@ -2,12 +2,14 @@
 
 For each action (default: FLR), each cycle and each GPU: reset it, then wait for it to be present,
 in D0, bound to its driver, with its link as before, seen by NVML under the same UUID, and with no
-fatal kernel event since the cycle began. Any cycle that does not recover fails here with its reason.
+fatal kernel event since the cycle began. Any cycle that does not recover fails here with its reason
+(and the recovery ladder's attempts to bring the GPU back). Node-wide actions (module reload) run
+after the per-GPU ones, all GPUs at once.
 """
 
 import pytest
 
-from gpusoak.plugin import expect_recovered
+from gpusoak.plugin import expect_all_recovered, expect_recovered
 
 pytestmark = pytest.mark.destructive
 
@@ -15,3 +17,8 @@ pytestmark = pytest.mark.destructive
 def test_gpu_recovers_from_reset(run_cycle, action, cycle, gpu):
     result = run_cycle(action, gpu, cycle)
     expect_recovered(result)
+
+
+def test_node_recovers_from_reset(run_node_cycle, node_action, cycle):
+    results = run_node_cycle(node_action, cycle)
+    expect_all_recovered(results)

@@ -69,9 +69,12 @@ def parse_aer_counters(text: str) -> AerCounters:
 class Sysfs:
     """A sysfs tree: ``root`` is ``/sys`` on a node."""
 
-    def __init__(self, root: Path | str = "/sys", writer: Writer = real_write) -> None:
+    def __init__(self, root: Path | str = "/sys", writer: Writer = real_write, timeout_scale: float = 1.0) -> None:
         self.root = Path(root)
         self._writer = writer
+        # Real seconds waited per second of deadline. The simulator's writes take simulated time,
+        # so a simulated hang is caught after a small fraction of the deadline in real time.
+        self.timeout_scale = timeout_scale
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, path: Path) -> str | None:
@@ -133,7 +136,7 @@ class Sysfs:
 
         worker = threading.Thread(target=work, name=f"sysfs-write {path.name}", daemon=True)
         worker.start()
-        worker.join(timeout_s)
+        worker.join(timeout_s * self.timeout_scale)
         if worker.is_alive():
             raise Hung(f"{what}: write did not return within {timeout_s:g} s", path=str(path))
         err = outcome[0]
