@@ -10,6 +10,7 @@ GPU classes
   ``inconclusive``  no failure, but too few attempts for the bound (or none: refused, skipped).
 
 Node decision
+  ``reboot_required`` a GPU that nothing on the recovery ladder brought back (it needs a reboot).
   ``quarantine``    any GPU is ``fail``.
   ``admit``         every GPU is ``pass``.
   ``retest``        otherwise: nothing failed, but the evidence is too thin to admit.
@@ -27,9 +28,9 @@ from gpusoak.model import FAILED, HUNG, RECOVERED, ActionStats, CycleResult, Gpu
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-ADMIT, QUARANTINE, RETEST = "admit", "quarantine", "retest"
+ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED = "admit", "quarantine", "retest", "reboot_required"
 GPU_CLASSES = (PASS, FAIL, INCONCLUSIVE)
-DECISIONS = (ADMIT, QUARANTINE, RETEST)
+DECISIONS = (ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
         if reasons:
             line += "; " + ", ".join(f"{why} x{n}" for why, n in reasons.most_common())
         evidence.append(line)
+    rungs = Counter(r.recovered_by for r in bad if r.recovered_by)
+    evidence += ["needs a reboot: nothing on the recovery ladder brought it back" if rung == REBOOT_REQUIRED
+                 else f"recovered by {rung} x{n}" for rung, n in rungs.most_common()]
     not_tried = Counter(r.reason for r in results if not r.attempted)
     evidence += [f"not attempted: {why} x{n}" for why, n in not_tried.most_common()]
     if bad:
@@ -106,7 +110,12 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
 def decide(hostname: str, gpus: Sequence[GpuVerdict]) -> Verdict:
     failing = [g for g in gpus if g.gpu_class == FAIL]
     thin = [g for g in gpus if g.gpu_class == INCONCLUSIVE]
-    if failing:
+    dead = [g for g in failing if any(e.startswith("needs a reboot") for e in g.evidence)]
+    if dead:
+        decision = REBOOT_REQUIRED
+        evidence = tuple(f"{g.bdf} needs a reboot: {'; '.join(g.evidence)}" for g in dead) + tuple(
+            f"{g.bdf} failed: {'; '.join(g.evidence)}" for g in failing if g not in dead)
+    elif failing:
         decision = QUARANTINE
         evidence = tuple(f"{g.bdf} failed: {'; '.join(g.evidence)}" for g in failing)
     elif gpus and not thin:

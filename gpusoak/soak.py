@@ -255,7 +255,7 @@ class Soak:
                                checks=checks, events=events, **base)
         findings = tuple(_findings(poll, error, fatal_nvml, gate_checks))
         rungs, recovered_by = (), None
-        if self.options.ladder:
+        if self.options.ladder and not poll.recovered:  # the ladder is for a GPU that did not come back
             rungs, recovered_by = ladder.climb(self, bdf)
             if recovered_by == ladder.REBOOT_REQUIRED:
                 self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {base['cycle']}"

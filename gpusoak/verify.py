@@ -144,15 +144,17 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
     start = clock.monotonic()
     expo = wait_exponential(multiplier=0.05, min=0.05, max=2.0)
 
-    def wait(state) -> float:  # back off, but never sleep past the deadline
-        return max(0.0, min(expo(state), deadline_s - (clock.monotonic() - start)))
+    def wait(state) -> float:
+        # Back off, but not past the deadline; never below 10 ms, or float rounding near the
+        # deadline could leave a simulated clock creeping towards it in ever smaller steps.
+        return max(0.01, min(expo(state), deadline_s - (clock.monotonic() - start)))
 
     def poll() -> Poll:
         checks = compare(baseline, snapshot(node, bdf))
         return Poll(tuple(checks), tuple(device_events(node, bdf, cursor)), clock.monotonic())
 
     retrying = Retrying(
-        stop=lambda state: clock.monotonic() - start >= deadline_s,
+        stop=lambda state: clock.monotonic() - start >= deadline_s - 1e-6,
         wait=wait,
         retry=retry_if_result(lambda p: not p.done),
         sleep=clock.sleep,

@@ -83,28 +83,54 @@ class KernelLog(Protocol):
 
 
 class KmsgFile:
-    """A file of /dev/kmsg records (the simulator's kernel log, or a saved dump)."""
+    """A file of /dev/kmsg records (the simulator's kernel log, or a saved dump).
+
+    Read incrementally: records already parsed are kept, and each call reads only what was appended
+    since, so polling a growing log costs what is new, not the whole file again. A record is taken
+    once its header and continuation lines are complete (the writer appends a record in one write).
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._records: list[KmsgRecord] = []
+        self._offset = 0  # bytes of the file already parsed
+        self._lines = 0  # lines of the file already parsed
 
-    def _records(self) -> Iterator[KmsgRecord]:
+    def _refresh(self) -> None:
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                yield from parse_records(f)
+            size = self.path.stat().st_size
+            if size < self._offset:  # replaced or truncated: start over
+                self._records, self._offset, self._lines = [], 0, 0
+            if size == self._offset:
+                return
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read(size - self._offset)
         except FileNotFoundError:
             return
         except OSError as err:
             raise from_oserror(err, "reading kernel log", path=str(self.path)) from err
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return
+        lines = data[:end].decode("utf-8", errors="replace").splitlines()
+        for rec in parse_records(lines):
+            self._records.append(KmsgRecord(rec.seq, rec.usec, rec.level, rec.facility, rec.message, rec.fields,
+                                            rec.line + self._lines))
+        self._offset += end
+        self._lines += len(lines)
 
     def cursor(self) -> int:
-        last = -1
-        for rec in self._records():
-            last = rec.seq
-        return last
+        self._refresh()
+        return self._records[-1].seq if self._records else -1
 
     def records_since(self, cursor: int) -> list[KmsgRecord]:
-        return [r for r in self._records() if r.seq > cursor]
+        self._refresh()
+        # Sequence numbers only grow, so the records after the cursor are a tail of the list.
+        i = len(self._records)
+        while i > 0 and self._records[i - 1].seq > cursor:
+            i -= 1
+        return self._records[i:]
 
 
 class DevKmsg:

@@ -64,8 +64,20 @@ class Scenario:
 
 
 def bundled() -> list[str]:
+    """Bundled scenario names; a folder of them (a fleet) names its nodes folder/node."""
     folder = resources.files("gpusoak.sim") / "scenarios"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    names = []
+    for p in folder.iterdir():
+        if p.name.endswith(".toml"):
+            names.append(p.name[:-5])
+        elif p.is_dir():
+            names += [f"{p.name}/{q.name[:-5]}" for q in p.iterdir() if q.name.endswith(".toml")]
+    return sorted(names)
+
+
+def fleet(name: str) -> list[str]:
+    """The node scenarios of a bundled fleet folder (e.g. mixed-fleet)."""
+    return [n for n in bundled() if n.startswith(name + "/")]
 
 
 def load(name_or_path: str | None) -> Scenario:
@@ -78,7 +90,13 @@ def load(name_or_path: str | None) -> Scenario:
         except OSError as err:
             raise ScenarioError(f"cannot read scenario: {err.strerror}", path=str(path)) from err
     else:
-        res = resources.files("gpusoak.sim") / "scenarios" / f"{name_or_path}.toml"
+        parts = name_or_path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ScenarioError(f"no scenario {name_or_path!r}; bundled: {', '.join(bundled())}")
+        res = resources.files("gpusoak.sim") / "scenarios"
+        for part in parts[:-1]:
+            res = res / part
+        res = res / f"{parts[-1]}.toml"
         if not res.is_file():
             raise ScenarioError(f"no scenario {name_or_path!r}; bundled: {', '.join(bundled())}")
         text = res.read_text()
