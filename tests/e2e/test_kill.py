@@ -59,5 +59,8 @@ def test_sigkill_mid_soak_loses_no_finished_cycle(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["run"]["cycles_recorded"] == recorded
-    assert sum(a["attempts"] for g in result["gpus"] for a in g["actions"].values()) == recorded
+    outcomes = result["run"]["outcomes"]
+    assert sum(outcomes.values()) == recorded
+    attempts = sum(a["attempts"] for g in result["gpus"] for a in g["actions"].values())
+    assert attempts == outcomes["recovered"] + outcomes["failed"] + outcomes["hung"]
     assert (out / "report.html").exists() and (out / "junit.xml").exists()
