@@ -42,6 +42,7 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
             record.append(Finding(rung, "skipped: " + "; ".join(f"{f.reason}: {f.detail}" for f in refusals)))
             continue
         cursor = node.kmsg.cursor()
+        failed = ""
         try:
             if not (rung == "rebind" and node.sysfs.function(bdf).driver is None):
                 action.perform(node, target, ctx)
@@ -49,7 +50,7 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
             record.append(Finding(rung, f"hung: {err}"))
             return tuple(record), REBOOT_REQUIRED
         except GpusoakError as err:
-            record.append(Finding(rung, f"failed: {err}"))
+            failed = f"{err}; "  # verified all the same: the GPU may be back regardless
         if soak.saved_state is not None:
             node_state.restore(node, soak.saved_state, ctx, only={str(b) for b in _functions(soak, bdf)})
         poll = verify.await_recovery(node, bdf, soak.baselines[bdf], cursor, soak.options.recovery_deadline_s)
@@ -58,7 +59,7 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
             return tuple(record), rung
         why = "; ".join(f"{c.name}: {c.detail}" for c in poll.checks if c.status == verify.FAIL)
         why = "; ".join([*(e.text for e in poll.fatal), why]).strip("; ")
-        record.append(Finding(rung, f"not recovered: {why}"))
+        record.append(Finding(rung, f"not recovered: {failed}{why}"))
     return tuple(record), REBOOT_REQUIRED
 
 

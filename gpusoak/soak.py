@@ -215,7 +215,9 @@ class Soak:
             if (skip := self._not_now(bdf, bases[bdf])) is not None:
                 out[bdf] = skip
         live = [b for b in self.gpus if b not in out]
-        refusals = action.refusals(self.node, None, self.options.context) if live else []
+        if not live:  # nothing may be touched (not authorised, or every GPU out): do nothing
+            return [out[b] for b in self.gpus]
+        refusals = action.refusals(self.node, None, self.options.context)
         if refusals:
             return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **bases[b])
                     for b in self.gpus]

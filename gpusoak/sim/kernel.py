@@ -169,6 +169,12 @@ class SimKernel:
             return None
         if attr == "remove":
             return self._remove(bdf, st, data, path)
+        if attr == "power/control":
+            # drivers/base/power/sysfs.c control_store: "auto" or "on", anything else -EINVAL.
+            if data.strip() not in ("auto", "on"):
+                raise OSError(errno.EINVAL, "Invalid argument", str(path))
+            self.tree.set_attr(bdf, "power/control", data.strip())
+            return None
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     # -- resets ------------------------------------------------------------------------------

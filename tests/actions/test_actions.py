@@ -1,0 +1,165 @@
+"""Every action: what it writes or runs, what it refuses and why, and that the GPU comes back."""
+
+import pytest
+
+from gpusoak.actions import ACTIONS, GPU_ACTIONS, Context
+from gpusoak.actions.base import (DISPLAY, FABRIC_MANAGER, HELD, IOMMU, MODULE_NOT_LOADED, NOT_BOUND, NOT_ROOT,
+                                  SERVICE_ACTIVE, SHARED_DOMAIN, UNSUPPORTED)
+from gpusoak.model import PciAddress
+from gpusoak.sim import open_sim_node
+from gpusoak.soak import Soak, SoakOptions
+
+GPU = PciAddress.parse("0000:18:00.0")
+AUDIO = PciAddress.parse("0000:18:00.1")
+CTX = Context()
+
+
+def _node(tmp_path, text):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return open_sim_node(str(path))
+
+
+@pytest.fixture
+def multi(tmp_path):
+    s = _node(tmp_path, '[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\nfunctions = ["audio"]\n')
+    yield s
+    s.node.close()
+
+
+def _recorder(s):
+    seen = []
+
+    def writer(path, data):
+        seen.append((str(path.relative_to(s.node.sysfs.root)), data))
+        s.kernel.write(path, data)
+
+    s.node.sysfs._writer = writer
+    return seen
+
+
+@pytest.mark.parametrize("action", GPU_ACTIONS)
+def test_each_gpu_action_recovers_a_healthy_multifunction_gpu(multi, tmp_path, action):
+    soak = Soak(multi.node, "r", SoakOptions(actions=(action,), ladder=False), [GPU])
+    soak.start(tmp_path / "j.jsonl")
+    r = soak.run_cycle(GPU, action, 1)
+    assert r.outcome == "recovered", r.explain()
+    checks = {c.name: c.status for c in r.checks}
+    assert checks["functions"] == "pass" and checks["driver"] == "pass"  # the audio function came back too
+
+
+def test_steps_are_exactly_what_is_written(multi):
+    for name in ("flr", "bus_reset", "rebind", "vfio_cycle", "remove_rescan"):
+        action = ACTIONS[name]
+        planned = [(s.target, s.value) for s in action.steps(multi.node, GPU, CTX)]
+        seen = _recorder(multi)
+        action.perform(multi.node, GPU, CTX)
+        root = str(multi.node.sysfs.root) + "/"
+        assert [(root + p, v) for p, v in seen] == planned, name
+
+
+def test_functions_move_together(multi):
+    seen = _recorder(multi)
+    ACTIONS["rebind"].perform(multi.node, GPU, CTX)
+    assert [(p.split("/")[-2:], v) for p, v in seen] == [
+        (["snd_hda_intel", "unbind"], str(AUDIO)), (["nvidia", "unbind"], str(GPU)),
+        (["nvidia", "bind"], str(GPU)), (["snd_hda_intel", "bind"], str(AUDIO))]
+    seen.clear()
+    ACTIONS["vfio_cycle"].perform(multi.node, GPU, CTX)
+    overrides = [(p.split("/")[-2], v) for p, v in seen if p.endswith("driver_override")]
+    assert overrides == [(str(GPU), "vfio-pci"), (str(AUDIO), "vfio-pci"), (str(GPU), "\n"), (str(AUDIO), "\n")]
+    assert multi.node.sysfs.function(AUDIO).driver == "snd_hda_intel"
+
+
+def test_bus_reset_of_a_multifunction_gpu_goes_through_the_bridge(multi):
+    (step,) = ACTIONS["bus_reset"].steps(multi.node, GPU, CTX)
+    assert step.target.endswith("0000:17:01.0/reset_subordinate") and step.value == "1"
+
+
+def test_refusals_carry_reasons(tmp_path):
+    s = _node(tmp_path, """
+nvswitches = 2
+[holders]
+4242 = "/dev/nvidia1"
+[[gpu]]
+bdf = "0000:18:00.0"
+display = true
+[[gpu]]
+bdf = "0000:2a:00.0"
+[[gpu]]
+bdf = "0000:3a:00.0"
+upstream = ["0000:37:01.0"]
+arch = "ampere"
+[[gpu]]
+bdf = "0000:3b:00.0"
+upstream = ["0000:37:01.0"]
+""")
+    node = s.node
+    try:
+        def reasons(name, bdf):
+            return [f.reason for f in ACTIONS[name].refusals(node, PciAddress.parse(bdf) if bdf else None, CTX)]
+
+        assert all(reasons(a, "0000:18:00.0") == [DISPLAY] for a in GPU_ACTIONS)
+        assert all(reasons(a, "0000:2a:00.0") == [HELD] for a in GPU_ACTIONS)
+        assert reasons("bus_reset", "0000:3a:00.0") == [SHARED_DOMAIN]
+        assert "would also reset 0000:3b:00.0" in ACTIONS["bus_reset"].refusals(node, PciAddress.parse("0000:3a:00.0"), CTX)[0].detail
+        assert reasons("gpu_reset", "0000:3a:00.0") == [FABRIC_MANAGER]  # Ampere + NVSwitch, no Fabric Manager
+        assert reasons("gpu_reset", "0000:3b:00.0") == []  # Hopper needs none
+        node.runner.run(["systemctl", "start", "nvidia-fabricmanager"], timeout_s=5)
+        s.kernel.services["nvidia-fabricmanager"] = "active"
+        assert reasons("gpu_reset", "0000:3a:00.0") == []
+        assert set(reasons("module_reload", None)) == {HELD, DISPLAY, SERVICE_ACTIVE}
+        node.is_root = False
+        assert reasons("flr", "0000:3b:00.0") == [NOT_ROOT]
+    finally:
+        s.node.close()
+
+
+def test_more_refusals(sim):
+    node, gpu = sim.node, GPU
+    sim.kernel.tree.unbind(gpu)
+    assert [f.reason for f in ACTIONS["rebind"].refusals(node, gpu, CTX)] == [NOT_BOUND]
+    sim.kernel.tree.bind(gpu, "nvidia")
+    import shutil
+    shutil.rmtree(node.sysfs.root / "bus" / "pci" / "drivers" / "vfio-pci")
+    assert [f.reason for f in ACTIONS["vfio_cycle"].refusals(node, gpu, CTX)] == [UNSUPPORTED]
+    (node.sysfs.function(gpu).path / "iommu_group").unlink()
+    assert IOMMU in [f.reason for f in ACTIONS["vfio_cycle"].refusals(node, gpu, CTX)]
+    sim.kernel.write(node.sysfs.function(gpu).path / "reset_method", "flr")
+    for m in ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"):
+        node.runner.run(["rmmod", m], timeout_s=5)
+    assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, Context(stop_services=True))] == [MODULE_NOT_LOADED]
+
+
+def test_module_reload_stops_and_restarts_services_only_when_allowed(sim):
+    node = sim.node
+    assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, CTX)] == [SERVICE_ACTIVE]
+    ctx = Context(stop_services=True)
+    assert ACTIONS["module_reload"].refusals(node, None, ctx) == []
+    calls = node.runner.calls
+    calls.clear()
+    ACTIONS["module_reload"].perform(node, None, ctx)
+    changing = [c for c in calls if c[:2] != ("systemctl", "is-active")]
+    assert changing == [("systemctl", "stop", "nvidia-persistenced"), ("rmmod", "nvidia_drm"), ("rmmod", "nvidia_modeset"),
+                        ("rmmod", "nvidia_uvm"), ("rmmod", "nvidia"), ("modprobe", "nvidia"), ("modprobe", "nvidia_uvm"),
+                        ("modprobe", "nvidia_modeset"), ("modprobe", "nvidia_drm"),
+                        ("systemctl", "start", "nvidia-persistenced")]
+    assert sim.kernel.services["nvidia-persistenced"] == "active" and node.sysfs.function(GPU).driver == "nvidia"
+
+
+def test_module_busy_puts_back_what_it_unloaded(tmp_path):
+    s = _node(tmp_path, '[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\nprofile = "module-busy"\n')
+    try:
+        with pytest.raises(Exception) as err:
+            ACTIONS["module_reload"].perform(s.node, None, CTX)
+        assert err.value.reason == "module_in_use" and "Module nvidia is in use" in str(err.value)
+        assert s.kernel.modules == {"nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm"}
+    finally:
+        s.node.close()
+
+
+def test_gpu_reset_exit_codes_are_named(sim):
+    sim.kernel._die(sim.kernel.gpus[GPU])
+    with pytest.raises(Exception) as err:
+        ACTIONS["gpu_reset"].perform(sim.node, GPU, CTX)
+    assert "exited 15 (GPU has fallen off the bus)" in str(err.value)

@@ -1,0 +1,86 @@
+"""The mixed-fleet scenario through `gpusoak run`: every GPU gets the class written beside it;
+plus plan, restore, the lock and a hang, as a user meets them."""
+
+import fcntl
+import json
+import os
+import time
+
+import pytest
+
+from gpusoak.sim import scenario as scenarios
+from tests.e2e.conftest import gpusoak
+
+NODES = scenarios.fleet("mixed-fleet")
+
+
+def test_the_fleet_covers_every_profile():
+    profiles = {g.profile.NAME for n in NODES for g in scenarios.load(n).gpus}
+    from gpusoak.sim.profiles import PROFILES
+
+    assert profiles == set(PROFILES)
+    assert len(NODES) >= 3
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_expected_classes_match(node, tmp_path):
+    sc = scenarios.load(node)
+    done = gpusoak("run", "--backend", f"sim:{node}", "--actions", ",".join(sc.actions), "--report-dir", tmp_path, "-q",
+                   timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    got = {g["bdf"]: g["class"] for g in result["gpus"]}
+    assert got == {str(g.bdf): g.expect for g in sc.gpus}, [g["evidence"] for g in result["gpus"]]
+
+
+def test_plan_lists_the_exact_writes_and_does_nothing():
+    done = gpusoak("plan", "--actions", "flr,vfio_cycle,module_reload", "--gpus", "0000:18:00.0", "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    flr = plan["gpus"][0]["actions"]["flr"]["steps"]
+    assert [s.split(" > ")[0] for s in flr] == ["write 'flr'", "write '1'", "write 'flr bus'"]
+    assert flr[1].endswith("/bus/pci/devices/0000:18:00.0/reset")
+    assert plan["gpus"][0]["actions"]["vfio_cycle"]["steps"][0].endswith("0000:18:00.0/driver_override")
+    (node_action,) = plan["node_actions"]
+    assert node_action["refused"][0].startswith("service_active")
+    done = gpusoak("plan", "--actions", "module_reload", "--stop-services")
+    steps = json.loads(gpusoak("plan", "--actions", "module_reload", "--stop-services", "--json").stdout)["node_actions"][0]["steps"]
+    assert steps[0] == "systemctl stop nvidia-persistenced" and steps[-1] == "systemctl start nvidia-persistenced"
+    assert "run rmmod nvidia_drm" in steps and steps.index("run rmmod nvidia") < steps.index("run modprobe nvidia")
+
+
+def test_restore_from_a_saved_state(tmp_path):
+    done = gpusoak("run", "--cycles", "1", "--gpus", "0000:18:00.0", "--report-dir", tmp_path, "-q")
+    assert done.returncode == 0
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["functions"][0] == {"bdf": "0000:18:00.0", "driver": "nvidia", "driver_override": None, "runtime_pm": "on"}
+    done = gpusoak("restore", tmp_path / "state.json", "--backend", "sim")
+    assert done.returncode == 0 and "nothing to change" in done.stdout
+    done = gpusoak("restore", tmp_path / "nothing.json", "--backend", "sim")
+    assert done.returncode == 2 and "cannot read state file" in done.stderr
+
+
+def test_a_second_run_is_refused_while_the_lock_is_held(tmp_path):
+    lock = tmp_path / "gpusoak.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    os.write(fd, json.dumps({"pid": 4242, "host": "n1", "run_id": "the-first-run", "since": "now"}).encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        done = gpusoak("run", "--lock-file", lock, "--cycles", "1", "--report-dir", tmp_path / "r", "-q")
+        assert done.returncode == 2
+        assert "another gpusoak run holds this node: pid 4242 on n1, run the-first-run" in done.stdout + done.stderr
+    finally:
+        os.close(fd)
+
+
+def test_a_hanging_write_ends_the_run_in_bounded_time(tmp_path):
+    t = time.monotonic()
+    done = gpusoak("run", "--backend", "sim:mixed-fleet/node-a", "--actions", "rebind", "--cycles", "3",
+                   "--gpus", "0000:9a:00.0,0000:18:00.0", "--report-dir", tmp_path, "-q")
+    assert time.monotonic() - t < 60
+    assert done.returncode == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["run"]["outcomes"]["hung"] == 1 and result["run"]["outcomes"]["skipped"] == 2
+    classes = {g["bdf"]: g["class"] for g in result["gpus"]}
+    assert classes["0000:9a:00.0"] == "fail"
+    assert (tmp_path / "junit.xml").exists() and (tmp_path / "report.html").exists()

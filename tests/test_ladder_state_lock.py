@@ -1,0 +1,155 @@
+"""The recovery ladder, the saved state put back, the node lock, and the opt-in for resets."""
+
+import json
+
+import pytest
+
+from gpusoak import state as node_state
+from gpusoak.actions import GPU_ACTIONS, Context
+from gpusoak.errors import UsageError
+from gpusoak.lock import NodeLock
+from gpusoak.model import PciAddress
+from gpusoak.sim import open_sim_node
+from gpusoak.soak import Soak, SoakOptions
+
+GPU = PciAddress.parse("0000:18:00.0")
+
+
+def _sim(tmp_path, profile_lines, services='nvidia-persistenced = "inactive"'):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[services]\n{services}\n[[gpu]]\nbdf = "0000:18:00.0"\n{profile_lines}\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    return open_sim_node(str(path))
+
+
+def _first_failure(tmp_path, profile_lines, action="flr", cycles=30, **opts):
+    s = _sim(tmp_path, profile_lines, **({"services": opts.pop("services")} if "services" in opts else {}))
+    soak = Soak(s.node, "r", SoakOptions(actions=(action,), **opts), s.node.gpus())
+    soak.start(tmp_path / "j.jsonl", tmp_path / "state.json")
+    for c in range(1, cycles + 1):
+        r = soak.run_cycle(GPU, action, c)
+        if r.outcome == "failed":
+            return s, soak, r
+    raise AssertionError("no failure")
+
+
+@pytest.mark.parametrize("profile, action, rung", [
+    ('profile = "flaky-flr"\np = 0.5', "flr", None),  # a later FLR, or failing that a bus reset
+    ('profile = "degraded-link"\np = 1.0', "flr", "bus_reset"),  # only a retrain from the port fixes the link
+    ('profile = "vfio-reattach-fails"', "vfio_cycle", "module_reload"),  # only a fresh driver load
+])
+def test_the_ladder_records_the_rung_that_brought_it_back(tmp_path, profile, action, rung):
+    s, soak, r = _first_failure(tmp_path, profile, action)
+    try:
+        assert r.recovered_by in ((rung,) if rung else ("flr", "bus_reset"))
+        assert r.ladder[-1].reason == r.recovered_by and r.ladder[-1].detail == "recovered"
+        assert soak.run_cycle(GPU, "flr", 99).outcome == "recovered" or rung == "bus_reset"
+    finally:
+        s.node.close()
+
+
+@pytest.mark.parametrize("profile", ['profile = "d3cold-stuck"\np = 1.0', 'profile = "falls-off-bus-under-load"\np = 1.0'])
+def test_nothing_brings_back_a_stuck_gpu_so_it_needs_a_reboot(tmp_path, profile):
+    s, soak, r = _first_failure(tmp_path, profile)
+    try:
+        assert r.recovered_by == "reboot_required"
+        assert [f.reason for f in r.ladder] == ["flr", "rebind", "bus_reset", "module_reload"]
+        assert all(f.detail.startswith("not recovered") for f in r.ladder)
+        nxt = soak.run_cycle(GPU, "flr", 2)
+        assert nxt.outcome == "skipped" and nxt.reason == "reboot_required"
+    finally:
+        s.node.close()
+
+
+def test_the_ladder_does_not_reload_the_driver_behind_active_services(tmp_path):
+    s, _, r = _first_failure(tmp_path, 'profile = "d3cold-stuck"\np = 1.0', services='nvidia-persistenced = "active"')
+    try:
+        assert r.ladder[-1].reason == "module_reload" and r.ladder[-1].detail.startswith("skipped: service_active")
+    finally:
+        s.node.close()
+
+
+def test_a_hanging_unbind_is_contained(tmp_path):
+    s = _sim(tmp_path, 'profile = "unbind-hangs"')
+    try:
+        soak = Soak(s.node, "r", SoakOptions(actions=("rebind",)), s.node.gpus())
+        soak.start(tmp_path / "j.jsonl")
+        import time
+        t = time.monotonic()
+        r = soak.run_cycle(GPU, "rebind", 1)
+        assert time.monotonic() - t < 5  # 90 s deadline on the simulated clock: under a second here
+        assert r.outcome == "hung" and r.reason == "hung" and r.duration_s == 90.0
+        logged = [rec.message for rec in s.node.kmsg.records_since(-1)]
+        assert "NVRM: Attempting to remove device 0000:18:00.0 with non-zero usage count!" in logged
+        assert soak.run_cycle(GPU, "rebind", 2).reason == "out_of_service"
+        assert soak.run_cycle(PciAddress.parse("0000:2a:00.0"), "rebind", 1).outcome == "recovered"
+    finally:
+        for ev in s.kernel.blocked:
+            ev.set()
+        s.node.close()
+
+
+def test_saved_state_is_put_back_after_a_failure(tmp_path):
+    s = _sim(tmp_path, "")
+    try:
+        soak = Soak(s.node, "r", SoakOptions(actions=("rebind",), ladder=False), s.node.gpus())
+        soak.start(tmp_path / "j.jsonl", tmp_path / "state.json")
+        saved = json.loads((tmp_path / "state.json").read_text())
+        assert {f["bdf"]: f["driver"] for f in saved["functions"]} == {"0000:18:00.0": "nvidia", "0000:2a:00.0": "nvidia"}
+        inner = s.kernel.write
+
+        def bind_fails(path, data):  # the unbind works, the bind back does not: the GPU is left unbound
+            if path.name == "bind" and data == str(GPU):
+                raise OSError(19, "No such device")
+            inner(path, data)
+
+        s.node.sysfs._writer = bind_fails
+        r = soak.run_cycle(GPU, "rebind", 1)
+        assert r.outcome == "failed" and s.node.sysfs.function(GPU).driver is None
+        s.node.sysfs._writer = inner
+        s.node.runner.run(["systemctl", "stop", "nvidia-dcgm"], timeout_s=5)
+        changes = soak.finish()
+        assert f"bind {GPU} to nvidia" in changes and s.node.sysfs.function(GPU).driver == "nvidia"
+    finally:
+        s.node.close()
+
+
+def test_restore_puts_back_overrides_runtime_pm_modules_and_services(tmp_path, sim):
+    ctx = Context(stop_services=True)
+    saved = node_state.capture(sim.node, sim.node.gpus(), ctx)
+    fn = sim.node.sysfs.function(GPU)
+    sim.kernel.write(fn.path / "driver_override", "vfio-pci")
+    sim.kernel.tree.unbind(GPU)
+    (fn.path / "power" / "control").write_text("auto\n")
+    sim.node.runner.run(["rmmod", "nvidia_drm"], timeout_s=5)
+    sim.node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)
+    changes = node_state.restore(sim.node, saved, ctx)
+    assert not [c for c in changes if c.startswith("FAILED")], changes
+    assert fn.driver == "nvidia" and fn.driver_override is None and fn.runtime_pm == "on"
+    assert "nvidia_drm" in sim.kernel.modules and sim.kernel.services["nvidia-persistenced"] == "active"
+    assert node_state.restore(sim.node, saved, ctx) == []  # nothing left to change
+
+
+def test_the_lock_refuses_a_second_run_and_names_the_holder(tmp_path):
+    first = NodeLock(tmp_path / "gpusoak.lock", "run-one")
+    first.acquire()
+    try:
+        with pytest.raises(UsageError) as err:
+            NodeLock(tmp_path / "gpusoak.lock", "run-two").acquire()
+        assert "run run-one" in str(err.value) and "pid" in str(err.value)
+    finally:
+        first.release()
+    again = NodeLock(tmp_path / "gpusoak.lock", "run-three")
+    again.acquire()
+    again.release()
+
+
+@pytest.mark.parametrize("action", [*GPU_ACTIONS, "module_reload"])
+def test_no_destructive_step_on_a_real_node_without_the_opt_in(sim, tmp_path, action, record_writes):
+    sim.node.backend = "real"  # what a real node looks like to the soak
+    soak = Soak(sim.node, "r", SoakOptions(actions=(action,)), [GPU])
+    soak.start(tmp_path / "j.jsonl")
+    calls_before = list(sim.node.runner.calls)
+    results = soak.run_node_cycle(action, 1) if action == "module_reload" else [soak.run_cycle(GPU, action, 1)]
+    assert all(r.outcome == "refused" and r.reason == "not_authorised" for r in results)
+    assert record_writes == []
+    assert [c for c in sim.node.runner.calls[len(calls_before):] if c[:2] != ("systemctl", "is-active")] == []
