@@ -3,8 +3,18 @@
 import pytest
 
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, Context
-from gpusoak.actions.base import (DISPLAY, FABRIC_MANAGER, HELD, IOMMU, MODULE_NOT_LOADED, NOT_BOUND, NOT_ROOT,
-                                  SERVICE_ACTIVE, SHARED_DOMAIN, UNSUPPORTED)
+from gpusoak.actions.base import (
+    DISPLAY,
+    FABRIC_MANAGER,
+    HELD,
+    IOMMU,
+    MODULE_NOT_LOADED,
+    NOT_BOUND,
+    NOT_ROOT,
+    SERVICE_ACTIVE,
+    SHARED_DOMAIN,
+    UNSUPPORTED,
+)
 from gpusoak.model import PciAddress
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
