@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="allow stopping GPU services for a module reload (started again afterwards)")
     run.add_argument("--no-ladder", action="store_true", help="no recovery ladder after a failed cycle")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
+    run.add_argument("--load-seconds", type=float, default=None,
+                     help="load before each cycle (0: none; default 20 on a real node, the scenario's on sim)")
+    run.add_argument("--load-fraction", type=float, default=0.9, help="share of free GPU memory to fill")
+    run.add_argument("--post-check-seconds", type=float, default=None, help="load after recovery (0: none)")
     run.add_argument("--write-timeout", type=float, default=90.0, help="seconds before a blocked write is hung")
     run.add_argument("--strict", action="store_true", help="exit 1 unless the node's decision is admit")
     run.add_argument("--suites", type=Path, default=None, help="suites folder (default: gpusoak's own)")
@@ -132,6 +136,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.lock_file is not None:
         argv.append(f"--gpusoak-lock-file={args.lock_file.resolve()}")
     argv.append(f"--gpusoak-write-timeout={args.write_timeout}")
+    argv.append(f"--gpusoak-load-fraction={args.load_fraction}")
+    if args.load_seconds is not None:
+        argv.append(f"--gpusoak-load-seconds={args.load_seconds}")
+    if args.post_check_seconds is not None:
+        argv.append(f"--gpusoak-post-check-seconds={args.post_check_seconds}")
     if args.destructive or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1":
         argv.append("--gpusoak-destructive")
     argv += ["-q"] if args.quiet else ["-rfE"]

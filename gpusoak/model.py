@@ -165,6 +165,8 @@ class CycleResult:
     checks: tuple[Check, ...] = ()
     events: tuple[KernelEvent, ...] = ()
     ladder: tuple[Finding, ...] = ()  # after a failure: each rung tried, and what it did
+    load: dict[str, Any] | None = None  # the load before the reset (gpusoak.load.child.LoadSummary)
+    post_check: dict[str, Any] | None = None  # the short load after recovery
     recovered_by: str | None = None  # the rung that brought the GPU back; "reboot_required" if none did
 
     @property

@@ -40,6 +40,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="do not climb the recovery ladder after a failed cycle")
     g.addoption("--gpusoak-lock-file", default=None,
                 help=f"lock file that keeps one destructive run per node (default {DEFAULT_LOCK} on a real node)")
+    g.addoption("--gpusoak-load-seconds", type=float, default=None,
+                help="compute + VRAM load before each cycle, in a child process (0: none; default 20 on a "
+                "real node, the scenario's on the simulator)")
+    g.addoption("--gpusoak-load-fraction", type=float, default=0.9, help="share of free GPU memory to fill")
+    g.addoption("--gpusoak-post-check-seconds", type=float, default=None,
+                help="short load after recovery that proves the GPU computes correctly (0: none)")
     g.addoption("--gpusoak-write-timeout", type=float, default=90.0,
                 help="seconds a sysfs write may block before it counts as hung (default 90)")
     g.addoption("--gpusoak-gpus", default="", help="comma-separated PCI addresses (default: every NVIDIA GPU)")
@@ -114,12 +120,17 @@ class SoakRun:
         self.journal_path = self.report_dir / "journal.jsonl"
         destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
         actions = tuple(a.strip() for a in opt("gpusoak_actions").split(",") if a.strip())
+        self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+        load_s = opt("gpusoak_load_seconds")
+        post_s = opt("gpusoak_post_check_seconds")
         options = SoakOptions(cycles=opt("gpusoak_cycles"), actions=actions,
                               recovery_deadline_s=opt("gpusoak_recovery_deadline"),
                               write_timeout_s=opt("gpusoak_write_timeout"),
                               destructive=destructive, stop_services=opt("gpusoak_stop_services"),
-                              ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")))
-        self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+                              ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")),
+                              load_seconds=self.node.load_seconds_default if load_s is None else load_s,
+                              load_fraction=opt("gpusoak_load_fraction"),
+                              post_check_seconds=self.node.post_check_seconds_default if post_s is None else post_s)
         found = self.node.gpus()
         wanted = _parse_gpus(opt("gpusoak_gpus"))
         missing = [str(b) for b in wanted if b not in found]

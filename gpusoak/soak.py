@@ -21,6 +21,7 @@ from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node
 from gpusoak.host.nvml_events import XidWatch
 from gpusoak.journal import Journal
+from gpusoak.load.child import run_load
 from gpusoak.model import (
     FAILED,
     HUNG,
@@ -55,6 +56,9 @@ class SoakOptions:
     ladder: bool = True  # climb the recovery ladder after a failed cycle
     ladder_module_reload: bool = True  # may the ladder reload the driver (affects every GPU)?
     gates: GateLimits = field(default_factory=GateLimits)
+    load_seconds: float = 0.0  # compute + VRAM load before each cycle, in a child process (0: none)
+    load_fraction: float = 0.9  # share of free GPU memory the load fills
+    post_check_seconds: float = 0.0  # a short load after recovery proves the GPU computes correctly
 
     def __post_init__(self) -> None:
         if self.cycles < 1:
@@ -190,6 +194,9 @@ class Soak:
         refusals = action.refusals(self.node, bdf, self.options.context)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
+        if (loaded := self._load(bdf, base)) is not None and not isinstance(loaded, dict):
+            return loaded
+        base["load"] = loaded
         cursor = self.node.kmsg.cursor()
         watch = XidWatch(self.node.nvml, bdf) if self.node.nvml is not None else None
         start = self.node.clock.monotonic()
@@ -207,6 +214,24 @@ class Soak:
             error = err
         return self._judge(bdf, base, cursor, start, error, watch)
 
+    def _load(self, bdf: PciAddress, base: dict) -> dict | CycleResult | None:
+        """The load before the reset; its child has exited before this returns. A GPU that cannot
+        take its load is not reset: the cycle fails (or, without cupy, is refused) with the reason."""
+        if self.options.load_seconds <= 0:
+            return None
+        summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction)
+        if summary.ok:
+            return asdict(summary)
+        finding = Finding(summary.reason("load"), summary.detail())
+        outcome = REFUSED if summary.exit == 3 else FAILED
+        return CycleResult(outcome=outcome, duration_s=0.0, findings=(finding,), **{**base, "load": asdict(summary)})
+
+    def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None]:
+        if self.options.post_check_seconds <= 0:
+            return None, None
+        summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5))
+        return asdict(summary), None if summary.ok else Finding(summary.reason("post_check"), summary.detail())
+
     def _node_cycle(self, action_name: str, cycle: int) -> list[CycleResult]:
         action = ACTIONS[action_name]
         bases = {bdf: self._base(bdf, action_name, cycle) for bdf in self.gpus}
@@ -221,6 +246,15 @@ class Soak:
         if refusals:
             return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **bases[b])
                     for b in self.gpus]
+        for b in list(live):
+            loaded = self._load(b, bases[b])
+            if isinstance(loaded, CycleResult):
+                out[b] = loaded
+                live.remove(b)
+            else:
+                bases[b]["load"] = loaded
+        if not live:
+            return [out[b] for b in self.gpus]
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None
@@ -250,12 +284,16 @@ class Soak:
         gate_checks = self._gate_checks(bdf) if poll.recovered else ()
         checks = poll.checks + gate_checks
         events = poll.events + nvml_events
-        duration = self.node.clock.monotonic() - start
+        recovery_s = poll.at_s - start
         fatal_nvml = [e for e in nvml_events if verify.is_fatal(e)]
-        if poll.recovered and error is None and not fatal_nvml and all(c.status != verify.FAIL for c in gate_checks):
-            return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=poll.at_s - start,
+        post, wrong = self._post_check(bdf) if poll.recovered and error is None else (None, None)
+        base = {**base, "post_check": post}
+        duration = self.node.clock.monotonic() - start
+        if poll.recovered and error is None and not fatal_nvml and wrong is None \
+                and all(c.status != verify.FAIL for c in gate_checks):
+            return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=recovery_s,
                                checks=checks, events=events, **base)
-        findings = tuple(_findings(poll, error, fatal_nvml, gate_checks))
+        findings = tuple(_findings(poll, error, fatal_nvml, gate_checks, [wrong] if wrong else []))
         rungs, recovered_by = (), None
         if self.options.ladder and not poll.recovered:  # the ladder is for a GPU that did not come back
             rungs, recovered_by = ladder.climb(self, bdf)
@@ -290,15 +328,16 @@ class Soak:
 
 
 def _findings(poll: verify.Poll, error: GpusoakError | None, fatal_nvml: list[KernelEvent],
-              gate_checks: tuple[Check, ...]) -> list[Finding]:
+              gate_checks: tuple[Check, ...], extra: list[Finding]) -> list[Finding]:
     """Named reasons, most specific first: fatal kernel events (log, then NVML), the action's error,
-    failed checks, failed gates. One finding per reason: two sources of one XID are one reason."""
+    failed checks, failed gates, then ``extra`` (a wrong post-check). One finding per reason: two sources of one XID are one reason."""
     out = [Finding(verify.event_reason(e), e.text) for e in [*poll.fatal, *fatal_nvml]]
     if error is not None:
         out.append(Finding(error.reason or RESET_WRITE_FAILED, str(error)))
     out += [Finding(c.name, c.detail) for c in (*poll.checks, *gate_checks) if c.status == verify.FAIL]
     if not poll.fatal and not poll.recovered:
         out.append(Finding(RECOVERY_TIMEOUT, "checks still failing at the deadline"))
+    out += extra
     seen: set[str] = set()
     unique = [f for f in out if not (f.reason in seen or seen.add(f.reason))]
     return unique or [Finding(FAILED, "did not recover")]

@@ -32,6 +32,8 @@ class Node:
     clock: RealClock
     is_root: bool
     dev_root: Path = Path("/dev")
+    load_seconds_default: float = 20.0  # load before each cycle unless the user says otherwise
+    post_check_seconds_default: float = 5.0
     _close: list[Callable[[], None]] = field(default_factory=list)
 
     @property

@@ -60,6 +60,8 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         clock=clock,
         is_root=True,
         dev_root=root / "dev",
+        load_seconds_default=scenario.load_seconds,
+        post_check_seconds_default=min(scenario.load_seconds, 1.0),
     )
     if owned:
         node._close.append(lambda: shutil.rmtree(root, ignore_errors=True))

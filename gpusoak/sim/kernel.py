@@ -50,6 +50,8 @@ class GpuState:
     resets: int = 0
     link_width: int = 0  # the width the link trained at
     was_on_vfio: bool = False
+    loaded: bool = False  # a load ran since the last reset (profiles that fail under load look)
+    corrupt: bool = False  # memory reads back wrong until the next reset
     aer_corrected: int = 0
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
 
@@ -235,7 +237,9 @@ class SimKernel:
         if st.removed:
             return False
         st.resets += 1
-        outcome = st.spec.profile.reset(st.rng, kind, st.resets)
+        outcome = st.spec.profile.reset(st.rng, kind, st.resets, st.loaded)
+        st.loaded = False
+        st.corrupt = st.spec.profile.corrupts(st.rng)
         self.clock.advance(outcome.reset_s)
         if st.stuck:
             self.log(KERN_WARNING, f"nvidia {bdf}: not ready {round(profiles.NOT_READY_S * 1000)}ms after "

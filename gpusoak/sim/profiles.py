@@ -35,14 +35,18 @@ class FaultProfile:
     PARAMS: tuple[str, ...] = ()
     STICKY = False  # a dead GPU of this profile stays dead until the node reboots
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
-        """``kind`` is flr, bus or gpu_reset; ``n`` counts this GPU's resets, 1-based."""
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
+        """``kind`` is flr, bus or gpu_reset; ``n`` counts this GPU's resets, 1-based; ``loaded`` says
+        whether a load ran on the GPU since its last reset."""
         # PCIe requires 100 ms after FLR before config requests (PCIe base spec 6.6.2); a healthy
         # function then answers at once, and its link retrains to full speed within a second.
         base = {"flr": (0.10, 0.16), "bus": (0.15, 0.20), "gpu_reset": (0.4, 1.2)}[kind]
         return ResetOutcome(OK, rng.uniform(*base), settle_s=rng.uniform(0.05, 0.8))
 
     def unbind_blocks(self) -> bool:
+        return False
+
+    def corrupts(self, rng: random.Random) -> bool:
         return False
 
     def probe_fails(self, after_vfio: bool) -> bool:
@@ -77,10 +81,10 @@ class FlakyFlr(FaultProfile):
     def __post_init__(self) -> None:
         _check_p(self.NAME, self.p)
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
         if kind in ("flr", "gpu_reset") and rng.random() < self.p:
             return ResetOutcome(NOT_READY, NOT_READY_S)
-        return super().reset(rng, kind, n)
+        return super().reset(rng, kind, n, loaded)
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,10 @@ class Degrading(FaultProfile):
     NAME = "degrading"
     PARAMS = ("base", "slope")
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
         if kind in ("flr", "gpu_reset") and rng.random() < min(1.0, self.base + self.slope * n):
             return ResetOutcome(NOT_READY, NOT_READY_S)
-        return super().reset(rng, kind, n)
+        return super().reset(rng, kind, n, loaded)
 
 
 @dataclass(frozen=True)
@@ -110,16 +114,16 @@ class D3coldStuck(FaultProfile):
     def __post_init__(self) -> None:
         _check_p(self.NAME, self.p)
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
         if rng.random() < self.p:
             return ResetOutcome(D3COLD, rng.uniform(0.1, 0.2))
-        return super().reset(rng, kind, n)
+        return super().reset(rng, kind, n, loaded)
 
 
 @dataclass(frozen=True)
 class FallsOffBusUnderLoad(FaultProfile):
-    """With probability p a reset knocks the GPU off the bus (Xid 79); only a reboot helps.
-    (The load that provokes it in the field arrives with the load issue; here every reset may.)"""
+    """With probability p a reset of a GPU that was just loaded knocks it off the bus (Xid 79);
+    only a reboot helps. An idle GPU resets cleanly, which is why soaks must load."""
 
     p: float = 0.2
     NAME = "falls-off-bus-under-load"
@@ -129,10 +133,10 @@ class FallsOffBusUnderLoad(FaultProfile):
     def __post_init__(self) -> None:
         _check_p(self.NAME, self.p)
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
-        if rng.random() < self.p:
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
+        if loaded and rng.random() < self.p:
             return ResetOutcome(FELL_OFF, rng.uniform(0.1, 0.2))
-        return super().reset(rng, kind, n)
+        return super().reset(rng, kind, n, loaded)
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,8 @@ class DegradedLink(FaultProfile):
     def __post_init__(self) -> None:
         _check_p(self.NAME, self.p)
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
-        out = super().reset(rng, kind, n)
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
+        out = super().reset(rng, kind, n, loaded)
         if kind != "bus" and rng.random() < self.p:
             return ResetOutcome(OK, out.reset_s, out.settle_s, link_width=self.width)
         return out
@@ -163,9 +167,25 @@ class AerStorm(FaultProfile):
     NAME = "aer-storm"
     PARAMS = ("per_reset",)
 
-    def reset(self, rng: random.Random, kind: str, n: int) -> ResetOutcome:
-        out = super().reset(rng, kind, n)
+    def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
+        out = super().reset(rng, kind, n, loaded)
         return ResetOutcome(OK, out.reset_s, out.settle_s, aer_corrected=self.per_reset)
+
+
+@dataclass(frozen=True)
+class SilentCorruption(FaultProfile):
+    """With probability p a reset "succeeds" but leaves memory returning wrong data: everything
+    looks recovered until a load checks what it reads back."""
+
+    p: float = 0.2
+    NAME = "silent-corruption"
+    PARAMS = ("p",)
+
+    def __post_init__(self) -> None:
+        _check_p(self.NAME, self.p)
+
+    def corrupts(self, rng: random.Random) -> bool:
+        return rng.random() < self.p
 
 
 class UnbindHangs(FaultProfile):
@@ -197,5 +217,5 @@ class VfioReattachFails(FaultProfile):
 
 
 PROFILES: dict[str, type[FaultProfile]] = {p.NAME: p for p in (
-    Healthy, FlakyFlr, Degrading, D3coldStuck, FallsOffBusUnderLoad, DegradedLink, AerStorm, UnbindHangs,
-    ModuleBusy, VfioReattachFails)}
+    Healthy, FlakyFlr, Degrading, D3coldStuck, FallsOffBusUnderLoad, DegradedLink, AerStorm, SilentCorruption,
+    UnbindHangs, ModuleBusy, VfioReattachFails)}

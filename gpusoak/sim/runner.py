@@ -8,6 +8,9 @@ so nothing a test asks for can reach this machine's own devices.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 
 from gpusoak.host import procs
@@ -46,6 +49,8 @@ class SimRunner:
             return self._modprobe(args[0])
         if name == "systemctl" and len(args) == 2:
             return self._systemctl(*args)
+        if args[:2] == ("-m", "gpusoak.load"):
+            return self._load(args[2:])
         return 127, "", f"{name}: command not found (simulated node)"
 
     # -- nvidia-smi -r -------------------------------------------------------------------------
@@ -73,6 +78,31 @@ class SimRunner:
         if k.apply_reset(st, "gpu_reset"):
             return 0, f"GPU {bdf.nvml_bus_id} was successfully reset.\nAll done.\n", ""
         return 255, "", f"GPU {bdf.nvml_bus_id}: Unknown Error\n"
+
+    # -- load ----------------------------------------------------------------------------------
+    def _load(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        """The load child: the real checking code runs, on numpy at a small size (this machine's CPU,
+        no device touched); the simulated GPU's state decides what it can see."""
+        k = self._kernel
+        opts = dict(zip(args[::2], args[1::2], strict=False))
+        try:
+            bdf = PciAddress.parse(opts.get("--bdf", ""))
+        except Exception:
+            return 2, json.dumps({"error": "bad --bdf", "exit": 2}) + "\n", ""
+        st = k.gpus.get(bdf)
+        seconds = float(opts.get("--seconds", "20"))
+        if st is None or not st.alive or k.driver_of(bdf) != "nvidia":
+            why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if st and not st.alive else "no CUDA device at that bus id"
+            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+        argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
+                "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),
+                "--chunk-bytes", str(1 << 18)]
+        if st.corrupt:
+            argv += ["--inject-corruption", "4"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        k.clock.advance(seconds)  # on a GPU the load takes the time it was given
+        st.loaded = True
+        return done.returncode, done.stdout, done.stderr
 
     # -- modules -------------------------------------------------------------------------------
     def _rmmod(self, module: str) -> tuple[int, str, str]:

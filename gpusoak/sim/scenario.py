@@ -61,6 +61,7 @@ class Scenario:
     modules: tuple[str, ...] = ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm")  # loaded at start
     nvswitches: int = 0  # NVSwitch functions on the node (Fabric Manager matters on Ampere)
     actions: tuple[str, ...] = ("flr",)  # the actions the scenario's expected classes assume
+    load_seconds: float = 0.0  # default load before each cycle on this node (0: none)
 
 
 def bundled() -> list[str]:
@@ -139,6 +140,7 @@ def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
         modules=tuple(data.get("modules", ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm"))),
         nvswitches=int(data.get("nvswitches", 0)),
         actions=tuple(data.get("actions", ("flr",))),
+        load_seconds=float(data.get("load_seconds", 0.0)),
     )
 
 

@@ -1,0 +1,108 @@
+"""``python -m gpusoak.load``: load one GPU (or the CPU) with checked compute and memory, print JSON.
+
+Exit status: 0 every result checked out; 1 a wrong product or a corrupted word; 2 a bad option;
+3 cupy is missing (the message names the extra to install); 4 the GPU failed or was lost mid-load
+(the JSON says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from gpusoak.errors import GpusoakError
+from gpusoak.load import checks
+from gpusoak.model import PciAddress
+
+EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_NO_CUPY, EXIT_GPU = 0, 1, 2, 3, 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gpusoak.load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bdf", required=True, help="the GPU's PCI address (DDDD:BB:DD.F)")
+    p.add_argument("--seconds", type=float, default=20.0, help="GEMM time per dtype (default 20)")
+    p.add_argument("--fraction", type=float, default=0.9, help="share of free memory to fill (default 0.9)")
+    p.add_argument("--array", choices=("cupy", "numpy"), default="cupy",
+                   help="cupy on the GPU (default); numpy on the CPU, for tests and the simulated node")
+    p.add_argument("--gemm-size", type=int, default=8192, help="matrix size (default 8192; numpy: keep it small)")
+    p.add_argument("--vram-bytes", type=int, default=None,
+                   help="bytes to fill instead of a fraction of free memory (numpy needs it)")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 30, help="allocation chunk (default 1 GiB)")
+    p.add_argument("--inject-corruption", type=int, default=0, metavar="WORDS",
+                   help="flip WORDS words after writing, to prove detection (simulated node and tests)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        bdf = PciAddress.parse(args.bdf)
+    except GpusoakError as err:
+        return _emit({"error": str(err)}, EXIT_USAGE)
+    if not 0.0 < args.fraction <= 0.98 or args.seconds < 0 or args.gemm_size < 16:
+        return _emit({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, EXIT_USAGE)
+    doc: dict[str, Any] = {"bdf": str(bdf), "array": args.array, "pid": os.getpid(), "started": time.time()}
+    try:
+        xp, sync, total, oom = _setup(args, bdf, doc)
+    except Exception as err:  # noqa: BLE001 - every way of not getting a device is reported, not raised
+        from gpusoak.load.device import CupyMissing
+        code = EXIT_NO_CUPY if isinstance(err, CupyMissing) else EXIT_GPU
+        return _emit({**doc, "error": f"{type(err).__name__}: {err}"}, code)
+    corrupt = _corruptor(args.inject_corruption)
+    try:
+        doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
+        doc["vram"] = asdict(checks.vram(xp, total, min(args.chunk_bytes, max(total, 4)), sync, oom=oom, corrupt=corrupt))
+    except Exception as err:  # noqa: BLE001
+        from gpusoak.load.device import lost
+        doc["error"] = f"{'GPU lost mid-load' if lost(err) else 'load failed'}: {type(err).__name__}: {err}"
+        return _emit(doc, EXIT_GPU)
+    wrong = sum(g["mismatches"] + g["exact_mismatches"] for g in doc["gemm"]) + doc["vram"]["mismatched_words"]
+    doc["ok"] = wrong == 0
+    return _emit(doc, EXIT_OK if wrong == 0 else EXIT_WRONG)
+
+
+def _setup(args, bdf: PciAddress, doc: dict):
+    if args.array == "numpy":
+        import numpy as np
+
+        doc["device"] = "cpu (numpy)"
+        return np, lambda: None, args.vram_bytes or 64 << 20, (MemoryError,)
+    from gpusoak.load import device
+
+    cp = device.cupy()
+    doc["device"] = f"cuda:{device.select(cp, bdf)}"
+    free = device.free_bytes(cp)
+    total = args.vram_bytes or int(free * args.fraction)
+    doc["free_bytes"] = free
+    return cp, lambda: device.sync(cp), total, device.oom_errors(cp)
+
+
+def _gemm(xp, args, dtype: str, sync) -> dict:
+    r = checks.gemm(xp, args.gemm_size, dtype, args.seconds / 2, sync)
+    return {**asdict(r), "tflops": round(r.tflops, 3)}
+
+
+def _corruptor(words: int):
+    if words <= 0:
+        return None
+
+    def corrupt(buf, index: int) -> None:
+        if index == 0:
+            buf[:words] ^= 0x1  # one bit flipped in each of the first WORDS words
+
+    return corrupt
+
+
+def _emit(doc: dict, code: int) -> int:
+    doc["exit"] = code
+    print(json.dumps(doc))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The soak's side of the load: run ``python -m gpusoak.load`` as a child through the node's runner.
+
+This module never imports cupy or numpy: the soak's process must not hold a CUDA context, which
+would block the very reset it is about to make. The child has exited before this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+from gpusoak.host.node import Node
+from gpusoak.model import PciAddress
+
+# Exit codes of python -m gpusoak.load (see gpusoak/load/__main__.py).
+_REASONS = {1: "wrong_result", 2: "bad_option", 3: "unavailable", 4: "gpu_failed"}
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    exit: int | None  # None: the child did not finish in time
+    pid: int | None = None
+    error: str | None = None
+    tflops_fp32: float | None = None
+    tflops_fp16: float | None = None
+    gemm_mismatches: int = 0
+    vram_bytes: int = 0
+    mismatched_words: int = 0
+    backed_off: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit == 0
+
+    def reason(self, phase: str) -> str:
+        """``load_...`` before the reset, ``post_check_...`` after it."""
+        if self.exit is None:
+            return f"{phase}_hung"
+        if self.exit == 1:
+            return f"{phase}_{'compute' if self.gemm_mismatches else 'memory'}_mismatch"
+        return f"{phase}_{_REASONS.get(self.exit, 'error')}"
+
+    def detail(self) -> str:
+        if self.error:
+            return self.error
+        return (f"{self.gemm_mismatches} wrong product elements, {self.mismatched_words} mismatched words in "
+                f"{self.vram_bytes} bytes")
+
+
+def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float) -> LoadSummary:
+    argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--seconds", f"{seconds:g}",
+            "--fraction", f"{fraction:g}"]
+    result = node.runner.run(argv, timeout_s=2 * seconds + 120)
+    if result.timed_out:
+        return LoadSummary(None, error=f"the load did not finish within {2 * seconds + 120:g} s")
+    doc = _last_json(result.stdout)
+    if doc is None:
+        return LoadSummary(result.returncode, error=(result.stderr.strip().splitlines() or ["no output"])[-1])
+    gemm = {g["dtype"]: g for g in doc.get("gemm", [])}
+    vram = doc.get("vram", {})
+    return LoadSummary(
+        exit=result.returncode, pid=doc.get("pid"), error=doc.get("error"),
+        tflops_fp32=gemm.get("float32", {}).get("tflops"), tflops_fp16=gemm.get("float16", {}).get("tflops"),
+        gemm_mismatches=sum(g.get("mismatches", 0) + g.get("exact_mismatches", 0) for g in gemm.values()),
+        vram_bytes=vram.get("bytes_total", 0), mismatched_words=vram.get("mismatched_words", 0),
+        backed_off=vram.get("backed_off", False))
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None

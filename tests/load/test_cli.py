@@ -1,0 +1,59 @@
+"""`python -m gpusoak.load`: its JSON and exit codes; the GPU path where a GPU exists."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SMALL = ["--array", "numpy", "--seconds", "0.05", "--gemm-size", "32", "--vram-bytes", "1048576", "--chunk-bytes", "262144"]
+
+
+def load(*args):
+    done = subprocess.run([sys.executable, "-m", "gpusoak.load", *args], capture_output=True, text=True, timeout=120)
+    return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_numpy_run_passes_with_its_figures():
+    code, doc = load("--bdf", "0000:18:00.0", *SMALL)
+    assert code == 0 and doc["ok"] is True and doc["exit"] == 0 and doc["device"] == "cpu (numpy)"
+    assert [g["dtype"] for g in doc["gemm"]] == ["float32", "float16"]
+    assert all(g["tflops"] >= 0 and g["reps"] >= 1 for g in doc["gemm"])
+    assert doc["vram"]["bytes_total"] == 1048576 and doc["vram"]["mismatched_words"] == 0
+    assert isinstance(doc["pid"], int)
+
+
+def test_corruption_is_reported_and_fails():
+    code, doc = load("--bdf", "0000:18:00.0", *SMALL, "--inject-corruption", "5")
+    assert code == 1 and doc["ok"] is False and doc["vram"]["mismatched_words"] == 15
+
+
+def test_missing_cupy_names_the_extras():
+    pytest.importorskip  # noqa: B018 - documents that this runs only where cupy is absent
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("cupy is installed here")
+    except ImportError:
+        pass
+    code, doc = load("--bdf", "0000:18:00.0", "--seconds", "0.1")
+    assert code == 3 and "gpusoak[cuda12]" in doc["error"] and "gpusoak[cuda13]" in doc["error"]
+
+
+@pytest.mark.parametrize("args", [("--bdf", "../../x", *SMALL), ("--bdf", "0000:18:00.0", *SMALL, "--fraction", "1.5")])
+def test_bad_options(args):
+    code, doc = load(*args)
+    assert code == 2 and doc["error"]
+
+
+def test_the_gpu_path_on_a_gpu():
+    cp = pytest.importorskip("cupy", reason="the GPU path needs cupy and an NVIDIA GPU (gpusoak[cuda12|13])")
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as err:  # pragma: no cover - only where cupy exists
+        pytest.skip(f"no usable CUDA device: {err}")
+    if count == 0:  # pragma: no cover
+        pytest.skip("no CUDA device")
+    bus_id = cp.cuda.runtime.deviceGetPCIBusId(0).lower()  # pragma: no cover
+    code, doc = load("--bdf", bus_id[-12:] if len(bus_id) > 12 else bus_id, "--seconds", "2", "--fraction", "0.2",
+                     "--gemm-size", "4096")  # pragma: no cover
+    assert code == 0 and doc["device"] == "cuda:0" and doc["gemm"][1]["tflops"] > 1  # pragma: no cover

@@ -1,0 +1,75 @@
+"""Load in the soak: in a child that has exited before the reset, never cupy in this process."""
+
+import sys
+
+from gpusoak.model import PciAddress
+from gpusoak.sim import open_sim_node
+from gpusoak.soak import Soak, SoakOptions
+
+GPU = PciAddress.parse("0000:18:00.0")
+
+
+def _soak(tmp_path, gpu_lines, **options):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\n{gpu_lines}\n')
+    s = open_sim_node(str(path))
+    soak = Soak(s.node, "r", SoakOptions(**options), [GPU])
+    soak.start(tmp_path / "j.jsonl")
+    return s, soak
+
+
+SOAK_IN_A_FRESH_PROCESS = """
+import json, os, sys, tempfile, pathlib
+from gpusoak.model import PciAddress
+from gpusoak.sim import open_sim_node
+from gpusoak.soak import Soak, SoakOptions
+s = open_sim_node()
+gpu = PciAddress.parse("0000:18:00.0")
+soak = Soak(s.node, "r", SoakOptions(load_seconds=1.0, post_check_seconds=0.5), [gpu])
+soak.start(pathlib.Path(tempfile.mkdtemp()) / "j.jsonl")
+r = soak.run_cycle(gpu, "flr", 1)
+print(json.dumps({"outcome": r.outcome, "load": r.load, "post": r.post_check, "pid": os.getpid(),
+                  "modules": sorted(m for m in sys.modules if m.startswith(("cupy", "gpusoak.load")))}))
+"""
+
+
+def test_load_runs_in_a_child_and_the_soak_process_never_imports_cupy():
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", SOAK_IN_A_FRESH_PROCESS], capture_output=True, text=True, timeout=120)
+    doc = json.loads(done.stdout.strip().splitlines()[-1])
+    assert doc["outcome"] == "recovered" and doc["load"]["exit"] == 0 and doc["post"]["exit"] == 0
+    assert doc["load"]["pid"] != doc["pid"] and doc["post"]["pid"] not in (doc["pid"], doc["load"]["pid"])
+    assert doc["load"]["vram_bytes"] > 0 and doc["load"]["mismatched_words"] == 0
+    # The soak's process has the parent side of the load only: no cupy, no device code, no checks.
+    assert doc["modules"] == ["gpusoak.load", "gpusoak.load.child"]
+
+
+def test_a_gpu_that_falls_off_only_under_load(tmp_path):
+    profile = 'profile = "falls-off-bus-under-load"\np = 1.0'
+    s, soak = _soak(tmp_path, profile, load_seconds=0.0, ladder=False)
+    try:
+        assert soak.run_cycle(GPU, "flr", 1).outcome == "recovered"  # idle: resets cleanly
+    finally:
+        s.node.close()
+    s, soak = _soak(tmp_path, profile, load_seconds=1.0, ladder=False)
+    try:
+        r = soak.run_cycle(GPU, "flr", 1)
+        assert r.outcome == "failed" and r.reason == "xid_79"
+        lost = soak.run_cycle(GPU, "flr", 2)  # the next load meets a GPU that is gone
+        assert lost.outcome == "failed" and lost.reason == "load_gpu_failed" and "GPU lost mid-load" in lost.findings[0].detail
+    finally:
+        s.node.close()
+
+
+def test_wrong_data_after_a_reset_is_caught_by_the_post_check(tmp_path):
+    s, soak = _soak(tmp_path, 'profile = "silent-corruption"\np = 1.0', load_seconds=1.0, post_check_seconds=0.5)
+    try:
+        r = soak.run_cycle(GPU, "flr", 1)
+        checks = {c.name: c.status for c in r.checks}
+        assert checks["nvml"] == "pass" and checks["link_width"] == "pass"  # everything else looks recovered
+        assert r.outcome == "failed" and r.reason == "post_check_memory_mismatch"
+        assert r.post_check["mismatched_words"] > 0
+    finally:
+        s.node.close()
