@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return _emit({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, EXIT_USAGE)
     doc: dict[str, Any] = {"bdf": str(bdf), "array": args.array, "pid": os.getpid(), "started": time.time()}
     try:
-        xp, sync, total, oom = _setup(args, bdf, doc)
+        xp, sync, total, oom, kernels = _setup(args, bdf, doc)
     except Exception as err:  # noqa: BLE001 - every way of not getting a device is reported, not raised
         from gpusoak.load.device import CupyMissing
         code = EXIT_NO_CUPY if isinstance(err, CupyMissing) else EXIT_GPU
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     corrupt = _corruptor(args.inject_corruption)
     try:
         doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
-        doc["vram"] = asdict(checks.vram(xp, total, min(args.chunk_bytes, max(total, 4)), sync, oom=oom, corrupt=corrupt))
+        fill, count = kernels
+        doc["vram"] = asdict(checks.vram(xp, total, min(args.chunk_bytes, max(total, 4)), sync, oom=oom,
+                                         corrupt=corrupt, fill=fill, count=count))
     except Exception as err:  # noqa: BLE001
         from gpusoak.load.device import lost
         doc["error"] = f"{'GPU lost mid-load' if lost(err) else 'load failed'}: {type(err).__name__}: {err}"
@@ -71,7 +73,7 @@ def _setup(args, bdf: PciAddress, doc: dict):
         import numpy as np
 
         doc["device"] = "cpu (numpy)"
-        return np, lambda: None, args.vram_bytes or 64 << 20, (MemoryError,)
+        return np, lambda: None, args.vram_bytes or 64 << 20, (MemoryError,), (None, None)
     from gpusoak.load import device
 
     cp = device.cupy()
@@ -79,7 +81,7 @@ def _setup(args, bdf: PciAddress, doc: dict):
     free = device.free_bytes(cp)
     total = args.vram_bytes or int(free * args.fraction)
     doc["free_bytes"] = free
-    return cp, lambda: device.sync(cp), total, device.oom_errors(cp)
+    return cp, lambda: device.sync(cp), total, device.oom_errors(cp), device.pattern_kernels(cp)
 
 
 def _gemm(xp, args, dtype: str, sync) -> dict:

@@ -100,25 +100,47 @@ def _host(xp: Any, arr: Any) -> np.ndarray:
     return arr.get() if hasattr(arr, "get") else np.asarray(arr)
 
 
-def _pattern(xp: Any, name: str, words: int, base: int, seed: int) -> Any:
-    idx = xp.arange(words, dtype=xp.uint32)
+# Patterns are functions of a word's global index g, so any chunk can be written and checked alone
+# (no second copy of the memory under test): the address itself, a walking one, and a seeded hash
+# (murmur3's 32-bit finaliser of g ^ seed). device.py has the same three as single-pass CUDA kernels.
+PATTERNS = ("address", "walking_ones", "random")
+
+
+def expected(xp: Any, name: str, words: int, base: int, seed: int) -> Any:
+    g = xp.arange(base, base + words, dtype=xp.uint64).astype(xp.uint32)  # wraps past 2**32 words
     if name == "address":
-        return idx ^ xp.uint32(base & 0xFFFFFFFF)  # each word holds (a function of) its own address
+        return g
     if name == "walking_ones":
-        return xp.left_shift(xp.uint32(1), (idx + xp.uint32(base)) % xp.uint32(32)).astype(xp.uint32)
+        return xp.left_shift(xp.uint32(1), g % xp.uint32(32)).astype(xp.uint32)
     if name == "random":
-        return xp.asarray(np.random.default_rng(seed + base).integers(0, 2**32, size=words, dtype=np.uint32))
+        h = g ^ xp.uint32(seed & 0xFFFFFFFF)
+        h ^= h >> xp.uint32(16)
+        h *= xp.uint32(0x85EBCA6B)
+        h ^= h >> xp.uint32(13)
+        h *= xp.uint32(0xC2B2AE35)
+        h ^= h >> xp.uint32(16)
+        return h
     raise ValueError(name)
 
 
-PATTERNS = ("address", "walking_ones", "random")
+def generic_fill(xp: Any, buf: Any, name: str, base: int, seed: int) -> None:
+    buf[...] = expected(xp, name, buf.size, base, seed)
+
+
+def generic_count(xp: Any, buf: Any, name: str, base: int, seed: int) -> int:
+    return int((buf != expected(xp, name, buf.size, base, seed)).sum())
 
 
 def vram(xp: Any, total_bytes: int, chunk_bytes: int, sync: Callable[[], None], seed: int = 1,
          oom: tuple[type[BaseException], ...] = (MemoryError,),
-         corrupt: Callable[[Any, int], None] | None = None) -> VramResult:
+         corrupt: Callable[[Any, int], None] | None = None,
+         fill: Callable[..., None] | None = None, count: Callable[..., int] | None = None) -> VramResult:
     """Fill ``total_bytes`` in chunks with each pattern, read back, count mismatched 32-bit words.
-    Out of memory is not an error: allocation backs off and the result says what was checked."""
+    Out of memory is not an error: allocation backs off and the result says what was checked.
+    ``fill``/``count`` default to array expressions (numpy, or cupy at a cost); device.py gives
+    cupy single-pass kernels."""
+    fill = fill or (lambda buf, name, base, sd: generic_fill(xp, buf, name, base, sd))
+    count = count or (lambda buf, name, base, sd: generic_count(xp, buf, name, base, sd))
     out = VramResult(bytes_requested=total_bytes, patterns=list(PATTERNS))
     words_per_chunk = max(1, chunk_bytes // 4)
     chunks = []
@@ -131,20 +153,19 @@ def vram(xp: Any, total_bytes: int, chunk_bytes: int, sync: Callable[[], None], 
         out.bytes_total += 4 * words_per_chunk
     out.chunks = len(chunks)
     write_s = read_s = 0.0
-    for p_index, name in enumerate(PATTERNS):
-        expected = [_pattern(xp, name, words_per_chunk, i * words_per_chunk, seed + p_index) for i in range(len(chunks))]
+    for name in PATTERNS:
         sync()
         t = time.perf_counter()
-        for buf, exp in zip(chunks, expected, strict=True):
-            buf[...] = exp
+        for i, buf in enumerate(chunks):
+            fill(buf, name, i * words_per_chunk, seed)
         sync()
         write_s += time.perf_counter() - t
         if corrupt is not None:
             for i, buf in enumerate(chunks):
                 corrupt(buf, i)
         t = time.perf_counter()
-        for buf, exp in zip(chunks, expected, strict=True):
-            out.mismatched_words += int((buf != exp).sum())
+        for i, buf in enumerate(chunks):
+            out.mismatched_words += count(buf, name, i * words_per_chunk, seed)
         sync()
         read_s += time.perf_counter() - t
     moved = out.bytes_total * len(PATTERNS)

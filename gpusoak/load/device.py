@@ -51,3 +51,33 @@ def lost(err: BaseException) -> bool:
     return any(s in text for s in ("cudaErrorDevicesUnavailable", "cudaErrorNoDevice", "cudaErrorLaunchFailure",
                                    "cudaErrorIllegalAddress", "cudaErrorECCUncorrectable", "GPU is lost",
                                    "cudaErrorHardwareStackError", "cudaErrorUnknown"))
+
+
+# The three VRAM patterns of checks.expected as single-pass kernels: the fill writes each word once
+# and reads nothing, the count reads each word once (what the fill and read GB/s are meant to show).
+_PATTERN_C = """
+    unsigned int g = (unsigned int)(base + i);
+    unsigned int p;
+    if (kind == 0) { p = g; }
+    else if (kind == 1) { p = 1u << (g % 32u); }
+    else { unsigned int h = g ^ seed; h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u;
+           h ^= h >> 16; p = h; }
+"""
+_KINDS = {"address": 0, "walking_ones": 1, "random": 2}
+
+
+def pattern_kernels(cp: Any):
+    """(fill, count) callables for checks.vram. ``i`` is ElementwiseKernel's documented element index;
+    the count writes a one-byte flag per word and sums them (a quarter of the chunk as scratch)."""
+    fill_k = cp.ElementwiseKernel("uint64 base, uint32 kind, uint32 seed", "uint32 buf",
+                                  _PATTERN_C + "buf = p;", "gpusoak_fill")
+    flag_k = cp.ElementwiseKernel("uint32 buf, uint64 base, uint32 kind, uint32 seed", "uint8 bad",
+                                  _PATTERN_C + "bad = (buf != p) ? 1 : 0;", "gpusoak_flag")
+
+    def fill(buf, name, base, seed):
+        fill_k(cp.uint64(base), cp.uint32(_KINDS[name]), cp.uint32(seed), buf)
+
+    def count(buf, name, base, seed):
+        return int(flag_k(buf, cp.uint64(base), cp.uint32(_KINDS[name]), cp.uint32(seed)).sum(dtype=cp.uint64))
+
+    return fill, count

@@ -54,11 +54,27 @@ def test_a_corrupted_word_is_caught_in_every_pattern():
     assert r.mismatched_words == 3  # once per pattern
 
 
-def test_patterns_differ_between_chunks_and_kinds():
-    a = checks._pattern(np, "address", 8, 0, 1)
-    b = checks._pattern(np, "address", 8, 8, 1)
-    w = checks._pattern(np, "walking_ones", 40, 0, 1)
-    assert (a != b).all() and list(w[:3]) == [1, 2, 4] and w[32] == 1
+def test_patterns_are_functions_of_the_global_word_index():
+    assert list(checks.expected(np, "address", 4, 8, 1)) == [8, 9, 10, 11]
+    w = checks.expected(np, "walking_ones", 40, 0, 1)
+    assert list(w[:3]) == [1, 2, 4] and w[31] == 1 << 31 and w[32] == 1
+    r = checks.expected(np, "random", 16, 0, 7)
+    assert len(set(r.tolist())) == 16 and (r == checks.expected(np, "random", 16, 0, 7)).all()
+    assert (r != checks.expected(np, "random", 16, 0, 8)).any()  # the seed matters
+    # A chunk checked alone gives the same words as the whole run: no second copy is needed.
+    whole = checks.expected(np, "random", 64, 0, 7)
+    assert (whole[32:] == checks.expected(np, "random", 32, 32, 7)).all()
+
+
+def test_the_hash_matches_murmur3s_finaliser():
+    def fmix32(h):
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+        return h ^ (h >> 16)
+
+    assert [int(x) for x in checks.expected(np, "random", 5, 100, 42)] == [fmix32(g ^ 42) for g in range(100, 105)]
 
 
 class _Scarce:
