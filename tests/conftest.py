@@ -11,14 +11,32 @@ def sim():
     s.node.close()
 
 
-@pytest.fixture
-def record_writes(sim):
-    """Every sysfs write of the production code, in order, still applied by the simulated kernel."""
+def record(simnode):
+    """Record every sysfs write of the production code, in order; the simulated kernel still applies it."""
     seen = []
 
     def writer(path, data):
-        seen.append((str(path.relative_to(sim.node.sysfs.root)), data))
-        sim.kernel.write(path, data)
+        seen.append((str(path.relative_to(simnode.node.sysfs.root)), data))
+        simnode.kernel.write(path, data)
 
-    sim.node.sysfs._writer = writer
+    simnode.node.sysfs._writer = writer
     return seen
+
+
+def after_reset(simnode, then, bdf=None):
+    """Run ``then()`` right after each write to a ``reset`` file (of ``bdf``, if given): a fault that
+    strikes during the reset, as the kernel or driver would report it."""
+    inner = simnode.node.sysfs._writer
+
+    def writer(path, data):
+        inner(path, data)
+        if path.name == "reset" and (bdf is None or path.parent.name == str(bdf)):
+            then()
+
+    simnode.node.sysfs._writer = writer
+
+
+@pytest.fixture
+def record_writes(sim):
+    """Every sysfs write of the production code, in order, still applied by the simulated kernel."""
+    return record(sim)

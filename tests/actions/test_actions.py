@@ -18,6 +18,7 @@ from gpusoak.actions.base import (
 from gpusoak.model import PciAddress
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
+from tests.conftest import record
 
 GPU = PciAddress.parse("0000:18:00.0")
 AUDIO = PciAddress.parse("0000:18:00.1")
@@ -37,17 +38,6 @@ def multi(tmp_path):
     s.node.close()
 
 
-def _recorder(s):
-    seen = []
-
-    def writer(path, data):
-        seen.append((str(path.relative_to(s.node.sysfs.root)), data))
-        s.kernel.write(path, data)
-
-    s.node.sysfs._writer = writer
-    return seen
-
-
 @pytest.mark.parametrize("action", GPU_ACTIONS)
 def test_each_gpu_action_recovers_a_healthy_multifunction_gpu(multi, tmp_path, action):
     soak = Soak(multi.node, "r", SoakOptions(actions=(action,), ladder=False), [GPU])
@@ -62,14 +52,14 @@ def test_steps_are_exactly_what_is_written(multi):
     for name in ("flr", "bus_reset", "rebind", "vfio_cycle", "remove_rescan"):
         action = ACTIONS[name]
         planned = [(s.target, s.value) for s in action.steps(multi.node, GPU, CTX)]
-        seen = _recorder(multi)
+        seen = record(multi)
         action.perform(multi.node, GPU, CTX)
         root = str(multi.node.sysfs.root) + "/"
         assert [(root + p, v) for p, v in seen] == planned, name
 
 
 def test_functions_move_together(multi):
-    seen = _recorder(multi)
+    seen = record(multi)
     ACTIONS["rebind"].perform(multi.node, GPU, CTX)
     assert [(p.split("/")[-2:], v) for p, v in seen] == [
         (["snd_hda_intel", "unbind"], str(AUDIO)), (["nvidia", "unbind"], str(GPU)),

@@ -3,6 +3,7 @@
 from gpusoak.host.nvml_events import XidWatch
 from gpusoak.model import PciAddress
 from gpusoak.soak import Soak, SoakOptions
+from tests.conftest import after_reset
 
 GPU = PciAddress.parse("0000:18:00.0")
 OTHER = PciAddress.parse("0000:2a:00.0")
@@ -28,15 +29,8 @@ def test_unsupported_event_api_is_na_with_reason(sim):
 def test_an_xid_seen_only_by_nvml_fails_the_cycle(sim, tmp_path, record_writes):
     soak = Soak(sim.node, "r", SoakOptions(), [GPU])
     soak.start(tmp_path / "j.jsonl")
-    inner = sim.node.sysfs._writer
-
-    def writer(path, data):
-        inner(path, data)
-        if path.name == "reset":
-            for es in sim.kernel.event_sets:  # NVML reports it; the kernel log does not
-                es.deliver(GPU, 95)
-
-    sim.node.sysfs._writer = writer
+    # NVML reports it; the kernel log does not
+    after_reset(sim, lambda: [es.deliver(GPU, 95) for es in sim.kernel.event_sets])
     r = soak.run_cycle(GPU, "flr", 1)
     assert r.outcome == "failed" and r.reason == "xid_95"
     assert r.findings[0].detail == "NVML event: Xid 95 on 0000:18:00.0"
@@ -45,14 +39,7 @@ def test_an_xid_seen_only_by_nvml_fails_the_cycle(sim, tmp_path, record_writes):
 def test_one_xid_from_two_sources_is_one_finding(sim, tmp_path, record_writes):
     soak = Soak(sim.node, "r", SoakOptions(), [GPU])
     soak.start(tmp_path / "j.jsonl")
-    inner = sim.node.sysfs._writer
-
-    def writer(path, data):
-        inner(path, data)
-        if path.name == "reset":
-            sim.kernel.xid(GPU, 79, "GPU has fallen off the bus.")
-
-    sim.node.sysfs._writer = writer
+    after_reset(sim, lambda: sim.kernel.xid(GPU, 79, "GPU has fallen off the bus."))
     r = soak.run_cycle(GPU, "flr", 1)
     assert [f.reason for f in r.findings].count("xid_79") == 1
     assert sorted(e.text.split(":")[0] for e in r.events) == ["NVML event", "NVRM"]
