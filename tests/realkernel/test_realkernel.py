@@ -1,0 +1,86 @@
+"""The real-kernel tier: what a real Linux kernel did when gpusoak's real backend reset its devices.
+
+One guest boot per session (about a minute under TCG); every assertion is about what the guest's
+kernel and drivers did. Where QEMU or the kernel package cannot be had, the tier is skipped with
+the reason: it never counts as passed.
+"""
+
+import json
+
+import pytest
+import xmlschema
+
+from gpusoak.report.result_json import schema
+from tests.realkernel import tier
+
+pytestmark = pytest.mark.realkernel
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    out = tmp_path_factory.mktemp("realkernel")
+    try:
+        code, console, seconds = tier.boot(out)
+    except tier.TierUnavailable as err:
+        pytest.skip(f"real-kernel tier did not run: {err}")
+    assert code == 0, (out / "guest-error.txt").read_text() if (out / "guest-error.txt").exists() else console[-3000:]
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    cycles = {}
+    for rec in journal[1:]:
+        if rec.get("type") == "cycle":
+            cycles.setdefault((rec["bdf"], rec["action"]), []).append(rec)
+    return {"out": out, "seconds": seconds, "summary": json.loads((out / "guest.json").read_text()),
+            "result": json.loads((out / "result.json").read_text()), "cycles": cycles}
+
+
+def _dev(guest, name, i=0):
+    return guest["summary"]["devices"][name][i]
+
+
+def test_the_guest_sees_its_devices_with_the_kernels_reset_methods(guest):
+    s = guest["summary"]
+    assert set(s["devices"]) == {"nvme", "virtio-net", "e1000e", "edu"} and len(s["devices"]["edu"]) == 2
+    assert s["reset_methods"][_dev(guest, "nvme")] == ["flr", "bus"]
+    assert s["reset_methods"][_dev(guest, "virtio-net")] == ["flr", "pm", "bus"]
+    assert s["reset_methods"][_dev(guest, "e1000e")] == ["pm", "bus"]
+
+
+@pytest.mark.parametrize("name", ["nvme", "virtio-net"])
+@pytest.mark.parametrize("action", ["flr", "bus_reset", "rebind", "remove_rescan", "vfio_cycle"])
+def test_functions_that_reset_cleanly_pass_every_cycle(guest, name, action):
+    results = guest["cycles"][(_dev(guest, name), action)]
+    assert [r["outcome"] for r in results] == ["recovered"] * 3, [r["findings"] for r in results]
+    assert all(0 < r["recovery_s"] < 15 for r in results)
+
+
+def test_e1000e_flr_is_refused_with_the_kernels_reason(guest):
+    results = guest["cycles"][(_dev(guest, "e1000e"), "flr")]
+    assert {r["outcome"] for r in results} == {"refused"}
+    assert results[0]["findings"][0]["reason"] == "method_unsupported"
+    assert "(pm bus)" in results[0]["findings"][0]["detail"]
+    assert [r["outcome"] for r in guest["cycles"][(_dev(guest, "e1000e"), "bus_reset")]] == ["recovered"] * 3
+
+
+def test_a_bus_reset_of_a_shared_bus_is_refused(guest):
+    for i in (0, 1):
+        results = guest["cycles"][(_dev(guest, "edu", i), "bus_reset")]
+        assert {r["outcome"] for r in results} == {"refused"}, results[0]["findings"]
+        assert results[0]["findings"][0]["reason"] in ("shared_reset_domain", "method_unsupported")
+    other = _dev(guest, "edu", 1)
+    first = guest["cycles"][(_dev(guest, "edu", 0), "bus_reset")][0]["findings"][0]
+    assert first["reason"] == "shared_reset_domain" and other in first["detail"]
+
+
+def test_the_same_reports_as_on_a_gpu_node(guest):
+    out = guest["out"]
+    import jsonschema
+
+    jsonschema.validate(guest["result"], schema())
+    from pathlib import Path
+
+    xmlschema.XMLSchema(str(Path(tier.REPO) / "gpusoak" / "report" / "junit.xsd")).validate(str(out / "junit.xml"))
+    assert guest["summary"]["restore"] == [] or all(not c.startswith("FAILED") for c in guest["summary"]["restore"])
+
+
+def test_the_tier_ends_within_its_deadline(guest):
+    assert guest["seconds"] < tier.GUEST_TIMEOUT_S

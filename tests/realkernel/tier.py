@@ -1,0 +1,179 @@
+"""The real-kernel tier: gpusoak's real backend, inside a QEMU guest, resets emulated PCIe devices.
+
+Host side: fetch a Debian kernel (apt-get download, dpkg -x, depmod) into a cache, build a busybox
+initramfs with the modules the guest needs, boot QEMU (TCG; q35 with an emulated IOMMU; each device
+behind its own root port, plus two devices sharing a PCI bridge), share this machine's root
+read-only and a results folder read-write over 9p, and run tests/realkernel/guest.py in the guest
+with this checkout's Python. See shared/reference/qemu-real-kernel-tier.md.
+
+    python -m tests.realkernel.tier OUT_DIR     # builds (cached) and runs; exit 0 when the guest finished
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".ci" / "cache" / "realkernel"
+KERNEL_PACKAGE = "linux-image-amd64"  # Debian 12's current kernel, through its meta package
+MODULES = ("9pnet_virtio", "9p", "overlay", "nvme", "virtio_net", "e1000e", "vfio-pci", "virtio_pci")
+GUEST_TIMEOUT_S = 900
+
+
+class TierUnavailable(RuntimeError):
+    """The tier could not be built here (no QEMU, no registry): it did not run, and says why."""
+
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
+
+
+def tools() -> dict[str, str]:
+    found = {t: shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "depmod", "modprobe", "apt-get", "dpkg")}
+    missing = [t for t, p in found.items() if p is None]
+    if missing:
+        raise TierUnavailable(f"missing tools: {', '.join(missing)} (apt-get install qemu-system-x86 "
+                              "busybox-static kmod)")
+    return found  # type: ignore[return-value]
+
+
+def kernel() -> tuple[Path, Path, str]:
+    """(vmlinuz, modules root, release), downloaded once into the cache."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    dep = _run(["apt-cache", "depends", KERNEL_PACKAGE])
+    versioned = next((ln.split(":", 1)[1].strip() for ln in dep.stdout.splitlines() if "Depends:" in ln), None)
+    if not versioned:
+        raise TierUnavailable(f"cannot resolve {KERNEL_PACKAGE}: {dep.stderr.strip() or 'no apt lists (apt-get update)'}")
+    release = versioned.removeprefix("linux-image-")
+    root = CACHE / release
+    vmlinuz = root / "boot" / f"vmlinuz-{release}"
+    if not vmlinuz.exists():
+        debs = CACHE / "debs"
+        debs.mkdir(exist_ok=True)
+        got = _run(["apt-get", "download", "-qq", versioned], cwd=debs)
+        deb = next(debs.glob(f"{versioned}_*.deb"), None)
+        if deb is None:
+            raise TierUnavailable(f"apt-get download {versioned} failed: {got.stderr.strip()[-300:]}")
+        shutil.rmtree(root, ignore_errors=True)
+        _run(["dpkg", "-x", str(deb), str(root)])
+        _run(["depmod", "-b", str(root), release])
+    return vmlinuz, root, release
+
+
+def _module_files(root: Path, release: str) -> list[Path]:
+    out: list[Path] = []
+    for m in MODULES:
+        shown = _run(["modprobe", "-d", str(root), "-S", release, "--show-depends", m])
+        for line in shown.stdout.splitlines():
+            parts = line.split()
+            if parts and parts[0] == "insmod" and Path(parts[1]) not in out:
+                out.append(Path(parts[1]))
+    return out
+
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /modules.order); do insmod /mods/$m 2>/dev/null; done
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || { echo GUEST-ERROR no 9p root; poweroff -f; }
+mount -t tmpfs tmp /host/tmp
+mkdir -p /host/tmp/out
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /host/tmp/out || { echo GUEST-ERROR no 9p out; poweroff -f; }
+mount -o bind /proc /host/proc; mount -o bind /sys /host/sys; mount -o bind /dev /host/dev
+echo GUEST-START
+chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/tmp PYTHONPATH=@REPO@ @PYTHON@ @REPO@/tests/realkernel/guest.py /tmp/out > /dev/console 2>&1
+echo GUEST-EXIT $?
+sync
+poweroff -f
+"""
+
+
+def initramfs(root: Path, release: str, workdir: Path) -> Path:
+    files = _module_files(root, release)
+    if not files:
+        raise TierUnavailable("no kernel modules found for the guest")
+    init = INIT.replace("@REPO@", str(REPO)).replace("@PYTHON@", sys.executable)
+    # newc cpio, written here: no cpio tool needed.
+    entries = [("init", init.encode(), 0o100755), ("bin/busybox", Path(shutil.which("busybox")).read_bytes(), 0o100755),
+               ("modules.order", "\n".join(f.name for f in files).encode() + b"\n", 0o100644)]
+    entries += [(f"mods/{f.name}", f.read_bytes(), 0o100644) for f in files]
+    dirs = ["bin", "mods", "proc", "sys", "dev", "host"]
+    out = workdir / "initrd.cpio.gz"
+    with gzip.open(out, "wb", compresslevel=1) as gz:
+        ino = 1
+        for d in dirs:
+            gz.write(_cpio(d, b"", 0o040755, ino))
+            ino += 1
+        for name, data, mode in entries:
+            gz.write(_cpio(name, data, mode, ino))
+            ino += 1
+        gz.write(_cpio("TRAILER!!!", b"", 0, 0))
+    return out
+
+
+def _cpio(name: str, data: bytes, mode: int, ino: int) -> bytes:
+    nameb = name.encode() + b"\0"
+    header = "070701" + "".join(f"{v:08x}" for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nameb), 0))
+    def pad(b: bytes) -> bytes:
+        return b + b"\0" * (-len(b) % 4)
+    return pad(header.encode() + nameb) + pad(data)
+
+
+DEVICES = [
+    # Each behind its own root port: its own reset domain.
+    "-device", "pcie-root-port,id=rp1,chassis=1,slot=1", "-device", "nvme,serial=gpusoak1,bus=rp1",
+    "-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
+    "-device", "virtio-net-pci,disable-legacy=on,aer=on,bus=rp2,netdev=n0", "-netdev", "hubport,id=n0,hubid=0",
+    "-device", "pcie-root-port,id=rp3,chassis=3,slot=3", "-device", "e1000e,bus=rp3,netdev=n1",
+    "-netdev", "hubport,id=n1,hubid=1",
+    # Two functions behind one bridge: a shared reset domain.
+    "-device", "pcie-root-port,id=rp4,chassis=4,slot=4", "-device", "pcie-pci-bridge,id=br1,bus=rp4",
+    "-device", "edu,bus=br1,addr=1", "-device", "edu,bus=br1,addr=2",
+]
+
+
+def boot(out_dir: Path) -> tuple[int, str, float]:
+    """Build what is missing, boot the guest, wait for it; returns (exit of the guest script, console, seconds)."""
+    tools()
+    vmlinuz, root, release = kernel()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = CACHE / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    initrd = initramfs(root, release, work)
+    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg,kernel-irqchip=split", "-cpu", "max", "-smp", "2",
+            "-m", "1536", "-nographic", "-no-reboot", "-device", "intel-iommu,intremap=on",
+            "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+            "-kernel", str(vmlinuz), "-initrd", str(initrd),
+            "-append", "console=ttyS0 panic=-1 softlockup_panic=1 intel_iommu=on loglevel=6",
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none", *DEVICES]
+    start = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=GUEST_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                              check=False)
+        console = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as err:
+        console = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        console += f"\nHOST: the guest did not finish within {GUEST_TIMEOUT_S} s and was stopped"
+    seconds = time.monotonic() - start
+    (out_dir / "console.log").write_text(console)
+    code = next((int(ln.split()[1]) for ln in console.splitlines() if ln.startswith("GUEST-EXIT ")), -1)
+    return code, console, seconds
+
+
+if __name__ == "__main__":
+    try:
+        code, console, seconds = boot(Path(sys.argv[1]).resolve())
+    except TierUnavailable as err:
+        print(f"real-kernel tier did not run: {err}")
+        sys.exit(3)
+    print(console[-4000:])
+    print(f"guest exit {code} after {seconds:.1f} s")
+    sys.exit(0 if code == 0 else 1)
