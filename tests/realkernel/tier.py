@@ -47,6 +47,9 @@ def kernel() -> tuple[Path, Path, str]:
     """(vmlinuz, modules root, release), downloaded once into the cache."""
     CACHE.mkdir(parents=True, exist_ok=True)
     dep = _run(["apt-cache", "depends", KERNEL_PACKAGE])
+    if "Depends:" not in dep.stdout and os.geteuid() == 0:
+        _run(["apt-get", "update", "-qq"])  # a fresh machine has no package lists yet
+        dep = _run(["apt-cache", "depends", KERNEL_PACKAGE])
     versioned = next((ln.split(":", 1)[1].strip() for ln in dep.stdout.splitlines() if "Depends:" in ln), None)
     if not versioned:
         raise TierUnavailable(f"cannot resolve {KERNEL_PACKAGE}: {dep.stderr.strip() or 'no apt lists (apt-get update)'}")
