@@ -136,43 +136,53 @@ class KmsgFile:
 class DevKmsg:
     """The live kernel log. Each read(2) of /dev/kmsg returns exactly one record.
 
-    A fresh open starts at the oldest record still in the ring buffer, so reading the buffer and
-    keeping records with seq > cursor needs no state between cycles. EPIPE means records were
-    overwritten before we read them; reading continues with the next one.
+    One descriptor stays open and is read incrementally: records already seen are kept, and each
+    call reads only what the kernel logged since (a fresh open would re-read the whole ring buffer
+    on every poll). EPIPE means records were overwritten before they were read; reading goes on with
+    the next one, and the window simply starts later.
     """
 
     def __init__(self, path: Path | str = "/dev/kmsg") -> None:
         self.path = Path(path)
+        self._fd: int | None = None
+        self._records: list[KmsgRecord] = []
 
-    def _read_all(self) -> Iterator[KmsgRecord]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as err:
-            raise from_oserror(err, "opening the kernel log", path=str(self.path)) from err
-        try:
-            while True:
-                try:
-                    chunk = os.read(fd, 16384)
-                except BlockingIOError:
-                    return
-                except OSError as err:
-                    if err.errno == errno.EPIPE:
-                        continue
-                    raise from_oserror(err, "reading the kernel log", path=str(self.path)) from err
-                if not chunk:
-                    return
-                yield from parse_records(chunk.decode("utf-8", errors="replace").splitlines())
-        finally:
-            os.close(fd)
+    def _refresh(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError as err:
+                raise from_oserror(err, "opening the kernel log", path=str(self.path)) from err
+        while True:
+            try:
+                chunk = os.read(self._fd, 16384)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno == errno.EPIPE:
+                    continue
+                raise from_oserror(err, "reading the kernel log", path=str(self.path)) from err
+            if not chunk:
+                return
+            self._records.extend(parse_records(chunk.decode("utf-8", errors="replace").splitlines()))
+            if len(self._records) > 200_000:  # the ring buffer holds far fewer; keep memory bounded
+                del self._records[:100_000]
 
     def cursor(self) -> int:
-        last = -1
-        for rec in self._read_all():
-            last = rec.seq
-        return last
+        self._refresh()
+        return self._records[-1].seq if self._records else -1
 
     def records_since(self, cursor: int) -> list[KmsgRecord]:
-        return [r for r in self._read_all() if r.seq > cursor]
+        self._refresh()
+        i = len(self._records)
+        while i > 0 and self._records[i - 1].seq > cursor:
+            i -= 1
+        return self._records[i:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # -- events -------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ def main(out: Path) -> int:
     summary["devices"] = found
     summary["reset_methods"] = {b: list(node.sysfs.function(_p(b)).reset_methods or ()) for bs in found.values() for b in bs}
     summary["drivers"] = {b: node.sysfs.function(_p(b)).driver for bs in found.values() for b in bs}
-    devices = [_p(b) for name in ("nvme", "virtio-net", "e1000e", "edu") for b in found.get(name, [])]
+    nvme2 = found.get("nvme", [None, None])[1]
+    devices = [_p(b) for name in ("nvme", "virtio-net", "e1000e", "edu") for b in found.get(name, [])[:2]
+               if b != nvme2]
     options = SoakOptions(cycles=CYCLES, actions=ACTIONS, destructive=True, ladder=False, recovery_deadline_s=15.0,
                           write_timeout_s=30.0, load_seconds=0.0)
     soak = Soak(node, "realkernel", options, devices)
@@ -46,12 +48,70 @@ def main(out: Path) -> int:
             for bdf in devices:
                 soak.run_cycle(bdf, action, cycle)
     summary["soak_s"] = time.monotonic() - t
+    summary["aer"] = _aer(node, out, found["virtio-net"][0])
+    summary["unplug"] = _unplug(node, out, soak, nvme2) if nvme2 else None
+    summary["bench"] = _bench(node, soak, _p(found["nvme"][0]))
     summary["restore"] = soak.finish()
     soak.journal.close()
     report_build.rebuild(out / "journal.jsonl", out)
     summary["finished"] = time.time()
+    (out / "kmsg.txt").write_text("\n".join(f"[{r.usec / 1e6:12.6f}] {r.message}" for r in node.kmsg.records_since(-1)))
     (out / "guest.json").write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _ask(out: Path, name: str, timeout_s: float = 60.0) -> str:
+    (out / f"request-{name}").write_text("")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (out / f"done-{name}").exists():
+            time.sleep(0.2)
+            return (out / f"done-{name}").read_text()
+        time.sleep(0.2)
+    return "timeout"
+
+
+def _aer(node, out: Path, bdf: str) -> dict:
+    """Ask the host to inject AER errors on virtio-net; report what the kernel log and counters say."""
+    from gpusoak import verify
+
+    fn = node.sysfs.function(_p(bdf))
+    before = {k: (c.total if (c := fn.aer(k)) else None) for k in ("correctable", "nonfatal")}
+    cursor = node.kmsg.cursor()
+    replies = {name: _ask(out, name) for name in ("aer-correctable", "aer-nonfatal")}
+    time.sleep(4.0)  # the AER interrupt and its log lines (TCG is slow)
+    events = verify.device_events(node, _p(bdf), cursor)
+    after = {k: (c.total if (c := fn.aer(k)) else None) for k in ("correctable", "nonfatal")}
+    return {"replies": replies, "before": before, "after": after,
+            "events": [{"kind": e.kind, "severity": e.severity, "pci": e.pci, "text": e.text} for e in events],
+            "fatal": [e.text for e in events if verify.is_fatal(e)]}
+
+
+def _unplug(node, out: Path, soak, bdf: str) -> dict:
+    """The host hot-unplugs nvme2; a cycle on it must be a result with a reason, never a crash."""
+    reply = _ask(out, "unplug")
+    deadline = time.monotonic() + 20
+    while node.sysfs.function(_p(bdf)).present and time.monotonic() < deadline:
+        time.sleep(0.5)  # the attention button takes about 5 s
+    soak.baselines.setdefault(_p(bdf), soak.baselines[next(iter(soak.baselines))])
+    r = soak.run_cycle(_p(bdf), "flr", 1)
+    return {"reply": reply, "present": node.sysfs.function(_p(bdf)).present, "outcome": r.outcome,
+            "reason": r.reason}
+
+
+def _bench(node, soak, bdf, count: int = 20) -> dict:
+    """gpusoak's FLR cycle (verification included) against a bare shell loop of writes to reset."""
+    import subprocess
+
+    t = time.monotonic()
+    for c in range(count):
+        soak.run_cycle(bdf, "flr", 100 + c)
+    gpusoak_s = (time.monotonic() - t) / count
+    path = node.sysfs.function(bdf).path / "reset"
+    t = time.monotonic()
+    subprocess.run(["sh", "-c", f"for i in $(seq {count}); do echo 1 > {path}; done"], check=True)
+    bare_s = (time.monotonic() - t) / count
+    return {"count": count, "gpusoak_cycle_s": gpusoak_s, "bare_reset_s": bare_s, "ratio": gpusoak_s / bare_s}
 
 
 def _p(text: str):

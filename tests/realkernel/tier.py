@@ -12,10 +12,13 @@ with this checkout's Python. See shared/reference/qemu-real-kernel-tier.md.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,7 +136,9 @@ DEVICES = [
     # Each behind its own root port: its own reset domain.
     "-device", "pcie-root-port,id=rp1,chassis=1,slot=1", "-device", "nvme,serial=gpusoak1,bus=rp1",
     "-device", "pcie-root-port,id=rp2,chassis=2,slot=2",
-    "-device", "virtio-net-pci,disable-legacy=on,aer=on,bus=rp2,netdev=n0", "-netdev", "hubport,id=n0,hubid=0",
+    "-device", "virtio-net-pci,id=vnet,disable-legacy=on,aer=on,bus=rp2,netdev=n0", "-netdev", "hubport,id=n0,hubid=0",
+    # A second nvme the host hot-unplugs mid-soak.
+    "-device", "pcie-root-port,id=rp5,chassis=5,slot=5", "-device", "nvme,id=nvme2,serial=gpusoak2,bus=rp5",
     "-device", "pcie-root-port,id=rp3,chassis=3,slot=3", "-device", "e1000e,bus=rp3,netdev=n1",
     "-netdev", "hubport,id=n1,hubid=1",
     # Two functions behind one bridge: a shared reset domain.
@@ -154,21 +159,69 @@ def boot(out_dir: Path) -> tuple[int, str, float]:
             "-m", "1536", "-nographic", "-no-reboot", "-device", "intel-iommu,intremap=on",
             "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 softlockup_panic=1 intel_iommu=on loglevel=6",
+            "-append", "console=ttyS0 panic=-1 softlockup_panic=1 intel_iommu=on pcie_ports=native loglevel=6",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none", *DEVICES]
+    qmp = work / "qmp.sock"
+    qmp.unlink(missing_ok=True)
+    argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    faults = threading.Thread(target=_serve_faults, args=(out_dir, qmp, proc), daemon=True)
+    faults.start()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=GUEST_TIMEOUT_S, stdin=subprocess.DEVNULL,
-                              check=False)
-        console = done.stdout + done.stderr
-    except subprocess.TimeoutExpired as err:
-        console = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        console, _ = proc.communicate(timeout=GUEST_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        console, _ = proc.communicate()
         console += f"\nHOST: the guest did not finish within {GUEST_TIMEOUT_S} s and was stopped"
     seconds = time.monotonic() - start
     (out_dir / "console.log").write_text(console)
     code = next((int(ln.split()[1]) for ln in console.splitlines() if ln.startswith("GUEST-EXIT ")), -1)
     return code, console, seconds
+
+
+# Faults the guest asks for: it writes request-NAME into the shared folder, the host does it over
+# QMP and answers with done-NAME (its text: QEMU's reply).
+FAULTS = {
+    "aer-correctable": "pcie_aer_inject_error -c vnet 0x1",  # Receiver Error, as a numeric status
+    "aer-nonfatal": "pcie_aer_inject_error vnet 0x4000",  # Completion Timeout (bit 14): non-fatal by default severity
+    "unplug": None,  # device_del of nvme2: the attention button, about 5 s
+}
+
+
+def _serve_faults(out_dir: Path, qmp: Path, proc: subprocess.Popen) -> None:
+    done: set[str] = set()
+    while proc.poll() is None:
+        for name, hmp in FAULTS.items():
+            if name in done or not (out_dir / f"request-{name}").exists():
+                continue
+            try:
+                reply = _qmp(qmp, {"execute": "device_del", "arguments": {"id": "nvme2"}} if hmp is None else
+                             {"execute": "human-monitor-command", "arguments": {"command-line": hmp}})
+            except OSError as err:
+                reply = f"error: {err}"
+            (out_dir / f"done-{name}").write_text(reply)
+            done.add(name)
+        time.sleep(0.2)
+
+
+def _qmp(path: Path, command: dict) -> str:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        f = sock.makefile("rw")
+        f.readline()  # greeting
+        for cmd in ({"execute": "qmp_capabilities"}, command):
+            f.write(json.dumps(cmd) + "\n")
+            f.flush()
+            while True:
+                line = f.readline()
+                if not line:
+                    return "error: QMP closed"
+                if '"return"' in line or '"error"' in line:
+                    break
+        return line.strip()
 
 
 if __name__ == "__main__":
