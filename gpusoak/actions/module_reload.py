@@ -58,10 +58,25 @@ class ModuleReload(Action):
             if why := display_attached(node, g):
                 out.append(Finding(DISPLAY, f"{g}: {why}"))
         active = self.active_services(node, ctx)
+        if not active and (why := self.in_use(node)):
+            out.append(Finding(MODULE_IN_USE, why))
         if active and not ctx.stop_services:
             out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active; they hold the driver: allow "
                                "gpusoak to stop and restart them with --stop-services"))
         return out
+
+    def in_use(self, node: Node) -> str | None:
+        """nvidia's refcnt counts the modules that use it and every open of its device files; what
+        is left beyond nvidia_uvm, nvidia_modeset and nvidia_peermem is a user rmmod would refuse.
+        Judged only with no GPU service active (a service's hold is stopped first, when allowed)."""
+        text = node.sysfs.read(node.sysfs.root / "module" / "nvidia" / "refcnt")
+        if text is None or not text.strip().isdigit():
+            return None
+        dependents = sum(1 for m in ("nvidia_uvm", "nvidia_modeset", "nvidia_peermem") if m in self.loaded(node))
+        extra = int(text) - dependents
+        if extra > 0:
+            return f"the nvidia module has {extra} user(s) beyond its dependent modules (refcnt {text.strip()})"
+        return None
 
     def steps(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Step]:
         services = self.active_services(node, ctx)

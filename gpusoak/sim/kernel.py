@@ -76,6 +76,7 @@ class SimKernel:
         self.event_sets: list = []  # simulated NVML event sets registered for XIDs
         self.blocked: list[threading.Event] = []  # writes blocked "forever"; tests may release them
         clock.on_advance(self._tick)
+        self.update_refcnt()
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
         for g in scenario.gpus:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
@@ -96,6 +97,15 @@ class SimKernel:
         self.log(KERN_WARNING, f"NVRM: Xid (PCI:{bdf.slot}): {number}, pid={pid}, name={name}, {text}")
         for event_set in self.event_sets:
             event_set.deliver(bdf, number)
+
+    def update_refcnt(self) -> None:
+        """/sys/module/nvidia/refcnt as the kernel keeps it: dependent modules, plus a hidden user
+        where a GPU's profile keeps the module busy."""
+        if "nvidia" not in self.modules:
+            return
+        dependents = sum(1 for m in ("nvidia_uvm", "nvidia_modeset", "nvidia_peermem") if m in self.modules)
+        busy = any(st.spec.profile.module_busy() for st in self.gpus.values())
+        put(self.root / "module" / "nvidia" / "refcnt", f"{dependents + int(busy)}\n", 0o444)
 
     # -- lookups -----------------------------------------------------------------------------
     def gpu_of(self, bdf: PciAddress) -> GpuState | None:

@@ -119,6 +119,7 @@ class SimRunner:
         unload_module(k.tree, module)
         if module == "nvidia":
             k.unbind_all("nvidia")
+        k.update_refcnt()
         return 0, "", ""
 
     def _device_users(self) -> list[procs.Holder]:
@@ -138,6 +139,7 @@ class SimRunner:
             self._modprobe(needs[module])
         k.modules.add(module)
         load_module(k.tree, module, k.scenario.driver)
+        k.update_refcnt()
         if module == "nvidia":
             k.log(KERN_INFO, f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {k.scenario.driver}  "
                   "Release Build  (gpusoak simulated node)")

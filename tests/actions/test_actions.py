@@ -147,6 +147,15 @@ def test_module_reload_stops_and_restarts_services_only_when_allowed(sim):
     assert sim.kernel.services["nvidia-persistenced"] == "active" and node.sysfs.function(GPU).driver == "nvidia"
 
 
+def test_a_module_in_use_is_refused_when_no_service_explains_it(tmp_path):
+    s = _node(tmp_path, '[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\nprofile = "module-busy"\n')
+    try:
+        (refusal,) = ACTIONS["module_reload"].refusals(s.node, None, CTX)
+        assert refusal.reason == "module_in_use" and "1 user(s) beyond its dependent modules (refcnt 3)" in refusal.detail
+    finally:
+        s.node.close()
+
+
 def test_module_busy_puts_back_what_it_unloaded(tmp_path):
     s = _node(tmp_path, '[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\nprofile = "module-busy"\n')
     try:
