@@ -89,23 +89,23 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do insmod /mods/$m 2>/dev/null; done
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || { echo GUEST-ERROR no 9p root; poweroff -f; }
-mount -t tmpfs tmp /host/tmp
-mkdir -p /host/tmp/out
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /host/tmp/out || { echo GUEST-ERROR no 9p out; poweroff -f; }
+# The results share goes over its own (existing) path; nothing else of the host tree is covered,
+# so a checkout anywhere, /tmp included, stays visible.
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /host@OUT@ || { echo GUEST-ERROR no 9p out; poweroff -f; }
 mount -o bind /proc /host/proc; mount -o bind /sys /host/sys; mount -o bind /dev /host/dev
 echo GUEST-START
-chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/tmp PYTHONPATH=@REPO@ @PYTHON@ @REPO@/tests/realkernel/guest.py /tmp/out > /dev/console 2>&1
+chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=@OUT@/tmp TMPDIR=@OUT@/tmp PYTHONPATH=@REPO@ @PYTHON@ @REPO@/tests/realkernel/guest.py @OUT@ > /dev/console 2>&1
 echo GUEST-EXIT $?
 sync
 poweroff -f
 """
 
 
-def initramfs(root: Path, release: str, workdir: Path) -> Path:
+def initramfs(root: Path, release: str, workdir: Path, out_dir: Path) -> Path:
     files = _module_files(root, release)
     if not files:
         raise TierUnavailable("no kernel modules found for the guest")
-    init = INIT.replace("@REPO@", str(REPO)).replace("@PYTHON@", sys.executable)
+    init = INIT.replace("@REPO@", str(REPO)).replace("@PYTHON@", sys.executable).replace("@OUT@", str(out_dir))
     # newc cpio, written here: no cpio tool needed.
     entries = [("init", init.encode(), 0o100755), ("bin/busybox", Path(shutil.which("busybox")).read_bytes(), 0o100755),
                ("modules.order", "\n".join(f.name for f in files).encode() + b"\n", 0o100644)]
@@ -154,7 +154,8 @@ def boot(out_dir: Path) -> tuple[int, str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = CACHE / "work"
     work.mkdir(parents=True, exist_ok=True)
-    initrd = initramfs(root, release, work)
+    (out_dir / "tmp").mkdir(exist_ok=True)
+    initrd = initramfs(root, release, work, out_dir)
     argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg,kernel-irqchip=split", "-cpu", "max", "-smp", "2",
             "-m", "1536", "-nographic", "-no-reboot", "-device", "intel-iommu,intremap=on",
             "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
