@@ -49,6 +49,9 @@ class Node:
     def close(self) -> None:
         if self.nvml is not None:
             self.nvml.close()
+        close_log = getattr(self.kmsg, "close", None)
+        if close_log is not None:
+            close_log()  # DevKmsg keeps one descriptor open for the whole run
         while self._close:
             self._close.pop()()
 
