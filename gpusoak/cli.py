@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cycles", type=int, default=20, help="cycles per GPU and action (default 20)")
     run.add_argument("--actions", default="flr", help="comma-separated actions (default flr)")
     run.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: all NVIDIA GPUs)")
+    run.add_argument("--devices", default="",
+                     help="PCI functions of any vendor to soak instead of the NVIDIA GPUs (e.g. 0000:03:00.0)")
     run.add_argument("--seed", type=int, default=None, help="simulator seed (default: the scenario's)")
     run.add_argument("--report-dir", type=Path, default=None, help="default: reports/<run-id>")
     run.add_argument("--destructive", action="store_true",
@@ -125,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
             f"--html={report_dir / 'report.html'}", "--self-contained-html"]
     if args.gpus:
         argv.append(f"--gpusoak-gpus={args.gpus}")
+    if args.devices:
+        argv.append(f"--gpusoak-devices={args.devices}")
     if args.seed is not None:
         argv.append(f"--gpusoak-seed={args.seed}")
     if args.gates is not None:

@@ -49,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gpusoak-write-timeout", type=float, default=90.0,
                 help="seconds a sysfs write may block before it counts as hung (default 90)")
     g.addoption("--gpusoak-gpus", default="", help="comma-separated PCI addresses (default: every NVIDIA GPU)")
+    g.addoption("--gpusoak-devices", default="",
+                help="comma-separated PCI functions of any vendor to soak instead of the NVIDIA GPUs "
+                "(NVML checks are skipped for non-NVIDIA functions, with that reason)")
     g.addoption("--gpusoak-seed", type=int, default=None, help="simulator seed (default: the scenario's)")
     g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
     g.addoption("--gpusoak-report-dir", default=None, help="report folder (default reports/<run-id>)")
@@ -131,12 +134,20 @@ class SoakRun:
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),
                               post_check_seconds=self.node.post_check_seconds_default if post_s is None else post_s)
-        found = self.node.gpus()
-        wanted = _parse_gpus(opt("gpusoak_gpus"))
-        missing = [str(b) for b in wanted if b not in found]
-        if missing:
-            raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
-        gpus = wanted or found
+        devices = _parse_gpus(opt("gpusoak_devices"))
+        if devices:
+            present = set(self.node.sysfs.pci_devices())
+            missing = [str(b) for b in devices if b not in present]
+            if missing:
+                raise GpusoakError(f"no PCI function at {', '.join(missing)} on this node")
+            gpus = devices
+        else:
+            found = self.node.gpus()
+            wanted = _parse_gpus(opt("gpusoak_gpus"))
+            missing = [str(b) for b in wanted if b not in found]
+            if missing:
+                raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
+            gpus = wanted or found
         self.soak = Soak(self.node, self.run_id, options, gpus)
         lock_path = opt("gpusoak_lock_file") or (DEFAULT_LOCK if self.node.backend == "real" and destructive else None)
         self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None

@@ -20,6 +20,7 @@ from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node
 from gpusoak.host.nvml_events import XidWatch
+from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.journal import Journal
 from gpusoak.load.child import run_load
 from gpusoak.model import (
@@ -117,7 +118,7 @@ class Soak:
     def reading(self, bdf: PciAddress) -> health_gates.Reading:
         node = self.node
         health = None
-        if node.nvml is not None:
+        if node.nvml is not None and node.sysfs.function(bdf).vendor == NVIDIA_VENDOR:
             try:
                 health = node.nvml.health(bdf)
             except GpusoakError:

@@ -17,6 +17,7 @@ from tenacity import Retrying, retry_if_result, wait_exponential
 from gpusoak.errors import DeviceGone, GpusoakError
 from gpusoak.host import kmsg, nvml, xid
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Check, KernelEvent, PciAddress, Snapshot, pci_matches
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -53,6 +54,9 @@ def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
 
 
 def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
+    vendor = node.sysfs.function(bdf).vendor
+    if vendor is not None and vendor != NVIDIA_VENDOR:
+        return f"unavailable: not an NVIDIA GPU (vendor 0x{vendor:04x}): NVML has nothing to say", None
     if node.nvml is None:
         return f"unavailable: {node.nvml_unavailable}", None
     try:

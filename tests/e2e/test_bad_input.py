@@ -40,3 +40,8 @@ def test_strict_exit_follows_the_decision(tmp_path):
     done = gpusoak("run", "--strict", "--cycles", "20", "--gpus", "0000:9a:00.0", "--report-dir", tmp_path, "-q")
     assert done.returncode == 1
     assert json.loads((tmp_path / "result.json").read_text())["node"]["decision"] == "quarantine"
+
+
+def test_a_device_that_is_not_there(tmp_path):
+    done = gpusoak("run", "--devices", "0000:01:00.0", "--report-dir", tmp_path, "-q")
+    assert done.returncode == 2 and "no PCI function at 0000:01:00.0" in done.stdout + done.stderr

@@ -54,10 +54,27 @@ def main(out: Path) -> int:
     summary["restore"] = soak.finish()
     soak.journal.close()
     report_build.rebuild(out / "journal.jsonl", out)
+    summary["cli"] = _cli(out, [found["nvme"][0], found["virtio-net"][0], found["e1000e"][0]])
     summary["finished"] = time.time()
     (out / "kmsg.txt").write_text("\n".join(f"[{r.usec / 1e6:12.6f}] {r.message}" for r in node.kmsg.records_since(-1)))
     (out / "guest.json").write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _cli(out: Path, devices: list[str]) -> dict:
+    """The real entry point, as an operator runs it: gpusoak run on the real node, destructive,
+    for non-NVIDIA functions named by address."""
+    import subprocess
+
+    report = out / "cli"
+    argv = [sys.executable, "-m", "gpusoak.cli", "run", "--backend", "real", "--destructive", "--devices",
+            ",".join(devices), "--actions", "flr,rebind", "--cycles", "2", "--report-dir", str(report),
+            "--lock-file", str(out / "gpusoak.lock"), "--load-seconds", "0", "--post-check-seconds", "0", "-q"]
+    t = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    (out / "cli.log").write_text(done.stdout + done.stderr)
+    return {"exit": done.returncode, "seconds": time.monotonic() - t,
+            "files": sorted(p.name for p in report.iterdir()) if report.is_dir() else []}
 
 
 def _ask(out: Path, name: str, timeout_s: float = 60.0) -> str:

@@ -108,3 +108,20 @@ def test_benchmark_gpusoak_flr_cycle_against_a_bare_reset_loop(guest):
           f"ratio {bench['ratio']:.2f} (target <= 1.5)")
     assert bench["count"] == 20 and bench["bare_reset_s"] > 0
     assert bench["ratio"] < 3.0  # a regression guard; the target and the measurements are in bench/RESULTS.md
+
+
+def test_gpusoak_run_on_the_real_node_writes_the_same_reports(guest):
+    cli = guest["summary"]["cli"]
+    out = guest["out"] / "cli"
+    assert cli["exit"] == 0, (guest["out"] / "cli.log").read_text()[-3000:]
+    assert {"journal.jsonl", "result.json", "junit.xml", "report.html", "state.json"} <= set(cli["files"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["run"]["backend"] == "real" and result["run"]["options"]["destructive"] is True
+    by_bdf = {g["bdf"]: g for g in result["gpus"]}
+    nvme, e1000e = _dev(guest, "nvme"), _dev(guest, "e1000e")
+    assert by_bdf[nvme]["actions"]["flr"]["successes"] == 2 and by_bdf[nvme]["actions"]["rebind"]["successes"] == 2
+    assert "not attempted: method_unsupported x2" in by_bdf[e1000e]["evidence"]
+    journal = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    nvml = [c for r in journal[1:] if r.get("type") == "cycle" for c in r["checks"] if c["name"] == "nvml"]
+    assert nvml and all(c["status"] == "skip" and "not an NVIDIA GPU" in c["detail"] for c in nvml)
+    assert "http" not in (out / "report.html").read_text().split("<script")[0]
