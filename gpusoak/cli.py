@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gpusoak import __version__
 from gpusoak.errors import GpusoakError
+from gpusoak.model import parse_addresses
 from gpusoak.soak import new_run_id
 
 EXIT_OK, EXIT_DECISION, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 4
@@ -193,7 +194,7 @@ def _plan(args: argparse.Namespace) -> int:
                           stop_services=args.stop_services)
     node = open_node(args.backend, None)
     try:
-        wanted = _addresses(args.gpus)
+        wanted = parse_addresses(args.gpus)
         report = plan.make(node, wanted or node.gpus(), options)
     finally:
         node.close()
@@ -220,20 +221,13 @@ def _restore(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if any(c.startswith("FAILED") for c in changes) else EXIT_OK
 
 
-def _addresses(text: str):
-    from gpusoak.model import PciAddress
-
-    return [PciAddress.parse(t.strip()) for t in text.split(",") if t.strip()]
-
-
 def _inspect(args: argparse.Namespace) -> int:
     from gpusoak import inspect
-    from gpusoak.model import PciAddress
     from gpusoak.plugin import open_node
 
     node = open_node(args.backend, None)
     try:
-        wanted = [PciAddress.parse(t.strip()) for t in args.gpus.split(",") if t.strip()]
+        wanted = parse_addresses(args.gpus)
         report = inspect.inspect_node(node, wanted or None)
     finally:
         node.close()

@@ -57,10 +57,6 @@ class AccessDenied(GpusoakError):
     """The OS or NVML refused: not root, no permission."""
 
 
-class Refused(GpusoakError):
-    """gpusoak itself refused an action; ``detail`` says why."""
-
-
 class Hung(GpusoakError):
     """A write or command did not finish before its deadline."""
 

@@ -60,6 +60,11 @@ class PciAddress:
         return f"PciAddress('{self}')"
 
 
+def parse_addresses(text: str) -> list[PciAddress]:
+    """A comma-separated list of PCI addresses (an option's value); empty items are ignored."""
+    return [PciAddress.parse(t.strip()) for t in text.split(",") if t.strip()]
+
+
 def normalise_pci(text: str) -> str | None:
     """Normalise a PCI address from a log line to ``DDDD:BB:DD.F`` or ``DDDD:BB:DD``; None if neither."""
     m = _BDF.fullmatch(text)

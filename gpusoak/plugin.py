@@ -18,7 +18,7 @@ from gpusoak.errors import GpusoakError
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
 from gpusoak.lock import DEFAULT_LOCK, NodeLock
-from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, CycleResult, PciAddress
+from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, CycleResult, parse_addresses
 from gpusoak.report import build as report_build
 from gpusoak.report import html as report_html
 from gpusoak.soak import Soak, SoakOptions, new_run_id
@@ -95,10 +95,6 @@ def soak_run(config: pytest.Config) -> SoakRun:
                                 "(`gpusoak run` or `pytest suites`)") from None
 
 
-def _parse_gpus(text: str) -> list[PciAddress]:
-    return [PciAddress.parse(t.strip()) for t in text.split(",") if t.strip()]
-
-
 class SoakRun:
     """One session's soak (live) or replay: the journal, and the reports at the end."""
 
@@ -134,7 +130,7 @@ class SoakRun:
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),
                               post_check_seconds=self.node.post_check_seconds_default if post_s is None else post_s)
-        devices = _parse_gpus(opt("gpusoak_devices"))
+        devices = parse_addresses(opt("gpusoak_devices"))
         if devices:
             present = set(self.node.sysfs.pci_devices())
             missing = [str(b) for b in devices if b not in present]
@@ -143,7 +139,7 @@ class SoakRun:
             gpus = devices
         else:
             found = self.node.gpus()
-            wanted = _parse_gpus(opt("gpusoak_gpus"))
+            wanted = parse_addresses(opt("gpusoak_gpus"))
             missing = [str(b) for b in wanted if b not in found]
             if missing:
                 raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")

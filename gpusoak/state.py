@@ -12,10 +12,19 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpusoak.actions.base import GPU_SERVICES, Context, driver_path, service_active, slot_functions
+from gpusoak.actions.base import (
+    GPU_SERVICES,
+    Context,
+    check,
+    driver_path,
+    service_active,
+    slot_functions,
+    write,
+)
 from gpusoak.actions.module_reload import UNLOAD_ORDER
 from gpusoak.errors import GpusoakError, JournalError, UsageError
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import DRIVER_OVERRIDE
 from gpusoak.model import PciAddress
 
 STATE_SCHEMA = "gpusoak.state/1"
@@ -115,22 +124,21 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
             continue
         if fn.driver_override != f.driver_override:
             attempt(f"driver_override of {f.bdf} -> {f.driver_override or '(none)'}",
-                    lambda fn=fn, f=f: node.sysfs.write(fn.path / "driver_override", f.driver_override or "\n",
-                                                        timeout_s=ctx.write_timeout_s, what="restoring driver_override"))
+                    lambda fn=fn, f=f: write(node, fn.path / DRIVER_OVERRIDE, f.driver_override or "\n", ctx,
+                                             "restoring driver_override"))
         current = fn.driver
         if current != f.driver:
             if current is not None:
                 attempt(f"unbind {f.bdf} from {current}",
-                        lambda current=current, f=f: node.sysfs.write(driver_path(node, current, "unbind"), f.bdf,
-                                                                      timeout_s=ctx.write_timeout_s, what="unbind"))
+                        lambda current=current, f=f: write(node, driver_path(node, current, "unbind"), f.bdf, ctx,
+                                                           "unbind"))
             if f.driver is not None:
                 attempt(f"bind {f.bdf} to {f.driver}",
-                        lambda f=f: node.sysfs.write(driver_path(node, f.driver, "bind"), f.bdf,
-                                                     timeout_s=ctx.write_timeout_s, what="bind"))
+                        lambda f=f: write(node, driver_path(node, f.driver, "bind"), f.bdf, ctx, "bind"))
         if f.runtime_pm is not None and fn.present and fn.runtime_pm != f.runtime_pm:
             attempt(f"power/control of {f.bdf} -> {f.runtime_pm}",
-                    lambda fn=fn, f=f: node.sysfs.write(fn.path / "power" / "control", f.runtime_pm,
-                                                        timeout_s=ctx.write_timeout_s, what="restoring runtime PM"))
+                    lambda fn=fn, f=f: write(node, fn.path / "power" / "control", f.runtime_pm, ctx,
+                                             "restoring runtime PM"))
     for bdf_text, mode in state.persistence.items():
         if (only is not None and bdf_text not in only) or mode is None:
             continue
@@ -147,6 +155,4 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
 
 
 def _ok(result) -> None:
-    from gpusoak.actions.base import check
-
     check(result, "restore")

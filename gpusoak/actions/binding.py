@@ -20,6 +20,7 @@ from gpusoak.actions.base import (
 )
 from gpusoak.errors import WriteFailed
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import DRIVER_OVERRIDE, REMOVE
 from gpusoak.model import Finding, PciAddress
 
 VFIO = "vfio-pci"
@@ -86,13 +87,13 @@ class VfioCycle(Action):
         bindings = _bindings(node, bdf)
         for f, d in bindings:
             fn = node.sysfs.function(f)
-            out += [Step("write", str(fn.path / "driver_override"), VFIO)]
+            out += [Step("write", str(fn.path / DRIVER_OVERRIDE), VFIO)]
             if d:
                 out += [Step("write", str(driver_path(node, d, "unbind")), str(f))]
             out += [Step("write", str(self._probe(node)), str(f))]
         for f, _ in bindings:
             fn = node.sysfs.function(f)
-            out += [Step("write", str(fn.path / "driver_override"), "\n"),
+            out += [Step("write", str(fn.path / DRIVER_OVERRIDE), "\n"),
                     Step("write", str(driver_path(node, VFIO, "unbind")), str(f)),
                     Step("write", str(self._probe(node)), str(f))]
         return out
@@ -102,7 +103,7 @@ class VfioCycle(Action):
         try:
             for f, d in bindings:
                 fn = node.sysfs.function(f)
-                write(node, fn.path / "driver_override", VFIO, ctx, f"driver_override of {f}")
+                write(node, fn.path / DRIVER_OVERRIDE, VFIO, ctx, f"driver_override of {f}")
                 if d:
                     write(node, driver_path(node, d, "unbind"), str(f), ctx, f"unbind {f} from {d}")
                 write(node, self._probe(node), str(f), ctx, f"probe {f}")
@@ -111,7 +112,7 @@ class VfioCycle(Action):
             # Back to the original drivers, also when the attach went wrong.
             for f, _ in bindings:
                 fn = node.sysfs.function(f)
-                write(node, fn.path / "driver_override", "\n", ctx, f"clear driver_override of {f}")
+                write(node, fn.path / DRIVER_OVERRIDE, "\n", ctx, f"clear driver_override of {f}")
                 if fn.driver == VFIO:
                     write(node, driver_path(node, VFIO, "unbind"), str(f), ctx, f"unbind {f} from vfio-pci")
                 write(node, self._probe(node), str(f), ctx, f"probe {f}")
@@ -134,12 +135,12 @@ class RemoveRescan(Action):
 
     def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
         funcs = list(reversed(slot_functions(node, bdf)))
-        return [Step("write", str(node.sysfs.function(f).path / "remove"), "1") for f in funcs] + \
+        return [Step("write", str(node.sysfs.function(f).path / REMOVE), "1") for f in funcs] + \
             [Step("write", str(node.sysfs.root / "bus" / "pci" / "rescan"), "1")]
 
     def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
         funcs = list(reversed(slot_functions(node, bdf)))
-        paths = [node.sysfs.function(f).path / "remove" for f in funcs]
+        paths = [node.sysfs.function(f).path / REMOVE for f in funcs]
         for f, path in zip(funcs, paths, strict=True):
             write(node, path, "1", ctx, f"remove {f}")
         write(node, node.sysfs.root / "bus" / "pci" / "rescan", "1", ctx, "rescan the PCI bus")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from gpusoak.actions.base import (
     SHARED_DOMAIN,
     UNSUPPORTED,
-    Action,
     Context,
     Step,
     refusals_common,
@@ -66,5 +65,3 @@ class BusReset(MethodReset):
         write(node, node.sysfs.function(port).path / "reset_subordinate", "1", ctx, "secondary bus reset")
         return None
 
-
-__all__ = ["BusReset", "Action"]

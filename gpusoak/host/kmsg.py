@@ -82,7 +82,28 @@ class KernelLog(Protocol):
     def records_since(self, cursor: int) -> list[KmsgRecord]: ...
 
 
-class KmsgFile:
+class _RecordCache:
+    """Records read so far, in sequence order; ``_refresh`` appends what the source has added."""
+
+    _records: list[KmsgRecord]
+
+    def _refresh(self) -> None:
+        raise NotImplementedError
+
+    def cursor(self) -> int:
+        self._refresh()
+        return self._records[-1].seq if self._records else -1
+
+    def records_since(self, cursor: int) -> list[KmsgRecord]:
+        self._refresh()
+        # Sequence numbers only grow, so the records after the cursor are a tail of the list.
+        i = len(self._records)
+        while i > 0 and self._records[i - 1].seq > cursor:
+            i -= 1
+        return self._records[i:]
+
+
+class KmsgFile(_RecordCache):
     """A file of /dev/kmsg records (the simulator's kernel log, or a saved dump).
 
     Read incrementally: records already parsed are kept, and each call reads only what was appended
@@ -120,20 +141,7 @@ class KmsgFile:
         self._offset += end
         self._lines += len(lines)
 
-    def cursor(self) -> int:
-        self._refresh()
-        return self._records[-1].seq if self._records else -1
-
-    def records_since(self, cursor: int) -> list[KmsgRecord]:
-        self._refresh()
-        # Sequence numbers only grow, so the records after the cursor are a tail of the list.
-        i = len(self._records)
-        while i > 0 and self._records[i - 1].seq > cursor:
-            i -= 1
-        return self._records[i:]
-
-
-class DevKmsg:
+class DevKmsg(_RecordCache):
     """The live kernel log. Each read(2) of /dev/kmsg returns exactly one record.
 
     One descriptor stays open and is read incrementally: records already seen are kept, and each
@@ -167,17 +175,6 @@ class DevKmsg:
             self._records.extend(parse_records(chunk.decode("utf-8", errors="replace").splitlines()))
             if len(self._records) > 200_000:  # the ring buffer holds far fewer; keep memory bounded
                 del self._records[:100_000]
-
-    def cursor(self) -> int:
-        self._refresh()
-        return self._records[-1].seq if self._records else -1
-
-    def records_since(self, cursor: int) -> list[KmsgRecord]:
-        self._refresh()
-        i = len(self._records)
-        while i > 0 and self._records[i - 1].seq > cursor:
-            i -= 1
-        return self._records[i:]
 
     def close(self) -> None:
         if self._fd is not None:

@@ -81,7 +81,6 @@ class Tree:
 WRITABLE = {"reset_method", "driver_override", "power/control", "d3cold_allowed", "enable"}
 
 
-
 # Extra functions a GPU may carry, as lspci shows them on NVIDIA boards: (function, device id, class, driver).
 FUNCTIONS = {"audio": (1, 0x22BA, "0x040300", "snd_hda_intel"), "usb": (2, 0x1AD8, "0x0c0330", "xhci_hcd")}
 DRIVERS = ("nvidia", "pcieport", "vfio-pci", "snd_hda_intel", "xhci_hcd")
@@ -134,14 +133,14 @@ def create_gpu(tree: Tree, gpu: GpuSpec, group: int, bind: bool = True) -> None:
         **_aer_files(),
     })
     put(d / "reset", "", 0o200)
+    for kind in gpu.functions:
+        number, device_id, klass, _ = FUNCTIONS[kind]
+        fd = _function(tree, PciAddress(gpu.bdf.domain, gpu.bdf.bus, gpu.bdf.device, number), parent, {
+            "vendor": "0x10de", "device": f"0x{device_id:04x}", "class": klass, "power_state": "D0",
+            "power/control": "on", "reset_method": "flr", "driver_override": "(null)", **_aer_files()})
+        put(fd / "reset", "", 0o200)
     group_dir = tree.root / "kernel" / "iommu_groups" / str(group)
     for bdf, driver in gpu_functions(gpu):
-        if bdf != gpu.bdf:
-            number, device_id, klass, _ = next(v for v in FUNCTIONS.values() if v[3] == driver)
-            fd = _function(tree, bdf, parent, {
-                "vendor": "0x10de", "device": f"0x{device_id:04x}", "class": klass, "power_state": "D0",
-                "power/control": "on", "reset_method": "flr", "driver_override": "(null)", **_aer_files()})
-            put(fd / "reset", "", 0o200)
         link(group_dir / "devices" / str(bdf), tree.dev(bdf))
         link(tree.dev(bdf) / "iommu_group", group_dir)
         if bind:
