@@ -149,3 +149,11 @@ def test_options_are_validated():
         SoakOptions(cycles=0)
     with pytest.raises(Exception, match="unknown action"):
         SoakOptions(actions=("melt",))
+
+
+def test_nvml_is_not_asked_about_a_function_of_another_vendor(sim):
+    bridge = PciAddress.parse("0000:17:01.0")  # the GPU's Intel root port
+    snap = snapshot(sim.node, bridge)
+    assert snap.nvml_status == "unavailable: not an NVIDIA GPU (vendor 0x8086): NVML has nothing to say"
+    nvml = next(c for c in compare(snap, snap) if c.name == "nvml")
+    assert nvml.status == SKIP and "not an NVIDIA GPU" in nvml.detail
