@@ -7,6 +7,7 @@ to read a journal back. Units are in the field names (``recovery_s``, ``memory_t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ def parse_addresses(text: str) -> list[PciAddress]:
     return [PciAddress.parse(t.strip()) for t in text.split(",") if t.strip()]
 
 
+@functools.lru_cache(maxsize=4096)  # a log names the same few addresses over and over
 def normalise_pci(text: str) -> str | None:
     """Normalise a PCI address from a log line to ``DDDD:BB:DD.F`` or ``DDDD:BB:DD``; None if neither."""
     m = _BDF.fullmatch(text)

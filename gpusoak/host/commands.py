@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,3 +53,54 @@ def _text(data: str | bytes | None) -> str:
     if data is None:
         return ""
     return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def gnu_grep() -> str | None:
+    """The path of GNU grep, or None where grep is missing or another grep (busybox, BSD)."""
+    import shutil
+
+    path = shutil.which("grep")
+    if path is None:
+        return None
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, timeout=10, check=False,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if done.returncode == 0 and done.stdout.startswith(b"grep (GNU grep)") else None
+
+
+def stream_lines(argv: Sequence[str], *, stdin: int) -> Iterator[bytes]:
+    """The lines a program writes (without their newlines), as it writes them: for filters over inputs too big to capture.
+
+    Runs in the C locale (byte semantics). The program is killed if the reader stops early. A
+    program that fails (exit status above 1, the grep convention) raises ``OSError`` with its
+    message once its output is read.
+    """
+    import os
+
+    env = {**os.environ, "LC_ALL": "C"}
+    # Started now, not at the first read: the caller may close its copy of ``stdin`` right away.
+    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return _drain(proc, argv[0])
+
+
+def _drain(proc: subprocess.Popen[bytes], name: str) -> Iterator[bytes]:
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        carry = b""
+        while chunk := proc.stdout.read1(1 << 16):  # whole chunks: a generator step per line is slow
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+            yield from lines
+        if carry:
+            yield carry
+        err = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() > 1:
+            raise OSError(f"{name} failed: {err or f'exit status {proc.returncode}'}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

@@ -43,3 +43,16 @@ def test_unreadable_input_is_a_clear_error(tmp_path):
     assert done.returncode == 2 and "cannot read" in done.stderr and "No such file" in done.stderr
     done = gpusoak("events", tmp_path)
     assert done.returncode == 2 and "Is a directory" in done.stderr
+
+
+def test_json_lines_are_what_json_dumps_writes(tmp_path):
+    """The hand-built JSON of `events --json` against the standard encoder, on awkward text."""
+    from gpusoak.cli import _event_json
+    from gpusoak.model import KernelEvent
+
+    for e in [KernelEvent("xid", 'quote " backslash \\ tab \t nul \x00 é \ud83d', pci="0000:65:00", xid=79,
+                          line=3, stamp="12.5", action="RESTART_BM"),
+              KernelEvent("aer", "x", severity="fatal", line=1)]:
+        assert json.loads(_event_json(e)) == {"line": e.line, "kind": e.kind, "pci": e.pci, "xid": e.xid,
+                                              "severity": e.severity, "action": e.action, "text": e.text,
+                                              "timestamp": e.stamp}
