@@ -27,7 +27,7 @@ REBOOT_REQUIRED = "reboot_required"
 
 def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
     """Try each rung in turn; return what each did and the rung that worked (or reboot_required)."""
-    node, ctx = soak.node, soak.options.context
+    node, ctx = soak.node, soak.ctx
     record: list[Finding] = []
     for rung in RUNGS:
         if rung == "module_reload" and not soak.options.ladder_module_reload:

@@ -11,7 +11,7 @@ from gpusoak.soak import SoakOptions
 
 
 def make(node: Node, gpus: list[PciAddress], options: SoakOptions) -> dict[str, Any]:
-    ctx = options.context
+    ctx = options.context_for(gpus)
     per_gpu = [a for a in options.actions if a not in NODE_ACTIONS]
     per_node = [a for a in options.actions if a in NODE_ACTIONS]
     out: dict[str, Any] = {

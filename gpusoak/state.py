@@ -21,7 +21,7 @@ from gpusoak.actions.base import (
     slot_functions,
     write,
 )
-from gpusoak.actions.module_reload import UNLOAD_ORDER
+from gpusoak.actions.module_reload import ModuleReload
 from gpusoak.errors import GpusoakError, JournalError, UsageError
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import DRIVER_OVERRIDE
@@ -68,7 +68,7 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
         persistence[str(bdf)] = _persistence(node, bdf)
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
-        modules=[m for m in UNLOAD_ORDER if (node.sysfs.root / "module" / m).is_dir()],
+        modules=ModuleReload().loaded(node, ctx),
         services={u: service_active(node, u, ctx) for u in GPU_SERVICES})
 
 

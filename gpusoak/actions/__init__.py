@@ -4,12 +4,12 @@ exact steps it would take, and performs them through the node's seams with a dea
 from gpusoak.actions.base import Action, Context, Step, refusals_common
 from gpusoak.actions.binding import Rebind, RemoveRescan, VfioCycle
 from gpusoak.actions.bus_reset import BusReset
-from gpusoak.actions.flr import Flr
+from gpusoak.actions.flr import Flr, PmReset
 from gpusoak.actions.gpu_reset import GpuReset
 from gpusoak.actions.module_reload import ModuleReload
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
-    Flr(), BusReset(), GpuReset(), Rebind(), VfioCycle(), RemoveRescan(), ModuleReload())}
+    Flr(), PmReset(), BusReset(), GpuReset(), Rebind(), VfioCycle(), RemoveRescan(), ModuleReload())}
 GPU_ACTIONS = tuple(n for n, a in ACTIONS.items() if a.scope == "gpu")
 NODE_ACTIONS = tuple(n for n, a in ACTIONS.items() if a.scope == "node")
 

@@ -32,6 +32,7 @@ SERVICE_ACTIVE = "service_active"
 NOT_BOUND = "not_bound"
 IOMMU = "iommu_group"
 MODULE_NOT_LOADED = "module_not_loaded"
+DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functions outside the run
 
 # Units that hold GPUs open or must not see them vanish (reference 4.4); stopped only when allowed.
 GPU_SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager", "nvidia-dcgm", "dcgm")
@@ -42,6 +43,9 @@ class Context:
     write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
     command_timeout_s: float = 180.0
     stop_services: bool = False  # may GPU services be stopped (and restarted afterwards)?
+    # The functions this run soaks. A node-scope action acts for them: module_reload reloads the
+    # NVIDIA stack for NVIDIA GPUs, or the modules of their drivers for other functions.
+    devices: tuple[PciAddress, ...] = ()
 
 
 class Step(NamedTuple):
@@ -165,6 +169,19 @@ def driver_path(node: Node, driver: str, control: str) -> Path:
     if "/" in driver or driver in ("", ".", ".."):
         raise WriteFailed(f"refusing a driver name that is not a plain name: {driver!r}")
     return node.sysfs.root / "bus" / "pci" / "drivers" / driver / control
+
+
+def driver_module(node: Node, bdf: PciAddress) -> tuple[str | None, str | None]:
+    """(driver, module) of a function, from sysfs: the module is the driver's ``module`` link, and
+    None where the driver is built into the kernel (or the function has no driver)."""
+    driver = node.sysfs.function(bdf).driver
+    if driver is None:
+        return None, None
+    link = driver_path(node, driver, "module")
+    try:
+        return driver, link.resolve(strict=True).name if link.is_symlink() else None
+    except OSError:
+        return driver, None
 
 
 def service_active(node: Node, unit: str, ctx: Context) -> bool:

@@ -27,8 +27,8 @@ class MethodReset(Action):
         fn = node.sysfs.function(bdf)
         methods = fn.reset_methods
         if methods is None:
-            return [Finding(UNSUPPORTED, f"this kernel has no reset_method file, so {self.method} cannot be "
-                            "chosen alone (Linux >= 5.15 has it)")]
+            return [Finding(UNSUPPORTED, f"no reset_method file, so {self.method} cannot be chosen alone: the "
+                            "kernel predates it (Linux < 5.15), or the function has no reset method at all")]
         if self.method not in methods:
             return [Finding(UNSUPPORTED, f"{self.method} is not among the enabled reset methods "
                             f"({' '.join(methods) or 'none'})")]
@@ -59,6 +59,17 @@ class MethodReset(Action):
 class Flr(MethodReset):
     name = "flr"
     method = "flr"
+
+    def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
+        return refusals_common(node, bdf) or self.method_refusals(node, bdf)
+
+
+class PmReset(MethodReset):
+    """D3hot and back to D0 (``reset_method`` = pm): a reset only where the function advertises
+    No_Soft_Reset clear, which the kernel checks before it lists pm as a method."""
+
+    name = "pm_reset"
+    method = "pm"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
         return refusals_common(node, bdf) or self.method_refusals(node, bdf)

@@ -1,25 +1,34 @@
-"""Reload the NVIDIA driver stack, node-wide (reference 4.3 for the order).
+"""Reload the driver modules of the soaked functions, node-wide.
 
-Unload nvidia_drm, nvidia_modeset, nvidia_uvm and nvidia_peermem, then nvidia (each that is loaded),
-and load them back in reverse. GPU services are stopped first only when the user allows it, and are
-started again afterwards, also after a failure; so are the modules that were unloaded.
+For NVIDIA GPUs (the default selection): unload nvidia_drm, nvidia_modeset, nvidia_uvm and
+nvidia_peermem, then nvidia (each that is loaded), and load them back in reverse (reference 4.3
+for the order). GPU services are stopped first only when the user allows it, and are started again
+afterwards, also after a failure; so are the modules that were unloaded.
+
+For any other function named with ``--devices``: the module of its driver, found through sysfs
+(``/sys/bus/pci/drivers/DRIVER/module``), unloaded and loaded back. A driver built into the kernel
+has no module and is refused; so is a module with users (its ``refcnt``), which rmmod would refuse.
 """
 
 from __future__ import annotations
 
 from gpusoak.actions.base import (
     DISPLAY,
+    DRIVER_SHARED,
     GPU_SERVICES,
     HELD,
     MODULE_IN_USE,
     MODULE_NOT_LOADED,
+    NOT_BOUND,
     NOT_ROOT,
     SERVICE_ACTIVE,
+    UNSUPPORTED,
     Action,
     Context,
     Step,
     check,
     display_attached,
+    driver_module,
     gpu_holders,
     run,
     service_active,
@@ -27,6 +36,7 @@ from gpusoak.actions.base import (
 from gpusoak.errors import GpusoakError, WriteFailed
 from gpusoak.host import procs
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
 
 UNLOAD_ORDER = ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia_peermem", "nvidia")
@@ -36,17 +46,62 @@ class ModuleReload(Action):
     name = "module_reload"
     scope = "node"
 
-    def loaded(self, node: Node) -> list[str]:
+    def for_nvidia(self, node: Node, ctx: Context) -> bool:
+        """Is the NVIDIA stack reloaded? Yes for the default selection and whenever a GPU is named."""
+        return not ctx.devices or any(node.sysfs.function(d).vendor == NVIDIA_VENDOR for d in ctx.devices)
+
+    def nvidia_loaded(self, node: Node) -> list[str]:
         return [m for m in UNLOAD_ORDER if (node.sysfs.root / "module" / m).is_dir()]
 
+    def other_modules(self, node: Node, ctx: Context) -> tuple[list[str], list[Finding]]:
+        """The modules of the other named functions' drivers, and why any cannot be reloaded."""
+        modules: list[str] = []
+        why: list[Finding] = []
+        for d in ctx.devices:
+            if node.sysfs.function(d).vendor == NVIDIA_VENDOR:
+                continue
+            driver, module = driver_module(node, d)
+            if driver is None:
+                why.append(Finding(NOT_BOUND, f"{d} has no driver bound: there is no module to reload"))
+            elif module is None:
+                why.append(Finding(UNSUPPORTED, f"{d}'s driver {driver} is built into the kernel: there is no "
+                                   "module to reload"))
+            elif module not in modules:
+                modules.append(module)
+        return modules, why
+
+    def loaded(self, node: Node, ctx: Context) -> list[str]:
+        """What is unloaded, in order (and loaded back in reverse)."""
+        nvidia = self.nvidia_loaded(node) if self.for_nvidia(node, ctx) else []
+        return nvidia + [m for m in self.other_modules(node, ctx)[0] if m not in nvidia]
+
     def active_services(self, node: Node, ctx: Context) -> list[str]:
+        if not self.for_nvidia(node, ctx):
+            return []
         return [u for u in GPU_SERVICES if service_active(node, u, ctx)]
 
     def refusals(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
         out = []
         if not node.is_root:
             out.append(Finding(NOT_ROOT, "rmmod and modprobe need root"))
-        if "nvidia" not in self.loaded(node):
+        others, why = self.other_modules(node, ctx)
+        out += why
+        for m in others:
+            if used := self.other_in_use(node, m):
+                out.append(Finding(MODULE_IN_USE, used))
+        wanted = set(ctx.devices)
+        for d in ctx.devices:
+            driver, module = driver_module(node, d)
+            if module not in others:
+                continue
+            others.remove(module)  # once per module
+            bystanders = [str(b) for b in self.bound_to(node, driver) if b not in wanted]
+            if bystanders:
+                out.append(Finding(DRIVER_SHARED, f"unloading {module} would also unbind {', '.join(bystanders)} "
+                                   f"from {driver}, which this run does not soak"))
+        if not self.for_nvidia(node, ctx):
+            return out
+        if "nvidia" not in self.nvidia_loaded(node):
             out.append(Finding(MODULE_NOT_LOADED, "the nvidia module is not loaded"))
             return out
         holders = sorted({h for g in node.gpus() for h in gpu_holders(node, g)})
@@ -55,15 +110,47 @@ class ModuleReload(Action):
         if holders:
             out.append(Finding(HELD, f"processes use the driver ({', '.join(holders)})"))
         for g in node.gpus():
-            if why := display_attached(node, g):
-                out.append(Finding(DISPLAY, f"{g}: {why}"))
+            if why_display := display_attached(node, g):
+                out.append(Finding(DISPLAY, f"{g}: {why_display}"))
         active = self.active_services(node, ctx)
-        if not active and (why := self.in_use(node)):
-            out.append(Finding(MODULE_IN_USE, why))
+        if not active and (why_used := self.in_use(node)):
+            out.append(Finding(MODULE_IN_USE, why_used))
         if active and not ctx.stop_services:
             out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active; they hold the driver: allow "
                                "gpusoak to stop and restart them with --stop-services"))
+        if ctx.devices and (left := [str(g) for g in node.gpus() if g not in set(ctx.devices)]):
+            out.append(Finding(DRIVER_SHARED, f"reloading nvidia would also unbind {', '.join(left)}, which "
+                               "this run does not soak"))
         return out
+
+    def bound_to(self, node: Node, driver: str | None) -> list[PciAddress]:
+        """The PCI functions a driver drives now (the BDF entries of its sysfs folder)."""
+        if driver is None:
+            return []
+        try:
+            names = [p.name for p in (node.sysfs.root / "bus" / "pci" / "drivers" / driver).iterdir()]
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            try:
+                out.append(PciAddress.parse(name))
+            except GpusoakError:
+                continue
+        return sorted(out)
+
+    def other_in_use(self, node: Node, module: str) -> str | None:
+        """A module with users cannot be unloaded: its refcnt, and the modules that hold it."""
+        base = node.sysfs.root / "module" / module
+        text = node.sysfs.read(base / "refcnt")
+        if text is None or not text.strip().isdigit() or int(text) == 0:
+            return None
+        try:
+            holders = sorted(p.name for p in (base / "holders").iterdir())
+        except OSError:
+            holders = []
+        by = f"; used by {', '.join(holders)}" if holders else ""
+        return f"the {module} module is in use (refcnt {text.strip()}{by})"
 
     def in_use(self, node: Node) -> str | None:
         """nvidia's refcnt counts the modules that use it and every open of its device files; what
@@ -72,7 +159,7 @@ class ModuleReload(Action):
         text = node.sysfs.read(node.sysfs.root / "module" / "nvidia" / "refcnt")
         if text is None or not text.strip().isdigit():
             return None
-        dependents = sum(1 for m in ("nvidia_uvm", "nvidia_modeset", "nvidia_peermem") if m in self.loaded(node))
+        dependents = sum(1 for m in ("nvidia_uvm", "nvidia_modeset", "nvidia_peermem") if m in self.nvidia_loaded(node))
         extra = int(text) - dependents
         if extra > 0:
             return f"the nvidia module has {extra} user(s) beyond its dependent modules (refcnt {text.strip()})"
@@ -80,7 +167,7 @@ class ModuleReload(Action):
 
     def steps(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Step]:
         services = self.active_services(node, ctx)
-        modules = self.loaded(node)
+        modules = self.loaded(node, ctx)
         return ([Step("service", u, "stop") for u in services]
                 + [Step("command", f"rmmod {m}") for m in modules]
                 + [Step("command", f"modprobe {m}") for m in reversed(modules)]
@@ -88,7 +175,7 @@ class ModuleReload(Action):
 
     def perform(self, node: Node, bdf: PciAddress | None, ctx: Context) -> None:
         services = self.active_services(node, ctx)
-        modules = self.loaded(node)
+        modules = self.loaded(node, ctx)
         stopped: list[str] = []
         unloaded: list[str] = []
         try:

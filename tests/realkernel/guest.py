@@ -19,7 +19,7 @@ from gpusoak.soak import Soak, SoakOptions
 
 # vendor:device of the emulated functions (shared/reference/qemu-real-kernel-tier.md)
 WANTED = {"nvme": (0x1B36, 0x0010), "virtio-net": (0x1AF4, 0x1041), "e1000e": (0x8086, 0x10D3), "edu": (0x1234, 0x11E8)}
-ACTIONS = ("flr", "bus_reset", "rebind", "remove_rescan", "vfio_cycle")
+ACTIONS = ("flr", "pm_reset", "bus_reset", "rebind", "remove_rescan", "vfio_cycle")
 CYCLES = 3
 
 
@@ -48,6 +48,10 @@ def main(out: Path) -> int:
             for bdf in devices:
                 soak.run_cycle(bdf, action, cycle)
     summary["soak_s"] = time.monotonic() - t
+    summary["kernel"] = node.kernel
+    summary["module_reload"] = _module_reload(node, out, [_p(b) for b in found["nvme"][:2]] + [_p(found["e1000e"][0])],
+                                              _p(found["virtio-net"][0]))
+    summary["hang"] = _hang(node, out, _p(found["e1000e"][0]))
     summary["aer"] = _aer(node, out, found["virtio-net"][0])
     summary["unplug"] = _unplug(node, out, soak, nvme2) if nvme2 else None
     summary["bench"] = _bench(node, soak, _p(found["nvme"][0]))
@@ -55,6 +59,7 @@ def main(out: Path) -> int:
     soak.journal.close()
     report_build.rebuild(out / "journal.jsonl", out)
     summary["cli"] = _cli(out, [found["nvme"][0], found["virtio-net"][0], found["e1000e"][0]])
+    summary["aer_fatal"] = _aer_fatal(node, out, _p(found["virtio-net"][0]))  # last: the port's link is reset
     summary["finished"] = time.time()
     (out / "kmsg.txt").write_text("\n".join(f"[{r.usec / 1e6:12.6f}] {r.message}" for r in node.kmsg.records_since(-1)))
     (out / "guest.json").write_text(json.dumps(summary, indent=2))
@@ -99,9 +104,98 @@ def _aer(node, out: Path, bdf: str) -> dict:
     time.sleep(4.0)  # the AER interrupt and its log lines (TCG is slow)
     events = verify.device_events(node, _p(bdf), cursor)
     after = {k: (c.total if (c := fn.aer(k)) else None) for k in ("correctable", "nonfatal")}
-    return {"replies": replies, "before": before, "after": after,
+    return {"replies": replies, "before": before, "after": after, "config": _error_reporting(fn.path / "config"),
             "events": [{"kind": e.kind, "severity": e.severity, "pci": e.pci, "text": e.text} for e in events],
             "fatal": [e.text for e in events if verify.is_fatal(e)]}
+
+
+def _module_reload(node, out: Path, devices: list, held) -> dict:
+    """module_reload of the named functions' drivers (both nvme, e1000e) with the real rmmod and
+    modprobe; and the refusal for virtio-net alone, whose virtio_pci module also drives the 9p
+    transports that carry the guest's root."""
+    from gpusoak.actions import ACTIONS
+
+    options = SoakOptions(cycles=2, actions=("module_reload",), destructive=True, ladder=False,
+                          recovery_deadline_s=20.0, write_timeout_s=30.0, load_seconds=0.0)
+    soak = Soak(node, "realkernel-modules", options, devices)
+    soak.start(out / "modules.jsonl", out / "modules-state.json")
+    results = [r for c in (1, 2) for r in soak.run_node_cycle("module_reload", c)]
+    soak.finish()
+    soak.journal.close()
+    refused = ACTIONS["module_reload"].refusals(node, None, options.context_for([held]))
+    return {"results": [{"bdf": r.bdf, "outcome": r.outcome, "findings": [f.reason + ": " + f.detail for f in r.findings],
+                         "driver": next((c.detail for c in r.checks if c.name == "driver"), None)} for r in results],
+            "steps": [str(x) for x in ACTIONS["module_reload"].steps(node, None, options.context_for(devices))],
+            "refused": [{"reason": f.reason, "detail": f.detail} for f in refused]}
+
+
+def _hang(node, out: Path, bdf) -> dict:
+    """A write that does not return within its deadline: a bus reset (the kernel waits about a
+    second after it) under a 50 ms write deadline. The cycle is hung, the device is taken out of
+    the run, and the run goes on."""
+    options = SoakOptions(cycles=2, actions=("bus_reset",), destructive=True, ladder=False,
+                          recovery_deadline_s=15.0, write_timeout_s=0.05, load_seconds=0.0)
+    soak = Soak(node, "realkernel-hang", options, [bdf])
+    soak.start(out / "hang.jsonl", None)
+    t = time.monotonic()
+    first = soak.run_cycle(bdf, "bus_reset", 1)
+    took = time.monotonic() - t
+    second = soak.run_cycle(bdf, "bus_reset", 2)
+    soak.journal.close()
+    time.sleep(3.0)  # the reset itself finishes in the kernel
+    fn = node.sysfs.function(bdf)
+    if fn.reset_methods != ("pm", "bus"):  # the restore may itself have met the 50 ms deadline
+        node.sysfs.write(fn.path / "reset_method", "pm bus", timeout_s=30, what="restoring reset_method")
+    return {"first": {"outcome": first.outcome, "findings": [f.reason + ": " + f.detail for f in first.findings],
+                      "seconds": took},
+            "second": {"outcome": second.outcome, "findings": [f.reason + ": " + f.detail for f in second.findings]},
+            "after": {"driver": fn.driver, "reset_methods": list(fn.reset_methods or ()), "present": fn.present}}
+
+
+def _error_reporting(config: Path) -> dict:
+    """What the device's config space says about error reporting: Device Control's enable bits
+    (PCI Express capability + 8) and the AER correctable mask (AER capability + 0x14). To tell
+    why an injected error was or was not reported."""
+    data = config.read_bytes()
+    out: dict = {}
+    pos = data[0x34] if len(data) > 0x34 else 0
+    while pos and pos + 10 <= len(data):
+        if data[pos] == 0x10:
+            devctl = int.from_bytes(data[pos + 8:pos + 10], "little")
+            out["devctl"] = hex(devctl)
+            out["cere"], out["nfere"], out["fere"] = bool(devctl & 1), bool(devctl & 2), bool(devctl & 4)
+        pos = data[pos + 1]
+    ext = 0x100
+    while ext and ext + 0x18 <= len(data):
+        header = int.from_bytes(data[ext:ext + 4], "little")
+        if header & 0xFFFF == 0x0001:
+            out["aer_cor_mask"] = hex(int.from_bytes(data[ext + 0x14:ext + 0x18], "little"))
+            out["aer_cor_status"] = hex(int.from_bytes(data[ext + 0x10:ext + 0x14], "little"))
+        ext = header >> 20
+    return out
+
+
+def _aer_fatal(node, out: Path, bdf) -> dict:
+    """A fatal AER error on virtio-net: the kernel resets the link below the port; the event is
+    attributed, it fails a cycle, and a cycle on the device afterwards is a result."""
+    from gpusoak import verify
+
+    cursor = node.kmsg.cursor()
+    reply = _ask(out, "aer-fatal")
+    time.sleep(6.0)  # the AER interrupt, the link reset and the driver's recovery (TCG is slow)
+    events = verify.device_events(node, bdf, cursor)
+    options = SoakOptions(cycles=1, actions=("flr",), destructive=True, ladder=False,
+                          recovery_deadline_s=15.0, write_timeout_s=30.0, load_seconds=0.0)
+    soak = Soak(node, "realkernel-after-fatal", options, [bdf])
+    soak.start(out / "after-fatal.jsonl", None)
+    after = soak.run_cycle(bdf, "flr", 1)
+    soak.journal.close()
+    kmsg = [r.message for r in node.kmsg.records_since(cursor)]
+    return {"reply": reply,
+            "events": [{"kind": e.kind, "severity": e.severity, "pci": e.pci, "text": e.text} for e in events],
+            "fatal": [e.text for e in events if verify.is_fatal(e)],
+            "after": {"outcome": after.outcome, "findings": [f.reason + ": " + f.detail for f in after.findings]},
+            "kmsg": kmsg[-40:]}
 
 
 def _unplug(node, out: Path, soak, bdf: str) -> dict:

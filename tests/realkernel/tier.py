@@ -6,13 +6,14 @@ behind its own root port, plus two devices sharing a PCI bridge), share this mac
 read-only and a results folder read-write over 9p, and run tests/realkernel/guest.py in the guest
 with this checkout's Python. See shared/reference/qemu-real-kernel-tier.md.
 
-    python -m tests.realkernel.tier OUT_DIR     # builds (cached) and runs; exit 0 when the guest finished
+    python -m tests.realkernel.tier OUT_DIR [SUITE]  # builds (cached) and runs; exit 0 when the guest finished
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import os
 import shutil
 import socket
@@ -24,7 +25,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".ci" / "cache" / "realkernel"
-KERNEL_PACKAGE = "linux-image-amd64"  # Debian 12's current kernel, through its meta package
+KERNEL_PACKAGE = "linux-image-amd64"  # a suite's current kernel, through its meta package
+# Two kernels: Debian 12's own (6.1) and the newer one Debian backports to it (6.12 on 2026-11-22),
+# the latter through apt lists of its own under the cache: the machine's apt sources stay as they are.
+KERNELS = {
+    "bookworm": None,
+    "bookworm-backports": "deb http://deb.debian.org/debian bookworm-backports main",
+}
 MODULES = ("9pnet_virtio", "9p", "overlay", "nvme", "virtio_net", "e1000e", "vfio-pci", "virtio_pci")
 GUEST_TIMEOUT_S = 900
 
@@ -46,29 +53,50 @@ def tools() -> dict[str, str]:
     return found  # type: ignore[return-value]
 
 
-def kernel() -> tuple[Path, Path, str]:
-    """(vmlinuz, modules root, release), downloaded once into the cache."""
+def _apt(suite: str) -> list[str]:
+    """apt options for a suite: none for the machine's own, private lists for the others."""
+    source = KERNELS[suite]
+    if source is None:
+        return []
+    base = CACHE / f"apt-{suite}"
+    for d in (base / "lists" / "partial", base / "cache" / "archives" / "partial"):
+        d.mkdir(parents=True, exist_ok=True)
+    (base / "sources.list").write_text(source + "\n")
+    return ["-o", f"Dir::Etc::sourcelist={base / 'sources.list'}", "-o", "Dir::Etc::sourceparts=/dev/null",
+            "-o", f"Dir::State::Lists={base / 'lists'}", "-o", f"Dir::Cache={base / 'cache'}"]
+
+
+def kernel(suite: str = "bookworm") -> tuple[Path, Path, str]:
+    """(vmlinuz, modules root, release) of a suite's current kernel, downloaded once into the cache.
+
+    Offline, the kernel this suite resolved to last time is used if it is in the cache."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    dep = _run(["apt-cache", "depends", KERNEL_PACKAGE])
-    if "Depends:" not in dep.stdout and os.geteuid() == 0:
-        _run(["apt-get", "update", "-qq"])  # a fresh machine has no package lists yet
-        dep = _run(["apt-cache", "depends", KERNEL_PACKAGE])
+    apt = _apt(suite)
+    dep = _run(["apt-cache", *apt, "depends", KERNEL_PACKAGE])
+    if "Depends:" not in dep.stdout and (os.geteuid() == 0 or apt):
+        _run(["apt-get", *apt, "update", "-qq"])  # a fresh machine (or private list) has no package lists yet
+        dep = _run(["apt-cache", *apt, "depends", KERNEL_PACKAGE])
     versioned = next((ln.split(":", 1)[1].strip() for ln in dep.stdout.splitlines() if "Depends:" in ln), None)
+    last = CACHE / f"{suite}.release"
+    if not versioned and last.exists():
+        versioned = "linux-image-" + last.read_text().strip()
     if not versioned:
-        raise TierUnavailable(f"cannot resolve {KERNEL_PACKAGE}: {dep.stderr.strip() or 'no apt lists (apt-get update)'}")
+        raise TierUnavailable(f"cannot resolve {KERNEL_PACKAGE} in {suite}: "
+                              f"{dep.stderr.strip() or 'no apt lists (apt-get update)'}")
     release = versioned.removeprefix("linux-image-")
     root = CACHE / release
     vmlinuz = root / "boot" / f"vmlinuz-{release}"
     if not vmlinuz.exists():
         debs = CACHE / "debs"
         debs.mkdir(exist_ok=True)
-        got = _run(["apt-get", "download", "-qq", versioned], cwd=debs)
+        got = _run(["apt-get", *apt, "download", "-qq", versioned], cwd=debs)
         deb = next(debs.glob(f"{versioned}_*.deb"), None)
         if deb is None:
             raise TierUnavailable(f"apt-get download {versioned} failed: {got.stderr.strip()[-300:]}")
         shutil.rmtree(root, ignore_errors=True)
         _run(["dpkg", "-x", str(deb), str(root)])
         _run(["depmod", "-b", str(root), release])
+    last.write_text(release + "\n")
     return vmlinuz, root, release
 
 
@@ -94,7 +122,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || {
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /host@OUT@ || { echo GUEST-ERROR no 9p out; poweroff -f; }
 mount -o bind /proc /host/proc; mount -o bind /sys /host/sys; mount -o bind /dev /host/dev
 echo GUEST-START
-chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=@OUT@/tmp TMPDIR=@OUT@/tmp PYTHONPATH=@REPO@ @PYTHON@ @REPO@/tests/realkernel/guest.py @OUT@ > /dev/console 2>&1
+chroot /host /usr/bin/env MODPROBE_OPTIONS="-d @MODROOT@" PYTHONDONTWRITEBYTECODE=1 HOME=@OUT@/tmp TMPDIR=@OUT@/tmp PYTHONPATH=@REPO@ @PYTHON@ @REPO@/tests/realkernel/guest.py @OUT@ > /dev/console 2>&1
 echo GUEST-EXIT $?
 sync
 poweroff -f
@@ -105,11 +133,16 @@ def initramfs(root: Path, release: str, workdir: Path, out_dir: Path) -> Path:
     files = _module_files(root, release)
     if not files:
         raise TierUnavailable("no kernel modules found for the guest")
-    init = INIT.replace("@REPO@", str(REPO)).replace("@PYTHON@", sys.executable).replace("@OUT@", str(out_dir))
+    # kmod's modprobe in the guest (the host's, through the 9p root) finds the guest kernel's
+    # modules under the cache: MODPROBE_OPTIONS passes -d to every modprobe gpusoak runs.
+    init = (INIT.replace("@REPO@", str(REPO)).replace("@PYTHON@", sys.executable).replace("@OUT@", str(out_dir))
+            .replace("@MODROOT@", str(root)))
     # newc cpio, written here: no cpio tool needed.
     entries = [("init", init.encode(), 0o100755), ("bin/busybox", Path(shutil.which("busybox")).read_bytes(), 0o100755),
-               ("modules.order", "\n".join(f.name for f in files).encode() + b"\n", 0o100644)]
-    entries += [(f"mods/{f.name}", f.read_bytes(), 0o100644) for f in files]
+               ("modules.order", "\n".join(_plain(f.name) for f in files).encode() + b"\n", 0o100644)]
+    # busybox insmod takes plain modules; newer Debian kernels ship them xz-compressed.
+    entries += [(f"mods/{_plain(f.name)}", lzma.decompress(f.read_bytes()) if f.name.endswith(".xz") else f.read_bytes(),
+                 0o100644) for f in files]
     dirs = ["bin", "mods", "proc", "sys", "dev", "host"]
     out = workdir / "initrd.cpio.gz"
     with gzip.open(out, "wb", compresslevel=1) as gz:
@@ -122,6 +155,10 @@ def initramfs(root: Path, release: str, workdir: Path, out_dir: Path) -> Path:
             ino += 1
         gz.write(_cpio("TRAILER!!!", b"", 0, 0))
     return out
+
+
+def _plain(name: str) -> str:
+    return name.removesuffix(".xz")
 
 
 def _cpio(name: str, data: bytes, mode: int, ino: int) -> bytes:
@@ -147,12 +184,13 @@ DEVICES = [
 ]
 
 
-def boot(out_dir: Path) -> tuple[int, str, float]:
-    """Build what is missing, boot the guest, wait for it; returns (exit of the guest script, console, seconds)."""
+def boot(out_dir: Path, suite: str = "bookworm") -> tuple[int, str, float]:
+    """Build what is missing, boot the guest on the suite's kernel, wait for it; returns (exit of
+    the guest script, console, seconds)."""
     tools()
-    vmlinuz, root, release = kernel()
+    vmlinuz, root, release = kernel(suite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = CACHE / "work"
+    work = CACHE / f"work-{suite}"
     work.mkdir(parents=True, exist_ok=True)
     (out_dir / "tmp").mkdir(exist_ok=True)
     initrd = initramfs(root, release, work, out_dir)
@@ -187,6 +225,7 @@ def boot(out_dir: Path) -> tuple[int, str, float]:
 FAULTS = {
     "aer-correctable": "pcie_aer_inject_error -c vnet 0x1",  # Receiver Error, as a numeric status
     "aer-nonfatal": "pcie_aer_inject_error vnet 0x4000",  # Completion Timeout (bit 14): non-fatal by default severity
+    "aer-fatal": "pcie_aer_inject_error vnet 0x40000",  # Malformed TLP (bit 18): fatal by default severity
     "unplug": None,  # device_del of nvme2: the attention button, about 5 s
 }
 
@@ -227,7 +266,7 @@ def _qmp(path: Path, command: dict) -> str:
 
 if __name__ == "__main__":
     try:
-        code, console, seconds = boot(Path(sys.argv[1]).resolve())
+        code, console, seconds = boot(Path(sys.argv[1]).resolve(), sys.argv[2] if len(sys.argv) > 2 else "bookworm")
     except TierUnavailable as err:
         print(f"real-kernel tier did not run: {err}")
         sys.exit(3)
