@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ class Journal:
     def __init__(self, path: Path | str, header: dict[str, Any]) -> None:
         self.path = Path(path)
         self.count = 0
+        self._lock = threading.Lock()  # parallel GPU workers append to one journal
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.path.exists() or self.path.stat().st_size == 0
@@ -34,12 +36,14 @@ class Journal:
             _fsync_dir(self.path.parent)
 
     def append(self, result: CycleResult) -> None:
-        self._append({"type": "cycle", **result.to_dict()})
-        self.count += 1
+        with self._lock:
+            self._append({"type": "cycle", **result.to_dict()})
+            self.count += 1
 
     def note(self, record: dict[str, Any]) -> None:
         """Any other record (``type`` set by the caller): what the run did besides cycles."""
-        self._append(record)
+        with self._lock:
+            self._append(record)
 
     def _append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"

@@ -6,21 +6,35 @@ Hooks here only parse options and hand work to library objects. The plugin is in
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gpusoak import journal as journal_mod
+from gpusoak import profile as profile_mod
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.errors import GpusoakError
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
 from gpusoak.lock import DEFAULT_LOCK, NodeLock
-from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, CycleResult, parse_addresses
+from gpusoak.model import (
+    FAILED,
+    HUNG,
+    RECOVERED,
+    REFUSED,
+    SKIPPED,
+    CycleResult,
+    PciAddress,
+    parse_addresses,
+)
+from gpusoak.profile import SUPPORTED
 from gpusoak.report import build as report_build
 from gpusoak.report import html as report_html
+from gpusoak.schedule import Plan, Scheduler, supported_actions
 from gpusoak.soak import Soak, SoakOptions, new_run_id
 
 SOAK_RUN = pytest.StashKey["SoakRun"]()
@@ -30,9 +44,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("gpusoak", "gpusoak reset-reliability soak")
     g.addoption("--gpusoak-backend", default="sim",
                 help="sim, sim:SCENARIO (name or .toml path), or real (this node). Default: sim")
-    g.addoption("--gpusoak-cycles", type=int, default=20, help="cycles per GPU and action (default 20)")
-    g.addoption("--gpusoak-actions", default="flr", help=f"comma-separated actions ({', '.join(ACTIONS)}); "
-                "node-scope ones run after the per-GPU ones")
+    g.addoption("--gpusoak-cycles", type=int, default=None,
+                help="cycles per GPU and action (default 20; with a sequential profile: its cap)")
+    g.addoption("--gpusoak-actions", default=None, help=f"comma-separated actions ({', '.join(ACTIONS)}); "
+                "node-scope ones run after the per-GPU ones (default flr, or the profile's)")
+    g.addoption("--gpusoak-profile", default=None, metavar="NAME|TOML",
+                help="acceptance, nightly, readmission, or a profile file: sequential stopping, parallel GPUs, "
+                "a budget, trends (gpusoak/profiles/)")
+    g.addoption("--gpusoak-budget", default=None, help="time budget of a profile's run, e.g. 30m, 1h (node time)")
+    g.addoption("--gpusoak-serial", action="store_true", default=False,
+                help="with a profile: one GPU after another instead of all at once")
+    g.addoption("--gpusoak-baseline", default=None, metavar="RESULT_JSON",
+                help="compare with this earlier result.json (trends)")
+    g.addoption("--gpusoak-history", default=None, metavar="DIR",
+                help="folder of earlier result.json files to compare with; this run's is added (trends)")
     g.addoption("--gpusoak-stop-services", action="store_true", default=False,
                 help="allow stopping GPU services (persistenced, fabricmanager, DCGM) for a module reload; "
                 "they are started again afterwards")
@@ -107,6 +132,11 @@ class SoakRun:
         self.lock: NodeLock | None = None
         self.replayed: list[CycleResult] = []
         self.built: report_build.Built | None = None
+        self.profile = None
+        self.plan: Plan | None = None
+        self.scheduler: Scheduler | None = None
+        self.scheduled: dict[tuple[str, str, int], CycleResult] | None = None
+        self.scheduled_node: dict[tuple[str, int], list[CycleResult]] = {}
         if self.replay_path:
             content = journal_mod.read(Path(self.replay_path))
             self.replayed = content.results
@@ -118,11 +148,21 @@ class SoakRun:
         self.report_dir = Path(opt("gpusoak_report_dir") or config.rootpath / "reports" / self.run_id)
         self.journal_path = self.report_dir / "journal.jsonl"
         destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
-        actions = tuple(a.strip() for a in opt("gpusoak_actions").split(",") if a.strip())
+        self.profile = _profile(config)
+        given = opt("gpusoak_actions")
+        actions = tuple(a.strip() for a in (given or "flr").split(",") if a.strip())
+        if self.profile is not None and not given:
+            actions = self.profile.actions if isinstance(self.profile.actions, tuple) else tuple(ACTIONS)
+        unknown = [a for a in actions if a not in ACTIONS]
+        if unknown:
+            raise GpusoakError(f"unknown action(s) {', '.join(unknown)}: use {', '.join(ACTIONS)}")
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
         load_s = opt("gpusoak_load_seconds")
         post_s = opt("gpusoak_post_check_seconds")
-        options = SoakOptions(cycles=opt("gpusoak_cycles"), actions=actions,
+        if self.profile is not None:
+            load_s = self.profile.load_seconds if load_s is None else load_s
+            post_s = self.profile.post_check_seconds if post_s is None else post_s
+        options = SoakOptions(cycles=opt("gpusoak_cycles") or 20, actions=actions,
                               recovery_deadline_s=opt("gpusoak_recovery_deadline"),
                               write_timeout_s=opt("gpusoak_write_timeout"),
                               destructive=destructive, stop_services=opt("gpusoak_stop_services"),
@@ -144,7 +184,17 @@ class SoakRun:
             if missing:
                 raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
             gpus = wanted or found
+        if self.profile is not None and self.profile.actions == SUPPORTED and not given:
+            supported = supported_actions(self.node, gpus, options.context_for(gpus), actions)
+            options = replace(options, actions=supported or ("flr",))
         self.soak = Soak(self.node, self.run_id, options, gpus)
+        if self.profile is not None:
+            self.plan = _plan(self.profile, options.actions, opt("gpusoak_cycles"))
+            self.soak.profile = {**self.profile.to_dict(), "plan": {
+                "actions": list(self.plan.actions), "cycles": self.plan.max_cycles(),
+                "budget_s": self.plan.budget_s, "rotate": self.plan.rotate, "parallel": self.plan.parallel,
+                "sequential": self.plan.sequential.to_dict() if self.plan.sequential else None},
+                "baseline": opt("gpusoak_baseline"), "history": opt("gpusoak_history") or self.profile.history}
         lock_path = opt("gpusoak_lock_file") or (DEFAULT_LOCK if self.node.backend == "real" and destructive else None)
         self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None
         if self.lock is not None:
@@ -159,15 +209,75 @@ class SoakRun:
                                  ids=[f"{r.action}-c{r.cycle:03d}-{r.bdf}" for r in self.replayed])
         elif {"action", "gpu", "cycle"} <= set(names) and self.soak is not None:
             soak = self.soak
-            cases = [(a, c, g) for a in soak.options.actions if a in GPU_ACTIONS
-                     for c in range(1, soak.options.cycles + 1) for g in soak.gpus]
+            if self.plan is not None:  # a profile's run: its cycles already ran, in the scheduler
+                scheduled = self.run_schedule()
+                order = {a: i for i, a in enumerate(soak.options.actions)}
+                cases = sorted({(a, c, PciAddress.parse(g)) for g, a, c in scheduled if a in GPU_ACTIONS},
+                               key=lambda t: (order.get(t[0], 99), t[1], t[2]))
+            else:
+                cases = [(a, c, g) for a in soak.options.actions if a in GPU_ACTIONS
+                         for c in range(1, soak.options.cycles + 1) for g in soak.gpus]
             metafunc.parametrize(("action", "cycle", "gpu"), cases,
                                  ids=[f"{a}-c{c:03d}-{g}" for a, c, g in cases])
         elif {"node_action", "cycle"} <= set(names) and self.soak is not None:
             soak = self.soak
-            cases = [(a, c) for a in soak.options.actions if a in NODE_ACTIONS
-                     for c in range(1, soak.options.cycles + 1)]
+            if self.plan is not None:
+                self.run_schedule()
+                cases = sorted(self.scheduled_node)
+            else:
+                cases = [(a, c) for a in soak.options.actions if a in NODE_ACTIONS
+                         for c in range(1, soak.options.cycles + 1)]
             metafunc.parametrize(("node_action", "cycle"), cases, ids=[f"{a}-c{c:03d}" for a, c in cases])
+        elif "sequence" in names and self.soak is not None:
+            seqs = list(self.run_schedule_sequences()) if self.plan is not None else []
+            metafunc.parametrize("sequence", seqs, ids=[f"{s.action}-{s.bdf}" for s in seqs])
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        # Without a profile there are no sequences to judge: leave those tests out, not skipped.
+        if self.plan is None:
+            kept = [i for i in items if "sequence" not in getattr(i, "fixturenames", ())]
+            if len(kept) != len(items):
+                config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+                items[:] = kept
+
+    # -- a profile's run ---------------------------------------------------------------------
+    def run_schedule(self) -> dict[tuple[str, str, int], CycleResult]:
+        """Run the profile's schedule once (at collection: the cycles it runs decide which tests exist)."""
+        if self.scheduled is not None:
+            return self.scheduled
+        self.scheduled = {}
+        if self.config.option.collectonly:
+            return self.scheduled
+        assert self.soak is not None and self.plan is not None
+        self.scheduler = Scheduler(self.soak, self.plan, on_progress=self._progress,
+                                   progress_every_s=0.0 if self.node and self.node.simulated else 5.0)
+        try:
+            self.scheduler.run()
+        finally:
+            for r in self.scheduler.results:
+                if r.action in NODE_ACTIONS:
+                    self.scheduled_node.setdefault((r.action, r.cycle), []).append(r)
+                else:
+                    self.scheduled[(r.bdf, r.action, r.cycle)] = r
+        return self.scheduled
+
+    def run_schedule_sequences(self) -> list:
+        self.run_schedule()
+        if self.scheduler is None:
+            return []
+        return [s for s in self.scheduler.sequences.values() if s.cycles]
+
+    def _progress(self, progress) -> None:
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"node_s": progress.node_s, "gpus": [vars(g) for g in progress.gpus.values()]}
+        tmp = self.report_dir / "progress.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.report_dir / "progress.json")
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None and not (self.node and self.node.simulated and progress.gpus and
+                                   not all(g.done for g in progress.gpus.values())):
+            for line in progress.lines():
+                tr.write_line(f"gpusoak progress: {line}")
 
     # -- the end -----------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -244,7 +354,42 @@ def expect_all_recovered(results: list[CycleResult]) -> None:
         expect_recovered(results[0])
 
 
+def expect_reliable(sequence) -> None:
+    """A GPU and action passes when its sequential test says reliable (or, with fixed cycles, when
+    every cycle recovered); unreliable fails; undecided or not applicable is a skip with why."""
+    outcome = sequence.outcome
+    what = f"{sequence.action} on {sequence.bdf}: {sequence.failures} of {sequence.attempts} attempts failed"
+    if outcome in ("reliable", "passed"):
+        return
+    if outcome in ("unreliable", "failed"):
+        test = f" ({sequence.test.params.describe()})" if sequence.test is not None else ""
+        pytest.fail(f"{what}: {outcome}{test}", pytrace=False)
+    why = sequence.refusal or sequence.stopped or "running"
+    pytest.skip(f"{outcome}: {what}; stopped: {why}")
+
+
 def record(item: pytest.Item, result: CycleResult) -> None:
     """Facts of one cycle on the test item (pytest-html rows, xunit properties)."""
     item.user_properties.extend([("bdf", result.bdf), ("action", result.action), ("cycle", result.cycle),
                                  ("outcome", result.outcome), ("recovery_s", result.recovery_s)])
+
+
+def _profile(config: pytest.Config):
+    name = config.getoption("gpusoak_profile")
+    if not name:
+        for flag in ("gpusoak_budget", "gpusoak_serial"):
+            if config.getoption(flag):
+                raise GpusoakError(f"--{flag.replace('_', '-')} needs a profile (--gpusoak-profile)")
+        return None
+    prof = profile_mod.load(name)
+    budget = config.getoption("gpusoak_budget")
+    return prof.override(budget_s=profile_mod.parse_duration(budget) if budget else None,
+                         parallel=False if config.getoption("gpusoak_serial") else None)
+
+
+def _plan(prof, actions: tuple[str, ...], cycles: int | None) -> Plan:
+    sequential = prof.sequential
+    if sequential is not None and cycles:
+        sequential = replace(sequential, cap=cycles)
+    return Plan(actions=actions, sequential=sequential, cycles=cycles or prof.cycles, budget_s=prof.budget_s,
+                rotate=prof.rotate, parallel=prof.parallel)

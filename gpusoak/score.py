@@ -135,3 +135,82 @@ def verdict(hostname: str, gpus: Sequence[tuple[str, str | None]], results: Sequ
     for r in results:
         per_gpu[r.bdf].append(r)
     return decide(hostname, [classify_gpu(bdf, uuid, per_gpu.get(bdf, []), rules) for bdf, uuid in gpus])
+
+
+# -- reliability classes (issue 7) ----------------------------------------------------------------
+# One table (docs/verdict.md): the class, what puts a GPU in it, the node decision it leads to.
+CHURN_SAFE, LONG_JOBS_ONLY, QUARANTINE_CLASS = "churn-safe", "long-jobs-only", "quarantine"
+REBOOT_CLASS, HARDWARE, UNPROVEN = "reboot-required", "hardware-investigation", "inconclusive"
+RELIABILITY_CLASSES = (CHURN_SAFE, LONG_JOBS_ONLY, UNPROVEN, QUARANTINE_CLASS, HARDWARE, REBOOT_CLASS)  # best first
+KEEP_QUARANTINED = "keep_quarantined"
+CLASS_DECISION = {CHURN_SAFE: ADMIT, LONG_JOBS_ONLY: ADMIT, UNPROVEN: RETEST, QUARANTINE_CLASS: QUARANTINE,
+                  HARDWARE: QUARANTINE, REBOOT_CLASS: REBOOT_REQUIRED}
+FIRST_RUNG = "flr"  # ladder.RUNGS[0]
+SUSPECT_EVENTS = {"msix_failed": "MSI-X failure", "fell_off_bus": "fell off the bus"}
+
+
+def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None = None,
+                before: str | None = None, rules: Rules = Rules()) -> tuple[str, tuple[str, ...]]:
+    """A GPU's reliability class and why, from its cycles.
+
+    ``outcomes``: each action's sequential-test outcome (reliable, unreliable, undecided,
+    not_applicable), where the run had one. ``before``: the GPU's class in the run before this one
+    (a readmission after a reboot), to tell a fault that recurs after a reboot.
+    """
+    bad = [r for r in results if r.outcome in (FAILED, HUNG)]
+    if any(r.recovered_by == REBOOT_REQUIRED for r in bad):
+        return REBOOT_CLASS, ("nothing on the recovery ladder brought it back",)
+    hardware: list[str] = []
+    for r in results:
+        for e in r.events:
+            if e.kind == "xid" and e.xid == 79:
+                hardware.append(f"XID 79 in {r.action} cycle {r.cycle}")
+            elif e.kind in SUSPECT_EVENTS:
+                hardware.append(f"{SUSPECT_EVENTS[e.kind]} in {r.action} cycle {r.cycle}")
+        for c in r.checks:
+            if c.name in ("link_width", "link_speed") and c.status == "fail":
+                hardware.append(f"link degraded after {r.action} cycle {r.cycle}: {c.detail}")
+            if c.name == "gate_row_remap" and c.status == "fail" and "failure" in c.detail:
+                hardware.append(f"row remap failure: {c.detail}")
+        if r.reason == "health_gate" and "row_remap" in " ".join(f.detail for f in r.findings) \
+                and "failure" in " ".join(f.detail for f in r.findings):
+            hardware.append("row remap failure at the baseline gate")
+    if bad and before in (QUARANTINE_CLASS, HARDWARE, REBOOT_CLASS):
+        hardware.append(f"fails again after a reboot (it was {before})")
+    if hardware:
+        return HARDWARE, tuple(dict.fromkeys(hardware))
+    serious: list[str] = []
+    for r in bad:
+        if r.outcome == HUNG:
+            serious.append(f"{r.action} cycle {r.cycle} hung")
+        elif r.recovered_by != FIRST_RUNG:
+            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}, and the first rung ({FIRST_RUNG}) did not bring it back")
+        elif any(f.reason.startswith("xid_") or f.reason in ("aer", "d3cold", "rminit_failed", "flr_not_ready",
+                                                              "reset_failed", "link_down") for f in r.findings):
+            serious.append(f"{r.action} cycle {r.cycle}: fatal event {r.reason}")
+        elif any(f.reason.startswith("gate_") or f.reason.startswith("post_check") or f.reason.startswith("load")
+                 for f in r.findings):
+            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}")
+    gated = [r for r in results if r.reason == "health_gate"]
+    if gated:
+        serious.append(f"failed the health gate: {gated[0].findings[0].detail}")
+    if serious:
+        return QUARANTINE_CLASS, tuple(dict.fromkeys(serious))
+    if bad:
+        return LONG_JOBS_ONLY, (f"{len(bad)} reset(s) failed, each brought back by {FIRST_RUNG}, with no fatal "
+                                "event and clean load checks: fine for long jobs, not for churn",)
+    if outcomes is not None:
+        applicable = {a: o for a, o in outcomes.items() if o != "not_applicable"}
+        if applicable and all(o == "reliable" for o in applicable.values()):
+            return CHURN_SAFE, tuple(f"{a}: reliable by the sequential test" for a in sorted(applicable))
+        undecided = sorted(a for a, o in applicable.items() if o != "reliable")
+        return UNPROVEN, (f"no failures, but not yet shown reliable: {', '.join(undecided) or 'no action applies'}",)
+    stats = [action_stats([r for r in results if r.action == a]) for a in sorted({r.action for r in results})]
+    if stats and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in stats):
+        return CHURN_SAFE, (f"every action recovered every time, lower bound >= {rules.min_lower_bound}",)
+    return UNPROVEN, ("no failures, but too few cycles to say",)
+
+
+def worst(classes: Iterable[str]) -> str:
+    ranked = [RELIABILITY_CLASSES.index(c) for c in classes]
+    return RELIABILITY_CLASSES[max(ranked)] if ranked else UNPROVEN

@@ -74,6 +74,10 @@ class SoakOptions:
     def context(self) -> Context:
         return Context(self.write_timeout_s, self.command_timeout_s, self.stop_services)
 
+    def context_for(self, devices: list[PciAddress]) -> Context:
+        """The context of a run over these functions (node-scope actions act for them)."""
+        return Context(self.write_timeout_s, self.command_timeout_s, self.stop_services, tuple(devices))
+
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
@@ -90,6 +94,8 @@ class Soak:
         self.run_id = run_id
         self.options = options
         self.gpus = gpus
+        self.ctx = options.context_for(gpus)
+        self.profile: dict | None = None  # the profile and plan of a scheduled run, for the journal header
         self.baselines: dict[PciAddress, Snapshot] = {}
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
@@ -135,7 +141,7 @@ class Soak:
         """Save the node's state (when resets are allowed) and open the journal, whose header records
         the node and the baselines before any reset."""
         if self.allowed:
-            self.saved_state = node_state.capture(self.node, self.gpus, self.options.context)
+            self.saved_state = node_state.capture(self.node, self.gpus, self.ctx)
             if state_path is not None:
                 node_state.save(self.saved_state, state_path)
         self.journal = Journal(journal_path, self.header())
@@ -144,7 +150,7 @@ class Soak:
         """Put the node back as it was found; what was changed goes to the journal."""
         if self.saved_state is None:
             return []
-        changes = node_state.restore(self.node, self.saved_state, self.options.context)
+        changes = node_state.restore(self.node, self.saved_state, self.ctx)
         if self.journal is not None:
             self.journal.note({"type": "restore", "changes": changes})
         return changes
@@ -192,7 +198,7 @@ class Soak:
         base = self._base(bdf, action_name, cycle)
         if (skip := self._not_now(bdf, base)) is not None:
             return skip
-        refusals = action.refusals(self.node, bdf, self.options.context)
+        refusals = action.refusals(self.node, bdf, self.ctx)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
         if (loaded := self._load(bdf, base)) is not None and not isinstance(loaded, dict):
@@ -202,7 +208,7 @@ class Soak:
         watch = XidWatch(self.node.nvml, bdf) if self.node.nvml is not None else None
         start = self.node.clock.monotonic()
         try:
-            action.perform(self.node, bdf, self.options.context)
+            action.perform(self.node, bdf, self.ctx)
             error = None
         except Hung as err:
             self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
@@ -243,7 +249,7 @@ class Soak:
         live = [b for b in self.gpus if b not in out]
         if not live:  # nothing may be touched (not authorised, or every GPU out): do nothing
             return [out[b] for b in self.gpus]
-        refusals = action.refusals(self.node, None, self.options.context)
+        refusals = action.refusals(self.node, None, self.ctx)
         if refusals:
             return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **bases[b])
                     for b in self.gpus]
@@ -260,7 +266,7 @@ class Soak:
         start = self.node.clock.monotonic()
         error = None
         try:
-            action.perform(self.node, None, self.options.context)
+            action.perform(self.node, None, self.ctx)
         except Hung as err:
             for b in live:
                 self.out_of_service[b] = f"{OUT_OF_SERVICE}: {action_name} hung in cycle {cycle}: {err}"
@@ -321,6 +327,7 @@ class Soak:
             "driver": node.driver_version(),
             "nvml": "available" if node.nvml is not None else f"unavailable: {node.nvml_unavailable}",
             "options": asdict(self.options),
+            "profile": self.profile,
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
                       "out_of_service": self.out_of_service.get(b),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,21 +87,24 @@ class _RecordCache:
     """Records read so far, in sequence order; ``_refresh`` appends what the source has added."""
 
     _records: list[KmsgRecord]
+    _lock = threading.Lock()  # parallel GPU workers read one log (one lock for all: reads are short)
 
     def _refresh(self) -> None:
         raise NotImplementedError
 
     def cursor(self) -> int:
-        self._refresh()
-        return self._records[-1].seq if self._records else -1
+        with self._lock:
+            self._refresh()
+            return self._records[-1].seq if self._records else -1
 
     def records_since(self, cursor: int) -> list[KmsgRecord]:
-        self._refresh()
-        # Sequence numbers only grow, so the records after the cursor are a tail of the list.
-        i = len(self._records)
-        while i > 0 and self._records[i - 1].seq > cursor:
-            i -= 1
-        return self._records[i:]
+        with self._lock:
+            self._refresh()
+            # Sequence numbers only grow, so the records after the cursor are a tail of the list.
+            i = len(self._records)
+            while i > 0 and self._records[i - 1].seq > cursor:
+                i -= 1
+            return self._records[i:]
 
 
 class KmsgFile(_RecordCache):

@@ -8,6 +8,7 @@ broken. A PCI address enters a path only as a ``PciAddress``.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from dataclasses import dataclass
@@ -134,7 +135,9 @@ class Sysfs:
             except BaseException as err:  # handed to the caller below
                 outcome.append(err)
 
-        worker = threading.Thread(target=work, name=f"sysfs-write {path.name}", daemon=True)
+        # In a copy of this context: on the simulator, the write's time is this worker's time.
+        context = contextvars.copy_context()
+        worker = threading.Thread(target=context.run, args=(work,), name=f"sysfs-write {path.name}", daemon=True)
         worker.start()
         worker.join(timeout_s * self.timeout_scale)
         if worker.is_alive():

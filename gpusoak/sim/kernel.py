@@ -47,6 +47,7 @@ class GpuState:
     removed: bool = False
     reset_method: tuple[str, ...] = ("flr", "bus")
     settle_until: float = 0.0  # link still retraining until this simulated time
+    settle_line: int = 0  # on this line of time (parallel workers each have their own)
     resets: int = 0
     link_width: int = 0  # the width the link trained at
     was_on_vfio: bool = False
@@ -67,6 +68,7 @@ class SimKernel:
         self.dev_root = root.parent / "dev"
         self._seq = 0
         self._lock = threading.Lock()
+        self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
             g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health))
             for g in scenario.gpus}
@@ -85,12 +87,13 @@ class SimKernel:
     def log(self, level: int, message: str, device: PciAddress | None = None) -> None:
         """Append one record in /dev/kmsg format (facility 0, kernel)."""
         usec = int((BOOT_OFFSET_S + self.clock.monotonic()) * 1e6)
-        record = f"{level},{self._seq},{usec},-;{message}\n"
-        if device is not None:
-            record += f" SUBSYSTEM=pci\n DEVICE=+pci:{device}\n"
-        self._seq += 1
-        with open(self.kmsg_path, "a", encoding="utf-8") as f:
-            f.write(record)
+        with self._log_lock:  # parallel GPU workers log to one ring buffer
+            record = f"{level},{self._seq},{usec},-;{message}\n"
+            if device is not None:
+                record += f" SUBSYSTEM=pci\n DEVICE=+pci:{device}\n"
+            self._seq += 1
+            with open(self.kmsg_path, "a", encoding="utf-8") as f:
+                f.write(record)
 
     def xid(self, bdf: PciAddress, number: int, text: str, pid: str = "'<unknown>'", name: str = "<unknown>") -> None:
         """The driver reports an XID: the NVRM line in the kernel log, and an NVML event."""
@@ -127,7 +130,11 @@ class SimKernel:
     # -- time --------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
         for bdf, st in self.gpus.items():
-            if st.alive and not st.removed and st.settle_until and now >= st.settle_until:
+            # A timer fires on the line of time it was set on, or on the main line once the
+            # parallel workers are merged into it: another GPU's worker may be ahead in time.
+            line = self.clock.timeline_id()
+            if st.alive and not st.removed and st.settle_until and now >= st.settle_until \
+                    and line in (st.settle_line, self.clock.main_id()):
                 st.settle_until = 0.0
                 self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
 
@@ -276,6 +283,7 @@ class SimKernel:
             self._aer_storm(st, outcome.aer_corrected)
         if outcome.settle_s > 0:
             st.settle_until = self.clock.monotonic() + outcome.settle_s
+            st.settle_line = self.clock.timeline_id()
             self.tree.set_attr(bdf, "current_link_speed", "2.5 GT/s PCIe")
         return True
 

@@ -1,0 +1,338 @@
+"""The scheduler of a profile's run: GPUs in parallel, a sequential test per GPU and action, a budget.
+
+Per-GPU actions run on every selected GPU at once, one worker thread per GPU. Each cycle holds the
+shared side of the node gate. Node-scope actions (module reload) hold its exclusive side, so they
+run only while no per-GPU cycle does. Every result goes to the soak's one journal.
+
+For each GPU and action, a sequential test (``gpusoak.sprt``) stops the cycling as soon as it
+decides; without one, a fixed number of cycles runs. A budget (node time) stops every worker
+before its next cycle. Nightly runs rotate through the actions, so a budget cut leaves every
+action with some cycles.
+
+On the simulator each worker has its own line of simulated time (``VirtualClock.branch``). The
+node's time after a parallel phase is that of its slowest GPU, as it would be on the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
+from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
+from gpusoak.soak import Soak
+from gpusoak.sprt import Sprt, SprtParams
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[str, ...]
+    sequential: SprtParams | None = None  # None: a fixed number of cycles
+    cycles: int = 20  # the fixed number (without a sequential test)
+    budget_s: float | None = None  # node time for the whole run
+    rotate: bool = False  # take the actions in turn instead of one after the other
+    parallel: bool = True
+
+    @property
+    def gpu_actions(self) -> tuple[str, ...]:
+        return tuple(a for a in self.actions if a in GPU_ACTIONS)
+
+    @property
+    def node_actions(self) -> tuple[str, ...]:
+        return tuple(a for a in self.actions if a in NODE_ACTIONS)
+
+    def max_cycles(self) -> int:
+        return self.sequential.cap if self.sequential else self.cycles
+
+
+@dataclass
+class Sequence:
+    """One GPU and action: its cycles so far and, with a sequential test, the test's state."""
+
+    bdf: str
+    action: str
+    test: Sprt | None = None
+    cycles: int = 0  # journaled cycles, attempted or not
+    attempts: int = 0
+    failures: int = 0
+    stopped: str = ""  # why cycling stopped: decided, cap, budget, not_applicable, out_of_service
+    refusal: str = ""
+
+    def record(self, r: CycleResult) -> None:
+        self.cycles += 1
+        if r.attempted:
+            self.attempts += 1
+            failed = r.outcome in (FAILED, HUNG)
+            self.failures += failed
+            if self.test is not None:
+                self.test.add(failed)
+        elif r.outcome == REFUSED and not self.attempts:
+            self.refusal = r.reason or "refused"
+        elif r.outcome == SKIPPED:
+            self.stopped = "out_of_service"  # a hung write or a GPU nothing brought back
+
+    def done(self, plan: Plan) -> bool:
+        if self.stopped:
+            return True
+        if self.refusal:
+            self.stopped = "not_applicable"
+        elif self.test is not None and self.test.decision != "continue":
+            self.stopped = "decided"
+        elif self.cycles >= plan.max_cycles():
+            self.stopped = "cap"
+        return bool(self.stopped)
+
+    @property
+    def outcome(self) -> str:
+        """reliable / unreliable / undecided (sequential), or passed / failed (fixed), or not_applicable."""
+        if self.refusal:
+            return "not_applicable"
+        if self.test is not None:
+            return self.test.outcome
+        return "failed" if self.failures else ("passed" if self.attempts else "not_applicable")
+
+    def to_dict(self) -> dict:
+        out = {"bdf": self.bdf, "action": self.action, "cycles": self.cycles, "attempts": self.attempts,
+               "failures": self.failures, "outcome": self.outcome, "stopped": self.stopped or "running"}
+        if self.refusal:
+            out["refusal"] = self.refusal
+        if self.test is not None:
+            out["sprt"] = self.test.to_dict()
+        return out
+
+
+@dataclass
+class GpuProgress:
+    bdf: str
+    cycles: int = 0
+    failures: int = 0
+    action: str = ""
+    estimate: str = ""  # the current action's failure estimate and test state
+    left_s: float | None = None  # estimated node time left
+    done: bool = False
+
+    def line(self) -> str:
+        left = "-" if self.left_s is None else _duration(self.left_s)
+        state = "done" if self.done else self.action
+        return (f"{self.bdf}  {state:<13} cycles {self.cycles:>4}  failures {self.failures:>3}  "
+                f"{self.estimate:<34} left {left}")
+
+
+@dataclass
+class Progress:
+    """What a long run reports as it goes: per GPU, cycles, failures, estimate, time left."""
+
+    gpus: dict[str, GpuProgress] = field(default_factory=dict)
+    node_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [g.line() for g in self.gpus.values()]
+
+
+class NodeGate:
+    """Shared for per-GPU cycles, exclusive for node-wide actions; a waiting exclusive side
+    stops new shared holders so it is not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+    @property
+    def state(self) -> tuple[int, bool]:
+        with self._cond:
+            return self._shared, self._exclusive
+
+
+class Scheduler:
+    def __init__(self, soak: Soak, plan: Plan, on_progress: Callable[[Progress], None] | None = None,
+                 progress_every_s: float = 5.0) -> None:
+        self.soak = soak
+        self.plan = plan
+        self.gate = NodeGate()
+        self.sequences: dict[tuple[str, str], Sequence] = {}
+        self.progress = Progress({str(b): GpuProgress(str(b)) for b in soak.gpus})
+        self._on_progress = on_progress
+        self._every = progress_every_s
+        self._last_report = 0.0
+        self._lock = threading.Lock()
+        self.node_seconds = 0.0
+        self.errors: list[BaseException] = []
+        self.results: list[CycleResult] = []  # every cycle, as the workers journaled them
+        for bdf in soak.gpus:
+            for a in plan.actions:
+                self.sequences[(str(bdf), a)] = Sequence(str(bdf), a, Sprt(plan.sequential) if plan.sequential else None)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> dict[tuple[str, str], Sequence]:
+        clock = self.soak.node.clock
+        start = clock.monotonic()
+        self._deadline = None if self.plan.budget_s is None else start + self.plan.budget_s
+        share = len(self.plan.gpu_actions) / max(1, len(self.plan.actions))
+        gpu_deadline = None if self._deadline is None else start + self.plan.budget_s * share
+        if self.plan.gpu_actions:
+            if self.plan.parallel and len(self.soak.gpus) > 1:
+                self._parallel(gpu_deadline)
+            else:
+                for bdf in self.soak.gpus:
+                    self._gpu_worker(bdf, gpu_deadline)
+        if self.plan.node_actions and not self.errors:
+            with self.gate.exclusive():
+                self._node_worker()
+        for g in self.progress.gpus.values():
+            g.done, g.left_s = True, 0.0
+        self.node_seconds = clock.monotonic() - start
+        self._report(force=True)
+        if self.errors:
+            raise self.errors[0]
+        return self.sequences
+
+    def _parallel(self, deadline: float | None) -> None:
+        clock = self.soak.node.clock
+        ends: list[float] = []
+
+        def work(bdf: PciAddress) -> None:
+            try:
+                with clock.branch():
+                    self._gpu_worker(bdf, deadline)
+                    ends.append(clock.monotonic())
+            except BaseException as err:  # a bug in gpusoak: stop the run with it, not silently
+                self.errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(b,), name=f"gpusoak {b}", daemon=True) for b in self.soak.gpus]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        clock.merge(ends)
+
+    def _gpu_worker(self, bdf: PciAddress, deadline: float | None) -> None:
+        clock = self.soak.node.clock
+        seqs = [self.sequences[(str(bdf), a)] for a in self.plan.gpu_actions]
+        turn = 0
+        started = clock.monotonic()
+        while not self.errors:
+            pending = [s for s in seqs if not s.done(self.plan)]
+            if not pending:
+                break
+            if deadline is not None and clock.monotonic() >= deadline:
+                for s in pending:
+                    s.stopped = "budget"
+                break
+            seq = pending[turn % len(pending)] if self.plan.rotate else pending[0]
+            turn += 1
+            with self.gate.shared():
+                r = self.soak.run_cycle(bdf, seq.action, seq.cycles + 1)
+            with self._lock:
+                self.results.append(r)
+            seq.record(r)
+            if bdf in self.soak.out_of_service:
+                for s in seqs:
+                    s.stopped = s.stopped or "out_of_service"
+            self._update(bdf, seq, seqs, started, deadline)
+
+    def _node_worker(self) -> None:
+        clock = self.soak.node.clock
+        for action in self.plan.node_actions:
+            seqs = {str(b): self.sequences[(str(b), action)] for b in self.soak.gpus}
+            cycle = 0
+            while not all(s.done(self.plan) for s in seqs.values()):
+                if self._deadline is not None and clock.monotonic() >= self._deadline:
+                    for s in seqs.values():
+                        s.stopped = s.stopped or "budget"
+                    break
+                cycle += 1
+                for r in self.soak.run_node_cycle(action, cycle):
+                    self.results.append(r)
+                    s = seqs[r.bdf]
+                    if not s.stopped:
+                        s.record(r)
+
+    # -- progress ----------------------------------------------------------------------------
+    def _update(self, bdf: PciAddress, seq: Sequence, seqs: list[Sequence], started: float,
+                deadline: float | None) -> None:
+        clock = self.soak.node.clock
+        g = self.progress.gpus[str(bdf)]
+        g.cycles = sum(s.cycles for s in seqs)
+        g.failures = sum(s.failures for s in seqs)
+        g.action = seq.action
+        rate = f"{seq.failures}/{seq.attempts} failed" if seq.attempts else "no attempts"
+        g.estimate = f"{seq.action} {rate}" + (f", {seq.test.outcome}" if seq.test and seq.test.decision != "continue" else "")
+        now = clock.monotonic()
+        per_cycle = (now - started) / max(1, g.cycles)
+        cycles_left = 0
+        for s in seqs:
+            if s.done(self.plan):
+                continue
+            if s.test is not None:
+                cycles_left += min(s.test.cycles_to_accept(), self.plan.max_cycles() - s.cycles)
+            else:
+                cycles_left += self.plan.max_cycles() - s.cycles
+        left = per_cycle * cycles_left
+        if deadline is not None:
+            left = min(left, max(0.0, deadline - now))
+        g.left_s = left
+        g.done = all(s.done(self.plan) for s in seqs)
+        self._report()
+
+    def _report(self, force: bool = False) -> None:
+        if self._on_progress is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last_report < self._every:
+                return
+            self._last_report = now
+            self.progress.node_s = self.soak.node.clock.monotonic()
+            self._on_progress(self.progress)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def supported_actions(node, gpus: list[PciAddress], ctx, candidates: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The actions this node can run at all: those that at least one selected GPU does not refuse
+    (per-GPU actions), or that the node does not refuse (node-scope ones). Read-only."""
+    out = []
+    for name in candidates or tuple(ACTIONS):
+        action = ACTIONS[name]
+        if action.scope == "node":
+            if not action.refusals(node, None, ctx):
+                out.append(name)
+        elif any(not action.refusals(node, b, ctx) for b in gpus):
+            out.append(name)
+    return tuple(out)
