@@ -155,3 +155,25 @@ def test_gpusoak_run_on_the_real_node_writes_the_same_reports(guest):
     nvml = [c for r in journal[1:] if r.get("type") == "cycle" for c in r["checks"] if c["name"] == "nvml"]
     assert nvml and all(c["status"] == "skip" and "not an NVIDIA GPU" in c["detail"] for c in nvml)
     assert "http" not in (out / "report.html").read_text().split("<script")[0]
+
+
+def test_an_injected_fatal_aer_is_attributed_fails_a_cycle_and_the_device_is_judged_after(guest):
+    f = guest["summary"]["aer_fatal"]
+    vnet = _dev(guest, "virtio-net")
+    assert '"OK id: vnet' in f["reply"]
+    fatal = [e for e in f["events"] if e["severity"] == "fatal"]
+    assert fatal and all(e["pci"] == vnet for e in fatal) and f["fatal"]
+    # The kernel reset the link below the port (virtio-net has no error handlers); the next cycle
+    # on the device is a result with its outcome, never a crash.
+    assert any("link has been reset" in line or "recovery" in line for line in f["kmsg"])
+    assert f["after"]["outcome"] in ("recovered", "failed", "hung")
+
+
+def test_an_injected_correctable_aer_never_fails_a_cycle(guest):
+    """QEMU accepts the correctable injection; neither kernel has logged it here (guest.json keeps
+    the device's error-reporting bits for the note). Whatever arrives must not be fatal."""
+    aer = guest["summary"]["aer"]
+    assert '"OK id: vnet' in aer["replies"]["aer-correctable"]
+    corrected = [e for e in aer["events"] if e["severity"] == "corrected"]
+    assert not [e for e in corrected if e["text"] in aer["fatal"]]
+    print("correctable AER:", len(corrected), "event(s); config:", aer.get("config"))
