@@ -6,6 +6,8 @@
     gpusoak inspect what this node's GPUs are, how they sit, and which resets could run (read-only)
     gpusoak plan    exactly what a run would do: actions, order, sysfs writes, commands, services
     gpusoak restore put a node back as a run's saved state says (after a crash)
+    gpusoak fleet   many nodes' results in one view; decisions as Slurm/Kubernetes actions
+    gpusoak metrics a result.json as a Prometheus textfile
 
 Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
 node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option; 4 the run
@@ -42,8 +44,20 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="soak the node and write reports")
     run.add_argument("--backend", default="sim", help="sim, sim:SCENARIO (name or .toml) or real (default sim)")
-    run.add_argument("--cycles", type=int, default=20, help="cycles per GPU and action (default 20)")
-    run.add_argument("--actions", default="flr", help="comma-separated actions (default flr)")
+    run.add_argument("--cycles", type=int, default=None,
+                     help="cycles per GPU and action (default 20; with a sequential profile: its cap)")
+    run.add_argument("--actions", default=None, help="comma-separated actions (default flr, or the profile's)")
+    run.add_argument("--profile", default=None, metavar="NAME|TOML",
+                     help="acceptance, nightly, readmission, or a profile file (gpusoak/profiles/*.toml)")
+    run.add_argument("--budget", default=None, help="a profile's time budget, e.g. 30m, 1h")
+    run.add_argument("--serial", action="store_true", help="with a profile: one GPU after another")
+    run.add_argument("--baseline", type=Path, default=None, help="an earlier result.json to compare with")
+    run.add_argument("--node-name", default=None,
+                     help="this node's name in Slurm/Kubernetes (default $SLURMD_NODENAME, $NODE_NAME, host name)")
+    run.add_argument("--metrics", type=Path, default=None,
+                     help="also write a Prometheus textfile here (for node_exporter's textfile collector)")
+    run.add_argument("--history", type=Path, default=None,
+                     help="a folder of earlier result.json files to compare with; this run's is added")
     run.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: all NVIDIA GPUs)")
     run.add_argument("--devices", default="",
                      help="PCI functions of any vendor to soak instead of the NVIDIA GPUs (e.g. 0000:03:00.0)")
@@ -86,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--stop-services", action="store_true")
     plan.add_argument("--json", action="store_true")
 
+    fl = sub.add_parser("fleet", help="roll up many nodes' result.json into fleet.html/.csv/.json, and turn "
+                        "each node's decision into its scheduler's action (printed; --apply to do it)")
+    fl.add_argument("folders", nargs="+", type=Path, help="folders holding result.json files (searched below)")
+    fl.add_argument("--out", type=Path, default=Path("."), help="where fleet.html, fleet.csv, fleet.json go (default .)")
+    fl.add_argument("--scheduler", choices=("none", "slurm", "k8s"), default="none",
+                    help="print (or apply) the scheduler's actions: Slurm drain/resume, Kubernetes label/taint")
+    fl.add_argument("--apply", action="store_true", help="run the scheduler commands (scontrol or kubectl)")
+    met = sub.add_parser("metrics", help="a result.json as a Prometheus textfile")
+    met.add_argument("result", type=Path)
+    met.add_argument("--out", type=Path, default=None, help="file to write atomically (default: stdout)")
     res = sub.add_parser("restore", help="re-apply a saved node state (reports/<run-id>/state.json)")
     res.add_argument("state", type=Path)
     res.add_argument("--backend", default="real", help="real (default), sim or sim:SCENARIO")
@@ -99,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "events":
             return _events(args)
+        if args.command == "fleet":
+            return _fleet(args)
+        if args.command == "metrics":
+            return _metrics(args)
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "plan":
@@ -112,20 +140,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.cycles < 1:
+    if args.cycles is not None and args.cycles < 1:
         print("gpusoak: --cycles must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if (args.budget or args.serial) and not args.profile:
+        print("gpusoak: --budget and --serial need --profile", file=sys.stderr)
+        return EXIT_USAGE
+    if args.budget:
+        from gpusoak.errors import UsageError
+        from gpusoak.profile import parse_duration
+
+        try:
+            parse_duration(args.budget)
+        except UsageError as err:
+            print(f"gpusoak: --budget: {err}", file=sys.stderr)
+            return EXIT_USAGE
     suites = args.suites or suites_dir()
     from gpusoak.soak import new_run_id  # here, not at the top: `gpusoak events` starts faster
 
     run_id = new_run_id()
     report_dir = (args.report_dir or Path("reports") / run_id).resolve()
     argv = [str(suites), "-p", "no:cacheprovider", "--rootdir", str(suites.parent),
-            f"--gpusoak-backend={args.backend}", f"--gpusoak-cycles={args.cycles}",
-            f"--gpusoak-actions={args.actions}", f"--gpusoak-report-dir={report_dir}",
+            f"--gpusoak-backend={args.backend}", f"--gpusoak-report-dir={report_dir}",
             f"--gpusoak-run-id={run_id}",
             f"--gpusoak-recovery-deadline={args.recovery_deadline}",
             f"--html={report_dir / 'report.html'}", "--self-contained-html"]
+    if args.cycles is not None:
+        argv.append(f"--gpusoak-cycles={args.cycles}")
+    if args.actions is not None:
+        argv.append(f"--gpusoak-actions={args.actions}")
+    if args.profile:
+        profile = args.profile if not Path(args.profile).is_file() else str(Path(args.profile).resolve())
+        argv.append(f"--gpusoak-profile={profile}")
+    if args.budget:
+        argv.append(f"--gpusoak-budget={args.budget}")
+    if args.serial:
+        argv.append("--gpusoak-serial")
+    if args.baseline is not None:
+        argv.append(f"--gpusoak-baseline={args.baseline.resolve()}")
+    if args.history is not None:
+        argv.append(f"--gpusoak-history={args.history.resolve()}")
+    if args.node_name:
+        argv.append(f"--gpusoak-node-name={args.node_name}")
+    if args.metrics is not None:
+        argv.append(f"--gpusoak-metrics={args.metrics.resolve()}")
     if args.gpus:
         argv.append(f"--gpusoak-gpus={args.gpus}")
     if args.devices:
@@ -175,6 +233,11 @@ def _report(args: argparse.Namespace) -> int:
         print(f"gpusoak: no journal at {journal}", file=sys.stderr)
         return EXIT_USAGE
     out = (args.out or journal.parent).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"gpusoak: cannot create {out}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     suite = Path(__file__).resolve().parent / "report" / "replay_suite.py"
     argv = [str(suite), "-q", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(out),
             f"--gpusoak-replay={journal}", f"--gpusoak-report-dir={out}",
@@ -233,6 +296,70 @@ def _inspect(args: argparse.Namespace) -> int:
         node.close()
     print(json.dumps(report, indent=2) if args.json else inspect.render_table(report), end="" if not args.json else "\n")
     return inspect.EXIT_OK if report["gpus"] else inspect.EXIT_NO_GPU
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from gpusoak import fleet
+
+    missing = [str(f) for f in args.folders if not f.exists()]
+    if missing:
+        print(f"gpusoak: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    rollup = fleet.collect(args.folders)
+    try:
+        paths = fleet.write(rollup, args.out)
+    except OSError as err:
+        print(f"gpusoak: cannot write the fleet reports in {args.out}: {err.strerror}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    classes = ", ".join(f"{c} {n}" for c, n in fleet.by_class(rollup).items()) or "no nodes"
+    print(f"gpusoak fleet: {len(rollup.rows)} nodes ({classes}); {rollup.files} files, "
+          f"{len(rollup.problems)} skipped; {paths['html']}")
+    for problem in rollup.problems[:20]:
+        print(f"  skipped: {problem}", file=sys.stderr)
+    if args.scheduler == "none":
+        if args.apply:
+            print("gpusoak: --apply needs --scheduler slurm or k8s", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+    if args.scheduler == "slurm":
+        try:
+            from gpusoak.host.commands import SubprocessRunner
+
+            reasons = fleet.slurm_reasons(SubprocessRunner())
+        except (RuntimeError, ValueError) as err:
+            if args.apply:
+                print(f"gpusoak: cannot read the nodes' state from Slurm: {err}", file=sys.stderr)
+                return EXIT_INCOMPLETE
+            reasons = {}  # printing only: assume not drained, and say so
+            print("gpusoak: Slurm not reachable; showing changes as if no node were drained", file=sys.stderr)
+        changes = fleet.slurm_changes(rollup.rows, reasons)
+    else:
+        changes = fleet.k8s_changes(rollup.rows)
+    for c in changes:
+        print(("apply " if args.apply else "would ") + str(c))
+        if c.patch is not None:
+            print(f"    patch: {json.dumps(c.patch, sort_keys=True)}")
+    if not args.apply:
+        return EXIT_OK
+    failed = [r for r in fleet.apply(changes) if not r.ok]
+    for r in failed:
+        print(f"gpusoak: {' '.join(r.argv)} failed: {(r.stderr or r.stdout).strip() or r.returncode}", file=sys.stderr)
+    return EXIT_INCOMPLETE if failed else EXIT_OK
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from gpusoak import metrics
+
+    try:
+        document = json.loads(args.result.read_text())
+    except (OSError, ValueError) as err:
+        print(f"gpusoak: cannot read {args.result}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out is None:
+        print(metrics.render(document), end="")
+        return EXIT_OK
+    metrics.write(args.out, document)
+    return EXIT_OK
 
 
 def _event_json(e) -> str:

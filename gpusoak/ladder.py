@@ -10,6 +10,7 @@ and is taken out of the run.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from gpusoak import state as node_state
@@ -44,8 +45,10 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
         cursor = node.kmsg.cursor()
         failed = ""
         try:
-            if not (rung == "rebind" and node.sysfs.function(bdf).driver is None):
-                action.perform(node, target, ctx)
+            # A node-wide rung waits until no other GPU's cycle runs (the scheduler's node gate).
+            with soak.exclusive() if action.scope == "node" else contextlib.nullcontext():
+                if not (rung == "rebind" and node.sysfs.function(bdf).driver is None):
+                    action.perform(node, target, ctx)
         except Hung as err:
             record.append(Finding(rung, f"hung: {err}"))
             return tuple(record), REBOOT_REQUIRED

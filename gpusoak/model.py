@@ -226,6 +226,10 @@ class GpuVerdict:
     gpu_class: str
     actions: dict[str, ActionStats]
     evidence: tuple[str, ...] = ()
+    reliability: str = ""  # score.RELIABILITY_CLASSES
+    reliability_reasons: tuple[str, ...] = ()
+    sequences: dict[str, dict] = field(default_factory=dict)  # per action: cycles, outcome, the SPRT's state
+    aer_events: int = 0  # AER events seen in this GPU's cycles (trends compare the rate)
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ class Verdict:
     decision: str
     gpus: tuple[GpuVerdict, ...]
     evidence: tuple[str, ...] = field(default=())
+    reliability: str = ""  # the node's worst GPU class
+    decided_by: str = "fixed"  # fixed (the fixed-cycle rules) or the profile's decision rule
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

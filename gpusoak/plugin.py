@@ -56,6 +56,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="with a profile: one GPU after another instead of all at once")
     g.addoption("--gpusoak-baseline", default=None, metavar="RESULT_JSON",
                 help="compare with this earlier result.json (trends)")
+    g.addoption("--gpusoak-node-name", default=None,
+                help="this node's name in the scheduler (default: $SLURMD_NODENAME, $NODE_NAME, or the host name)")
+    g.addoption("--gpusoak-metrics", default=None, metavar="PROM",
+                help="also write a Prometheus textfile (node_exporter's textfile collector) here")
     g.addoption("--gpusoak-history", default=None, metavar="DIR",
                 help="folder of earlier result.json files to compare with; this run's is added (trends)")
     g.addoption("--gpusoak-stop-services", action="store_true", default=False,
@@ -188,6 +192,8 @@ class SoakRun:
             supported = supported_actions(self.node, gpus, options.context_for(gpus), actions)
             options = replace(options, actions=supported or ("flr",))
         self.soak = Soak(self.node, self.run_id, options, gpus)
+        self.soak.node_name = (opt("gpusoak_node_name") or os.environ.get("SLURMD_NODENAME")
+                               or os.environ.get("NODE_NAME") or self.node.hostname)
         if self.profile is not None:
             self.plan = _plan(self.profile, options.actions, opt("gpusoak_cycles"))
             self.soak.profile = {**self.profile.to_dict(), "plan": {
@@ -292,6 +298,29 @@ class SoakRun:
         if not self.journal_path.exists():
             return
         self.built = report_build.rebuild(self.journal_path, self.report_dir)
+        self._add_to_history()
+        metrics_path = self.config.getoption("gpusoak_metrics")
+        if metrics_path:
+            from gpusoak import metrics
+
+            metrics.write(Path(metrics_path), self.built.document)
+
+    def _add_to_history(self) -> None:
+        """A nightly run's result.json joins its history folder, for the nights after it."""
+        prof = (self.built.content.header.get("profile") if self.built else None) or {}
+        if not (prof.get("trends") and prof.get("history")) or self.replay_path:
+            return
+        folder = Path(prof["history"])
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{self.run_id}.json"
+            tmp = folder / f".{self.run_id}.json.tmp"
+            tmp.write_text(self.built.result_json.read_text())
+            os.replace(tmp, target)
+        except OSError as err:  # the run's own reports are written; say so, lose nothing
+            tr = self.config.pluginmanager.get_plugin("terminalreporter")
+            if tr is not None:
+                tr.write_line(f"gpusoak: could not add the result to the history {folder}: {err.strerror}")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: Any) -> None:
@@ -299,7 +328,8 @@ class SoakRun:
             return
         h = self.built.content.header
         prefix.append(report_html.summary(self.built.verdict, run_id=h.get("run_id"), backend=h.get("backend"),
-                                          kernel=h.get("kernel"), driver=h.get("driver")))
+                                          kernel=h.get("kernel"), driver=h.get("driver"),
+                                          results=self.built.content.results, document=self.built.document))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:

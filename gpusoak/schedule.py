@@ -22,9 +22,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
+from gpusoak.actions.base import FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import Soak
 from gpusoak.sprt import Sprt, SprtParams
+
+# Refusals that say the action does not apply to this hardware (it is no gap in the evidence); any
+# other refusal (a process holds the GPU, a service, no authorisation) leaves the action untested.
+STRUCTURAL = {UNSUPPORTED, SHARED_DOMAIN, IOMMU, FABRIC_MANAGER}
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,10 @@ class Sequence:
 
     @property
     def outcome(self) -> str:
-        """reliable / unreliable / undecided (sequential), or passed / failed (fixed), or not_applicable."""
+        """reliable / unreliable / undecided (sequential), or passed / failed (fixed); not_applicable
+        where the hardware rules the action out, untested where something else refused it."""
         if self.refusal:
-            return "not_applicable"
+            return "not_applicable" if self.refusal in STRUCTURAL else "untested"
         if self.test is not None:
             return self.test.outcome
         return "failed" if self.failures else ("passed" if self.attempts else "not_applicable")
@@ -168,6 +174,20 @@ class NodeGate:
                 self._exclusive = False
                 self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def upgrade(self) -> Iterator[None]:
+        """From a shared hold to the exclusive one and back (a GPU's ladder reloading the driver)."""
+        with self._cond:
+            self._shared -= 1
+            self._cond.notify_all()
+        try:
+            with self.exclusive():
+                yield
+        finally:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+                self._shared += 1
+
     @property
     def state(self) -> tuple[int, bool]:
         with self._cond:
@@ -189,6 +209,7 @@ class Scheduler:
         self.node_seconds = 0.0
         self.errors: list[BaseException] = []
         self.results: list[CycleResult] = []  # every cycle, as the workers journaled them
+        soak.gate = self.gate
         for bdf in soak.gpus:
             for a in plan.actions:
                 self.sequences[(str(bdf), a)] = Sequence(str(bdf), a, Sprt(plan.sequential) if plan.sequential else None)
@@ -239,7 +260,6 @@ class Scheduler:
     def _gpu_worker(self, bdf: PciAddress, deadline: float | None) -> None:
         clock = self.soak.node.clock
         seqs = [self.sequences[(str(bdf), a)] for a in self.plan.gpu_actions]
-        turn = 0
         started = clock.monotonic()
         while not self.errors:
             pending = [s for s in seqs if not s.done(self.plan)]
@@ -249,8 +269,8 @@ class Scheduler:
                 for s in pending:
                     s.stopped = "budget"
                 break
-            seq = pending[turn % len(pending)] if self.plan.rotate else pending[0]
-            turn += 1
+            # In turn: the action with the fewest cycles so far (the first of them on a tie).
+            seq = min(pending, key=lambda x: x.cycles) if self.plan.rotate else pending[0]
             with self.gate.shared():
                 r = self.soak.run_cycle(bdf, seq.action, seq.cycles + 1)
             with self._lock:

@@ -19,6 +19,7 @@ Node decision
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None 
             elif e.kind in SUSPECT_EVENTS:
                 hardware.append(f"{SUSPECT_EVENTS[e.kind]} in {r.action} cycle {r.cycle}")
         for c in r.checks:
-            if c.name in ("link_width", "link_speed") and c.status == "fail":
+            if c.name in ("link_width", "link_speed") and c.status == "fail" and _degraded(c.detail):
                 hardware.append(f"link degraded after {r.action} cycle {r.cycle}: {c.detail}")
             if c.name == "gate_row_remap" and c.status == "fail" and "failure" in c.detail:
                 hardware.append(f"row remap failure: {c.detail}")
@@ -183,8 +184,10 @@ def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None 
     for r in bad:
         if r.outcome == HUNG:
             serious.append(f"{r.action} cycle {r.cycle} hung")
-        elif r.recovered_by != FIRST_RUNG:
-            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}, and the first rung ({FIRST_RUNG}) did not bring it back")
+        elif r.recovered_by is not None and r.recovered_by != FIRST_RUNG:
+            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}; only {r.recovered_by} brought it back")
+        elif r.recovered_by is None:
+            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}")
         elif any(f.reason.startswith("xid_") or f.reason in ("aer", "d3cold", "rminit_failed", "flr_not_ready",
                                                               "reset_failed", "link_down") for f in r.findings):
             serious.append(f"{r.action} cycle {r.cycle}: fatal event {r.reason}")
@@ -214,3 +217,18 @@ def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None 
 def worst(classes: Iterable[str]) -> str:
     ranked = [RELIABILITY_CLASSES.index(c) for c in classes]
     return RELIABILITY_CLASSES[max(ranked)] if ranked else UNPROVEN
+
+
+_WIDTH = re.compile(r"link x(\d+), expected x(\d+)")
+_SPEED = re.compile(r"link ([\d.]+) GT/s.*, expected ([\d.]+) GT/s")
+
+
+def _degraded(detail: str) -> bool:
+    """A link that came back narrower or slower; not one that reads as gone (all-ones config
+    space decodes to width 63 and speed Unknown: that is a dead function, not a degraded link)."""
+    if m := _WIDTH.search(detail):
+        now, want = int(m[1]), int(m[2])
+        return now != 63 and now < want
+    if m := _SPEED.search(detail):
+        return float(m[1]) < float(m[2])
+    return False

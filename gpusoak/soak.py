@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,9 @@ class Soak:
         self.gpus = gpus
         self.ctx = options.context_for(gpus)
         self.profile: dict | None = None  # the profile and plan of a scheduled run, for the journal header
+        self.gate = None  # the scheduler's NodeGate, when GPUs run in parallel
+        self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
+
         self.baselines: dict[PciAddress, Snapshot] = {}
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
@@ -103,6 +107,11 @@ class Soak:
         self.saved_state: node_state.NodeState | None = None
         for bdf in gpus:
             self._take_baseline(bdf)
+
+    def exclusive(self) -> contextlib.AbstractContextManager:
+        """Node-wide work from inside a per-GPU cycle (the ladder's module reload): wait until no
+        other GPU's cycle runs. Without a scheduler there is nothing to wait for."""
+        return self.gate.upgrade() if self.gate is not None else contextlib.nullcontext()
 
     # -- before ------------------------------------------------------------------------------
     def _take_baseline(self, bdf: PciAddress) -> None:
@@ -323,6 +332,7 @@ class Soak:
             "started_at": _now_iso(),
             "backend": node.backend,
             "hostname": node.hostname,
+            "node_name": self.node_name or node.hostname,
             "kernel": node.kernel,
             "driver": node.driver_version(),
             "nvml": "available" if node.nvml is not None else f"unavailable: {node.nvml_unavailable}",

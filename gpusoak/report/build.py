@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gpusoak import journal, score
-from gpusoak.model import Verdict
+from gpusoak import journal, score, trends
+from gpusoak.model import CycleResult, Verdict
 from gpusoak.report import junit, result_json
+from gpusoak.schedule import Plan, Sequence
+from gpusoak.sprt import Sprt, SprtParams
 
 
 @dataclass(frozen=True)
@@ -16,21 +18,87 @@ class Built:
     content: journal.JournalContent
     result_json: Path
     junit_xml: Path
+    document: dict = field(default_factory=dict)  # result.json as written (history and trends included)
 
 
-def verdict_of(content: journal.JournalContent) -> Verdict:
+def verdict_of(content: journal.JournalContent, before: dict[str, str] | None = None) -> Verdict:
+    """The verdict of a journal. ``before``: each GPU's class in an earlier run (by UUID or BDF)."""
     h = content.header
     gpus = [(g["bdf"], g.get("uuid")) for g in h.get("gpus", [])]
     known = {bdf for bdf, _ in gpus}
     gpus += sorted({(r.bdf, r.uuid) for r in content.results if r.bdf not in known})
-    return score.verdict(h.get("hostname") or "unknown", gpus, content.results)
+    base = score.verdict(h.get("hostname") or "unknown", gpus, content.results)
+    return with_reliability(base, content.results, h.get("profile"), before or {})
+
+
+def sequences_of(results: list[CycleResult], profile: dict | None) -> dict[tuple[str, str], Sequence]:
+    """Each GPU and action's sequence, replayed from the journal in cycle order: the sequential
+    test is deterministic, so a killed run's report states what the test had decided."""
+    plan = (profile or {}).get("plan") or {}
+    seq = plan.get("sequential")
+    params = SprtParams(**seq) if seq else None
+    fixed = Plan(actions=tuple(plan.get("actions") or ()), sequential=params, cycles=int(plan.get("cycles") or 20))
+    out: dict[tuple[str, str], Sequence] = {}
+    for r in sorted(results, key=lambda r: (r.bdf, r.action, r.cycle)):
+        s = out.setdefault((r.bdf, r.action), Sequence(r.bdf, r.action, Sprt(params) if params else None))
+        if not s.done(fixed):
+            s.record(r)
+    for s in out.values():
+        if not s.done(fixed):
+            s.stopped = "unfinished"  # below the cap and undecided: a budget, a GPU taken out, or a killed run
+    return out
+
+
+def with_reliability(base: Verdict, results: list[CycleResult], profile: dict | None,
+                     before: dict[str, str]) -> Verdict:
+    per_gpu: dict[str, list[CycleResult]] = {}
+    for r in results:
+        per_gpu.setdefault(r.bdf, []).append(r)
+    seqs = sequences_of(results, profile) if profile else {}
+    gpus = []
+    for g in base.gpus:
+        mine = per_gpu.get(g.bdf, [])
+        sequences = {a: s.to_dict() for (b, a), s in sorted(seqs.items()) if b == g.bdf}
+        outcomes = {a: s["outcome"] for a, s in sequences.items()} if profile else None
+        if profile and profile.get("decision") == "readmission":
+            outcomes = None  # a short fixed loop proves no reliability: the class stays on the rules
+        cls, why = score.reliability(mine, outcomes, before.get(g.uuid or "") or before.get(g.bdf))
+        aer = sum(1 for r in mine for e in r.events if e.kind == "aer")
+        gpus.append(replace(g, reliability=cls, reliability_reasons=why, sequences=sequences, aer_events=aer))
+    node_class = score.worst(g.reliability for g in gpus) if gpus else score.UNPROVEN
+    if not profile:
+        return replace(base, gpus=tuple(gpus), reliability=node_class)
+    if profile.get("decision") == "readmission":
+        failing = [g for g in gpus if any(s["outcome"] == "failed" for s in g.sequences.values())
+                   or g.reliability in (score.QUARANTINE_CLASS, score.HARDWARE, score.REBOOT_CLASS, score.LONG_JOBS_ONLY)
+                   or not any(s["outcome"] == "passed" for s in g.sequences.values())]
+        decision = score.KEEP_QUARANTINED if failing or not gpus else score.ADMIT
+        evidence = tuple(f"{g.bdf} keeps the node quarantined: {g.reliability}; {'; '.join(g.reliability_reasons)}"
+                         for g in failing) or (f"all {len(gpus)} GPUs passed the readmission loop",)
+        return replace(base, gpus=tuple(gpus), decision=decision, evidence=evidence, reliability=node_class,
+                       decided_by="readmission")
+    decision = score.CLASS_DECISION[node_class]
+    evidence = tuple(f"{g.bdf} {g.reliability}: {'; '.join(g.reliability_reasons)}" for g in gpus
+                     if g.reliability != score.CHURN_SAFE) or (f"all {len(gpus)} GPUs are churn-safe",)
+    return replace(base, gpus=tuple(gpus), decision=decision, evidence=evidence, reliability=node_class,
+                   decided_by=profile.get("name") or "profile")
 
 
 def rebuild(journal_path: Path, out_dir: Path) -> Built:
     content = journal.read(journal_path)
-    verdict = verdict_of(content)
+    profile = content.header.get("profile") or {}
+    history = None
+    sources = [Path(x) for x in (profile.get("baseline"), profile.get("history") if profile.get("trends") or
+                                 profile.get("history") else None) if x]
+    if sources:
+        history = trends.load(sources, exclude_run=content.header.get("run_id"))
+    before = trends.before_classes(history) if history and profile.get("decision") == "readmission" else {}
+    verdict = verdict_of(content, before)
     out_dir.mkdir(parents=True, exist_ok=True)
     rj, jx = out_dir / "result.json", out_dir / "junit.xml"
-    result_json.write(rj, result_json.build(content, verdict))
+    document = result_json.build(content, verdict)
+    if history is not None:
+        trends.annotate(document, history)
+    result_json.write(rj, document)
     junit.write(jx, junit.build(content, verdict))
-    return Built(verdict, content, rj, jx)
+    return Built(verdict, content, rj, jx, document)

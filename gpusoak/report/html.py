@@ -6,12 +6,13 @@ Every value is escaped: kernel lines and device names come from the node and are
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from gpusoak.model import Verdict
+from gpusoak.model import RECOVERED, CycleResult, Verdict
 
-_COLOURS = {"admit": "#1a7f37", "quarantine": "#cf222e", "retest": "#9a6700",
+_COLOURS = {"admit": "#1a7f37", "quarantine": "#cf222e", "retest": "#9a6700", "keep_quarantined": "#cf222e",
             "pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
 
 
@@ -20,12 +21,12 @@ def _fmt(x: float | None) -> str:
 
 
 def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel: str | None,
-            driver: str | None) -> str:
+            driver: str | None, results: Sequence[CycleResult] = (), document: dict | None = None) -> str:
     e = escape
     colour = _COLOURS.get(verdict.decision, "#57606a")
     rows = []
     for g in verdict.gpus:
-        for action, s in (g.actions.items() or [("–", None)]):
+        for n, (action, s) in enumerate(g.actions.items() or [("–", None)]):
             cells = [g.bdf, g.uuid or "–", action]
             if s is None:
                 cells += ["0/0", "–", "–", "–", "–"]
@@ -34,7 +35,8 @@ def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel
                           _fmt(s.recovery_p95_s), _fmt(s.recovery_max_s)]
             tds = "".join(f"<td>{e(str(c))}</td>" for c in cells)
             klass = f'<td style="color:{_COLOURS.get(g.gpu_class, "#57606a")};font-weight:bold">{e(g.gpu_class)}</td>'
-            rows.append(f"<tr>{tds}{klass}<td>{e('; '.join(g.evidence))}</td></tr>")
+            said = e("; ".join(g.evidence)) if n == 0 else "″"  # once per GPU
+            rows.append(f"<tr>{tds}{klass}<td>{said}</td></tr>")
     evidence = "".join(f"<li>{e(line)}</li>" for line in verdict.evidence)
     head = "".join(f"<th>{h}</th>" for h in ("GPU", "UUID", "action", "recovered", "lower bound (95%)",
                                             "p50 s", "p95 s", "max s", "class", "evidence"))
@@ -45,10 +47,128 @@ def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel
         f"<p>run {e(run_id or '–')} · backend {e(backend or '–')} · kernel {e(kernel or '–')} · "
         f"driver {e(driver or '–')}</p>"
         f"<ul>{evidence}</ul>"
+        f"{_reliability(verdict)}{charts(verdict, results, document)}"
+        "<h3>Per GPU and action</h3>"
         f'<table id="gpusoak-gpus" border="1" cellpadding="4" style="border-collapse:collapse">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         "</div>"
     )
+
+
+# -- pictures ------------------------------------------------------------------------------------
+_W, _H, _PAD = 640, 150, 34
+_RED, _GREEN, _BLUE, _GREY = "#cf222e", "#1a7f37", "#0969da", "#8c959f"
+
+
+def _reliability(verdict: Verdict) -> str:
+    e = escape
+    if not any(g.reliability for g in verdict.gpus):
+        return ""
+    rows = []
+    for g in verdict.gpus:
+        seqs = "; ".join(f"{a}: {s['outcome']} after {s['cycles']} cycles ({s['failures']} failed)"
+                         for a, s in g.sequences.items()) or "–"
+        rows.append(f"<tr><td>{e(g.bdf)}</td><td class=\"gpusoak-class\">{e(g.reliability)}</td>"
+                    f"<td>{e('; '.join(g.reliability_reasons))}</td><td>{e(seqs)}</td></tr>")
+    test = next((s["sprt"] for g in verdict.gpus for s in g.sequences.values() if s.get("sprt")), None)
+    stated = ""
+    if test:
+        stated = (f"<p>Sequential test per GPU and action (Wald's SPRT): H0 failure rate &le; {test['p0']:g}, "
+                  f"H1 &ge; {test['p1']:g}; error rates alpha {test['alpha']:g}, beta {test['beta']:g}; "
+                  f"at most {test['cap']} cycles. The Wilson bounds above are kept beside it.</p>")
+    return (f"<h3>Reliability: <span id=\"gpusoak-reliability\">{e(verdict.reliability)}</span> "
+            f"(decided by {e(verdict.decided_by)})</h3>{stated}"
+            '<table id="gpusoak-reliability-table" border="1" cellpadding="4" style="border-collapse:collapse">'
+            "<thead><tr><th>GPU</th><th>class</th><th>why</th><th>sequences</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def charts(verdict: Verdict, results: Sequence[CycleResult], document: dict | None) -> str:
+    """Per GPU: recovery time of every cycle (failures marked), and its history over earlier runs.
+    Inline SVG, so the report stays one self-contained file; a small script records each chart's
+    rendered size in ``data-rendered`` (what the headless-browser test reads)."""
+    by_gpu: dict[str, list[CycleResult]] = {}
+    for r in results:
+        if r.attempted:
+            by_gpu.setdefault(r.bdf, []).append(r)
+    history = {g["bdf"]: g for g in (document or {}).get("gpus", []) if isinstance(g, dict)}
+    parts = []
+    for g in verdict.gpus:
+        mine = by_gpu.get(g.bdf, [])
+        if mine:
+            parts.append(_cycles_chart(g.bdf, mine))
+        h = history.get(g.bdf, {})
+        if len(h.get("history", [])) > 1:
+            parts.append(_history_chart(g.bdf, h["history"], h.get("trends", [])))
+    if not parts:
+        return ""
+    script = ("<script>window.addEventListener('load',function(){document.querySelectorAll('svg.gpusoak-chart')"
+              ".forEach(function(s){var r=s.getBoundingClientRect();s.setAttribute('data-rendered',"
+              "Math.round(r.width)+'x'+Math.round(r.height)+'/'+s.querySelectorAll('circle,polyline,path,rect').length)})"
+              "});</script>")
+    return (f'<h3>Charts</h3><div id="gpusoak-charts" style="display:flex;flex-wrap:wrap;gap:8px">'
+            f'{"".join(parts)}</div>{script}')
+
+
+def _cycles_chart(bdf: str, results: list[CycleResult]) -> str:
+    ys = [r.recovery_s for r in results if r.outcome == RECOVERED and r.recovery_s is not None]
+    top = max(ys) if ys else 1.0
+    top = top * 1.1 or 1.0
+    n = len(results)
+
+    def x(i: int) -> float:
+        return _PAD + (_W - 2 * _PAD) * (i / max(1, n - 1))
+
+    def y(v: float) -> float:
+        return _H - _PAD + (-(_H - 2 * _PAD) * (v / top))
+
+    points = [f"{x(i):.1f},{y(r.recovery_s):.1f}" for i, r in enumerate(results)
+              if r.outcome == RECOVERED and r.recovery_s is not None]
+    fails = [(i, r) for i, r in enumerate(results) if r.outcome != RECOVERED]
+    marks = "".join(f'<circle cx="{x(i):.1f}" cy="{_PAD - 8}" r="4" fill="{_RED}">'
+                    f"<title>{escape(r.action)} cycle {r.cycle}: {escape(r.outcome)} ({escape(r.reason or '')})</title></circle>"
+                    f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{_PAD - 4}" y2="{_H - _PAD}" stroke="{_RED}" '
+                    'stroke-dasharray="2,3"/>' for i, r in fails)
+    line = f'<polyline fill="none" stroke="{_BLUE}" stroke-width="1.2" points="{" ".join(points)}"/>' if points else ""
+    label = (f"{escape(bdf)}: recovery time per cycle ({n} cycles, {len(fails)} failed, red); "
+             f"top {top:.2f} s")
+    return _frame(f"gpusoak-cycles-{bdf}", label, line + marks, f"{top:.2f} s", "0", "cycle →")
+
+
+def _history_chart(bdf: str, points: list[dict], found: list[str]) -> str:
+    n = len(points)
+    rates = [(p["failures"] / p["attempts"]) if p.get("attempts") else 0.0 for p in points]
+    p95 = [p.get("p95_s") for p in points]
+    top_rate = max(rates + [0.01])
+    top_p95 = max([v for v in p95 if v is not None] + [0.001])
+
+    def x(i: int) -> float:
+        return _PAD + (_W - 2 * _PAD) * ((i + 0.5) / n)
+
+    bar_w = max(2.0, (_W - 2 * _PAD) / n * 0.5)
+    bars = "".join(
+        f'<rect x="{x(i) - bar_w / 2:.1f}" y="{_H - _PAD - max(2.0, (_H - 2 * _PAD) * r / top_rate):.1f}" '
+        f'width="{bar_w:.1f}" height="{max(2.0, (_H - 2 * _PAD) * r / top_rate):.1f}" fill="{_RED if r else _GREEN}">'
+        f"<title>{escape(str(points[i].get('run_id')))}: {points[i]['failures']}/{points[i]['attempts']} failed</title></rect>"
+        for i, r in enumerate(rates))
+    line_pts = [f"{x(i):.1f},{_H - _PAD - (_H - 2 * _PAD) * v / top_p95:.1f}" for i, v in enumerate(p95) if v is not None]
+    line = f'<polyline fill="none" stroke="{_BLUE}" stroke-width="1.5" points="{" ".join(line_pts)}"/>' if line_pts else ""
+    label = (f"{escape(bdf)}: failure rate per run (bars, top {top_rate:.1%}; green: none failed) and "
+             f"recovery p95 (line, top {top_p95:.2f} s), {n} runs")
+    if found:
+        label += " — " + escape("; ".join(found))
+    return _frame(f"gpusoak-history-{bdf}", label, bars + line, f"{top_rate:.1%}", "0", "run →")
+
+
+def _frame(ident: str, label: str, body: str, top: str, bottom: str, xlabel: str) -> str:
+    axes = (f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" stroke="{_GREY}"/>'
+            f'<line x1="{_PAD}" y1="{_PAD}" x2="{_PAD}" y2="{_H - _PAD}" stroke="{_GREY}"/>'
+            f'<text x="2" y="{_PAD + 4}" font-size="10">{escape(top)}</text>'
+            f'<text x="2" y="{_H - _PAD}" font-size="10">{escape(bottom)}</text>'
+            f'<text x="{_W - _PAD - 40}" y="{_H - 8}" font-size="10">{escape(xlabel)}</text>')
+    return (f'<figure><svg class="gpusoak-chart" id="{escape(ident)}" '
+            f'width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" role="img" aria-label="{label}">'
+            f"{axes}{body}</svg><figcaption>{label}</figcaption></figure>")
 
 
 _PYPI_LINK = re.compile(r'<a href="https?://[^"]*">(pytest-html)</a>')

@@ -17,7 +17,7 @@ from gpusoak.errors import JournalError
 from gpusoak.journal import JournalContent
 from gpusoak.model import OUTCOMES, Verdict
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
 
 
 def schema() -> dict[str, Any]:
@@ -40,14 +40,19 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
             "cycles_recorded": len(content.results),
             "outcomes": outcomes,
             "journal_problems": content.problems,
+            "profile": h.get("profile"),
         },
         "node": {
             "hostname": verdict.hostname,
+            "name": h.get("node_name") or verdict.hostname,
             "kernel": h.get("kernel"),
             "driver": h.get("driver"),
             "nvml": h.get("nvml"),
             "decision": verdict.decision,
+            "decided_by": verdict.decided_by,
             "evidence": list(verdict.evidence),
+            "reliability": verdict.reliability,
+            "labels": {"gpusoak.io/reset-class": verdict.reliability},
         },
         "gpus": [
             {
@@ -55,6 +60,9 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
                 "uuid": g.uuid,
                 "class": g.gpu_class,
                 "evidence": list(g.evidence),
+                "reliability": {"class": g.reliability, "reasons": list(g.reliability_reasons)},
+                "sequences": g.sequences,
+                "aer_events": g.aer_events,
                 "actions": {
                     name: {
                         "attempts": s.attempts,

@@ -40,6 +40,7 @@ class GpuSpec:
     serial: str
     numa_node: int
     expect: str | None = None  # the class the verdict must give this GPU
+    expect_reliability: str | None = None  # the reliability class a profile's run must give it
     health: dict[str, Any] = field(default_factory=dict)  # NVML readings to start from (see sim.nvml.HEALTH)
     functions: tuple[str, ...] = ()  # extra functions beside graphics: "audio", "usb"
     arch: str = "hopper"  # NVML architecture: ampere, hopper, blackwell
@@ -62,6 +63,7 @@ class Scenario:
     nvswitches: int = 0  # NVSwitch functions on the node (Fabric Manager matters on Ampere)
     actions: tuple[str, ...] = ("flr",)  # the actions the scenario's expected classes assume
     load_seconds: float = 0.0  # default load before each cycle on this node (0: none)
+    expect_decision: dict[str, str] = field(default_factory=dict)  # profile -> the node decision it must give
 
 
 def bundled() -> list[str]:
@@ -127,6 +129,7 @@ def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
         raise ScenarioError("two GPUs share one PCI address")
     holders = {int(pid): str(dev) for pid, dev in data.get("holders", {}).items()}
     return Scenario(
+        expect_decision={str(k): str(v) for k, v in data.get("expect_decision", {}).items()},
         name=str(data.get("name", default_name)),
         description=str(data.get("description", "")),
         hostname=str(data.get("hostname", "sim-node")),
@@ -170,6 +173,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         serial=str(spec.get("serial", f"165022000{index:04d}")),
         numa_node=int(spec.get("numa_node", 0 if bdf.bus < 0x80 else 1)),
         expect=spec.get("expect"),
+        expect_reliability=spec.get("expect_reliability"),
         health=_health(spec.get("health", {})),
         functions=_functions(spec.get("functions", ())),
         arch=str(spec.get("arch", "hopper")),

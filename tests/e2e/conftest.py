@@ -8,10 +8,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def gpusoak(*args, cwd=REPO, timeout=300):
+def gpusoak(*args, cwd=REPO, timeout=300, env=None):
     """The `gpusoak` command as a user runs it, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "gpusoak.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,159 @@
+"""Trends: this run against earlier ones (a history folder of result.json files, or one baseline).
+
+Per GPU (matched by UUID, else by PCI address), four signs that a node is getting worse:
+
+- failure rate rising: this run's failed share of attempts is higher than the earlier runs'
+  pooled share, and a one-sided binomial test says so at the 5 % level;
+- recovery p95 rising: the slowest action's p95 is more than 1.5 times the earlier runs' median
+  p95, and at least half a second more;
+- AER rate rising: AER events per attempt more than double the earlier mean, with at least 3 events;
+- class falling: the reliability class is worse than in the latest earlier run.
+
+Corrupt or foreign files in the history are reported and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpusoak.score import RELIABILITY_CLASSES
+
+P95_FACTOR, P95_MIN_S = 1.5, 0.5
+AER_FACTOR, AER_MIN_EVENTS = 2.0, 3
+ALPHA = 0.05
+
+
+@dataclass
+class History:
+    runs: list[dict[str, Any]] = field(default_factory=list)  # earlier result.json documents, oldest first
+    problems: list[str] = field(default_factory=list)
+
+
+def load(paths: list[Path], exclude_run: str | None = None) -> History:
+    """Earlier results from files and folders (``*.json`` inside). Unreadable ones become problems."""
+    files: list[Path] = []
+    out = History()
+    for p in paths:
+        if p.is_dir():
+            files += sorted(p.glob("*.json"))
+        elif p.exists():
+            files.append(p)
+        else:
+            out.problems.append(f"{p}: no such file or folder")
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+            if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list) or "run" not in doc:
+                raise ValueError("not a gpusoak result.json")
+        except (OSError, ValueError) as err:
+            out.problems.append(f"{f}: skipped ({err})")
+            continue
+        if exclude_run and doc["run"].get("run_id") == exclude_run:
+            continue
+        out.runs.append(doc)
+    out.runs.sort(key=lambda d: str(d["run"].get("started_at") or ""))
+    return out
+
+
+def point(gpu: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """One run of one GPU, as the trend chart and the comparisons use it."""
+    attempts = sum(a.get("attempts", 0) for a in gpu.get("actions", {}).values())
+    successes = sum(a.get("successes", 0) for a in gpu.get("actions", {}).values())
+    p95s = [a["recovery_s"]["p95"] for a in gpu.get("actions", {}).values()
+            if a.get("recovery_s", {}).get("p95") is not None]
+    return {"run_id": run.get("run_id"), "started_at": run.get("started_at"), "attempts": attempts,
+            "failures": attempts - successes, "p95_s": max(p95s) if p95s else None,
+            "aer_events": gpu.get("aer_events", 0),
+            "class": (gpu.get("reliability") or {}).get("class")}
+
+
+def _key(gpu: dict[str, Any]) -> str:
+    return gpu.get("uuid") or gpu["bdf"]
+
+
+def series(history: History) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for doc in history.runs:
+        for g in doc.get("gpus", []):
+            if isinstance(g, dict) and "bdf" in g:
+                out.setdefault(_key(g), []).append(point(g, doc.get("run", {})))
+    return out
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    total = 0.0
+    for i in range(k, n + 1):
+        total += math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                          + i * math.log(p) + (n - i) * math.log1p(-p))
+    return min(1.0, total)
+
+
+def compare(now: dict[str, Any], before: list[dict[str, Any]]) -> list[str]:
+    """The signs of getting worse, as sentences (empty: none)."""
+    found: list[str] = []
+    if not before:
+        return found
+    n_attempts = sum(b["attempts"] for b in before)
+    n_failures = sum(b["failures"] for b in before)
+    if now["attempts"] and now["failures"]:
+        # Earlier rate with one pseudo-failure when there were none: no failure ever seen is not a
+        # rate of zero, and a rate of zero would call any single failure a trend.
+        rate_before = (n_failures + 0.5) / (n_attempts + 1)
+        rate_now = now["failures"] / now["attempts"]
+        p = binomial_tail(now["failures"], now["attempts"], rate_before)
+        if rate_now > rate_before and p < ALPHA:
+            found.append(f"failure rate rising: {now['failures']}/{now['attempts']} ({rate_now:.1%}) against "
+                         f"{n_failures}/{n_attempts} in {len(before)} earlier run(s) (p = {p:.3g})")
+    p95s = [b["p95_s"] for b in before if b["p95_s"] is not None]
+    if now["p95_s"] is not None and p95s:
+        med = statistics.median(p95s)
+        if now["p95_s"] > P95_FACTOR * med and now["p95_s"] - med >= P95_MIN_S:
+            found.append(f"recovery p95 rising: {now['p95_s']:.2f} s against a median of {med:.2f} s before")
+    rates = [b["aer_events"] / b["attempts"] for b in before if b["attempts"]]
+    if now["attempts"] and now["aer_events"] >= AER_MIN_EVENTS and rates:
+        mean = statistics.fmean(rates)
+        rate = now["aer_events"] / now["attempts"]
+        if rate > AER_FACTOR * mean:
+            found.append(f"AER rate rising: {rate:.2f} per attempt against {mean:.2f} before")
+    last = before[-1].get("class")
+    if now.get("class") in RELIABILITY_CLASSES and last in RELIABILITY_CLASSES \
+            and RELIABILITY_CLASSES.index(now["class"]) > RELIABILITY_CLASSES.index(last):
+        found.append(f"class falling: {now['class']}, it was {last}")
+    return found
+
+
+def annotate(document: dict[str, Any], history: History) -> dict[str, Any]:
+    """Add each GPU's history and trends (and the history's problems) to a result.json document."""
+    past = series(history)
+    for g in document.get("gpus", []):
+        before = past.get(_key(g), [])
+        now = point(g, document.get("run", {}))
+        g["history"] = before + [now]
+        g["trends"] = compare(now, before)
+    document["trends"] = {"earlier_runs": len(history.runs), "problems": history.problems,
+                          "worsening": sorted(g["bdf"] for g in document.get("gpus", []) if g.get("trends"))}
+    return document
+
+
+def before_classes(history: History) -> dict[str, str]:
+    """Each GPU's class in the latest earlier run (by UUID and by address)."""
+    out: dict[str, str] = {}
+    for doc in history.runs:
+        for g in doc.get("gpus", []):
+            cls = (g.get("reliability") or {}).get("class") if isinstance(g, dict) else None
+            if cls:
+                out[g.get("uuid") or g["bdf"]] = cls
+                out[g["bdf"]] = cls
+    return out

@@ -1,0 +1,111 @@
+"""The deploy files: Kubernetes manifests validated offline against the Kubernetes schemas (the
+kubernetes-validate package carries them), the CI files and the systemd unit parsed and checked."""
+
+import configparser
+import os
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_VERSION = "1.30.0"
+MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+
+
+def _docs(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifests_validate_against_the_kubernetes_schemas(path):
+    for doc in _docs(path):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_a_broken_manifest_is_caught():
+    job = _docs(DEPLOY / "k8s" / "job-acceptance.yaml")[0]
+    job["spec"]["completionMode"] = 3
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_the_pods_get_what_destructive_resets_need_and_write_results():
+    job = _docs(DEPLOY / "k8s" / "job-acceptance.yaml")[0]
+    ds = _docs(DEPLOY / "k8s" / "daemonset-nightly.yaml")[0]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"]
+    for pod in (job["spec"]["template"]["spec"], ds["spec"]["template"]["spec"]):
+        c = pod["containers"][0]
+        assert c["securityContext"]["privileged"] is True and pod["serviceAccountName"] == "gpusoak"
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert {"/sys", "/dev"} <= mounts
+        hostpaths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+        assert {"/sys", "/dev"} <= hostpaths
+        script = " ".join(c["args"])
+        assert "--destructive" in script and '--node-name "$NODE_NAME"' in script
+        assert "--scheduler k8s --apply" in script
+        assert any(e["name"] == "NODE_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+                   for e in c["env"])
+        assert any(t["key"] == "gpusoak.io/quarantine" for t in pod["tolerations"])  # it must reach a tainted node
+    anti = job["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert "--profile nightly" in " ".join(ds["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_the_role_allows_exactly_labelling_and_tainting_nodes():
+    docs = {d["kind"]: d for d in _docs(DEPLOY / "k8s" / "rbac.yaml")}
+    (rule,) = docs["ClusterRole"]["rules"]
+    assert rule == {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
+    assert docs["ClusterRoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"]
+
+
+def test_github_workflow_runs_nightly_and_publishes_junit_and_html():
+    wf = yaml.safe_load((DEPLOY / "ci" / "github-workflow.yml").read_text())
+    on = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert on["schedule"][0]["cron"] == "0 2 * * *"
+    (job,) = wf["jobs"].values()
+    assert "gpu" in job["runs-on"] and "self-hosted" in job["runs-on"]
+    steps = {s.get("name"): s for s in job["steps"]}
+    run = " ".join(s.get("run", "") for s in job["steps"])
+    assert "--profile nightly" in run and "--report-dir gpusoak-report" in run
+    junit = next(s for s in job["steps"] if "junit" in s.get("uses", ""))
+    assert junit["with"]["report_paths"] == "gpusoak-report/junit.xml" and junit["if"] == "always()"
+    upload = next(s for s in steps.values() if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert "gpusoak-report/report.html" in upload["with"]["path"]
+
+
+def test_gitlab_job_runs_on_a_schedule_and_reports_junit():
+    ci = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())
+    job = ci["gpusoak-nightly"]
+    assert job["tags"] == ["gpu"] and any("schedule" in r["if"] for r in job["rules"])
+    assert job["artifacts"]["reports"]["junit"] == "gpusoak-report/junit.xml"
+    assert "gpusoak-report/report.html" in job["artifacts"]["paths"] and job["artifacts"]["when"] == "always"
+    assert any("--profile nightly" in line for line in job["script"])
+
+
+def test_the_systemd_unit_runs_readmission_after_the_nvidia_services_and_applies_it():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((DEPLOY / "systemd" / "gpusoak-readmission.service").read_text())
+    assert unit["Service"]["Type"] == "oneshot"
+    after = unit["Unit"]["After"].split()
+    assert {"nvidia-persistenced.service", "nvidia-fabricmanager.service"} <= set(after)
+    assert "--profile readmission" in unit["Service"]["ExecStart"] and "--destructive" in unit["Service"]["ExecStart"]
+    assert "--apply" in unit["Service"]["ExecStartPost"]
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    analyze = subprocess.run(["systemd-analyze", "--version"], capture_output=True) if \
+        os.path.exists("/usr/bin/systemd-analyze") else None
+    if analyze is not None and analyze.returncode == 0:
+        done = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                               str(DEPLOY / "systemd" / "gpusoak-readmission.service")], capture_output=True, text=True)
+        assert "Unknown" not in done.stderr and "Invalid" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("script", ["submit", "gpusoak.sbatch", "gpusoak-task.sh"])
+def test_the_slurm_scripts_are_executable_and_parse(script):
+    path = DEPLOY / "slurm" / script
+    assert os.access(path, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0

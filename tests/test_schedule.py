@@ -1,0 +1,144 @@
+"""The scheduler: the node gate, lines of simulated time, parallel against serial, budgets,
+rotation and progress, on the simulated node."""
+
+import threading
+import time
+
+import pytest
+
+from gpusoak.clock import VirtualClock
+from gpusoak.model import PciAddress
+from gpusoak.schedule import NodeGate, Plan, Scheduler, supported_actions
+from gpusoak.sim import open_sim_node
+from gpusoak.sim import scenario as scenarios
+from gpusoak.soak import Soak, SoakOptions
+from gpusoak.sprt import SprtParams
+
+
+def _soak(tmp_path, scenario, actions, name="j"):
+    sim = open_sim_node(scenario)
+    gpus = sim.node.gpus()
+    soak = Soak(sim.node, "r", SoakOptions(actions=actions, destructive=True, load_seconds=0.0), gpus)
+    soak.start(tmp_path / f"{name}.jsonl")
+    return sim, soak
+
+
+def _run(tmp_path, scenario, plan, name="j", **kw):
+    sim, soak = _soak(tmp_path, scenario, plan.actions, name)
+    try:
+        sched = Scheduler(soak, plan, **kw)
+        sched.run()
+        return sched
+    finally:
+        soak.journal.close()
+        sim.node.close()
+
+
+def test_the_gate_keeps_node_actions_apart_from_gpu_cycles():
+    gate = NodeGate()
+    order: list[str] = []
+    entered = threading.Event()
+
+    def gpu_cycle():
+        with gate.shared():
+            order.append("shared in")
+            entered.set()
+            time.sleep(0.2)
+            order.append("shared out")
+
+    def node_cycle():
+        entered.wait()
+        with gate.exclusive():
+            order.append("exclusive")
+
+    threads = [threading.Thread(target=gpu_cycle), threading.Thread(target=node_cycle)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    # A new shared holder waits while the exclusive side is waiting: it is not starved.
+    late = threading.Thread(target=lambda: (gate.shared().__enter__(), order.append("late shared")))
+    time.sleep(0.05)
+    late.start()
+    for t in threads + [late]:
+        t.join(5)
+    assert order == ["shared in", "shared out", "exclusive", "late shared"]
+
+
+def test_each_worker_has_its_own_line_of_time_and_merge_takes_the_latest():
+    clock = VirtualClock(start=10.0)
+    ends = []
+
+    def work(seconds):
+        with clock.branch():
+            clock.sleep(seconds)
+            ends.append(clock.monotonic())
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (5, 30, 12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(ends) == [15.0, 22.0, 40.0] and clock.monotonic() == 10.0
+    clock.merge(ends)
+    assert clock.monotonic() == 40.0  # the node's time is its slowest worker's
+
+
+@pytest.mark.parametrize("node", ["mixed-fleet/node-a", "mixed-fleet/node-b"])
+def test_parallel_and_serial_runs_give_the_same_results(tmp_path, node):
+    actions = scenarios.load(node).actions
+    plan = Plan(actions=actions, sequential=SprtParams(cap=200))
+    par = _run(tmp_path, node, plan, "par")
+    ser = _run(tmp_path, node, Plan(actions=actions, sequential=SprtParams(cap=200), parallel=False), "ser")
+
+    def outcomes(s):
+        return sorted((r.bdf, r.action, r.cycle, r.outcome, r.reason, r.recovered_by) for r in s.results)
+
+    assert outcomes(par) == outcomes(ser)
+    assert {k: v.outcome for k, v in par.sequences.items()} == {k: v.outcome for k, v in ser.sequences.items()}
+    assert par.node_seconds < ser.node_seconds / 2  # four or five GPUs at once
+
+
+def test_a_budget_stops_every_worker_and_rotation_leaves_each_action_with_cycles(tmp_path):
+    plan = Plan(actions=("flr", "rebind", "vfio_cycle"), sequential=SprtParams(cap=1000), budget_s=60.0, rotate=True)
+    sched = _run(tmp_path, "mixed-fleet/node-b", plan)
+    assert all(s.stopped for s in sched.sequences.values())
+    for bdf in ("0000:18:00.0", "0000:19:00.0"):  # the healthy GPUs: cut by the budget, undecided
+        cut = [s for (b, _), s in sched.sequences.items() if b == bdf]
+        assert all(s.stopped == "budget" and s.outcome == "undecided" and s.failures == 0 for s in cut), cut
+        counts = [s.cycles for s in cut]
+        assert min(counts) > 10 and max(counts) - min(counts) <= 1  # taken in turn
+    longest = max(r.duration_s for r in sched.results)
+    assert sched.node_seconds <= plan.budget_s + longest + 1
+
+
+def test_progress_reports_cycles_failures_estimate_and_time_left(tmp_path):
+    seen = []
+    plan = Plan(actions=("flr",), sequential=SprtParams(cap=300))
+    _run(tmp_path, "mixed-fleet/node-e", plan, on_progress=lambda p: seen.append([vars(g).copy() for g in p.gpus.values()]),
+         progress_every_s=0.0)
+    middle = [g for snap in seen[:-1] for g in snap if g["cycles"] and not g["done"]]
+    assert middle and all(g["left_s"] is not None and g["left_s"] >= 0 for g in middle)
+    assert any("flr" in g["estimate"] for g in middle)
+    last = {g["bdf"]: g for g in seen[-1]}
+    assert all(g["done"] for g in last.values())
+    assert last["0000:18:00.0"]["cycles"] == 150 and last["0000:18:00.0"]["failures"] == 0
+
+
+def test_supported_actions_are_those_some_gpu_can_run(tmp_path):
+    sim, soak = _soak(tmp_path, "mixed-fleet/node-c", ("flr",))
+    try:
+        got = supported_actions(sim.node, soak.gpus, soak.ctx)
+        assert "flr" in got and "pm_reset" not in got  # NVIDIA GPUs list no pm reset method
+        assert "bus_reset" in got  # refused only for the two GPUs behind one switch
+        assert "module_reload" not in got  # nvidia-persistenced is active and may not be stopped
+    finally:
+        soak.journal.close()
+        sim.node.close()
+
+
+def test_a_gpu_taken_out_of_the_run_stops_its_worker(tmp_path):
+    plan = Plan(actions=("flr", "rebind"), sequential=SprtParams(cap=300))
+    sched = _run(tmp_path, "mixed-fleet/node-b", plan)  # 0000:5d:00.0 sticks in D3cold: reboot required
+    flr, rebind = sched.sequences[("0000:5d:00.0", "flr")], sched.sequences[("0000:5d:00.0", "rebind")]
+    assert flr.outcome == "unreliable" and rebind.stopped == "out_of_service" and rebind.cycles < 150
+    assert PciAddress.parse("0000:5d:00.0") in sched.soak.out_of_service
