@@ -74,9 +74,13 @@ def test_html_is_self_contained_and_agrees(default_run):
     assert not re.search(r'<(?:script|link|img)[^>]+(?:src|href)="(?!data:)[^"]+', page)
     summary = page[page.index('<div id="gpusoak-summary">'):]
     assert '<span id="gpusoak-decision"' in summary and ">quarantine</span>" in summary
+    table = summary[summary.index('<table id="gpusoak-gpus"'):]
+    reliability = summary[summary.index('<table id="gpusoak-reliability-table"'):]
     for g in result["gpus"]:
-        row = re.search(rf"<tr><td>{re.escape(g['bdf'])}</td>.*?</tr>", summary).group(0)
+        row = re.search(rf"<tr><td>{re.escape(g['bdf'])}</td>.*?</tr>", table).group(0)
         assert f">{g['class']}</td>" in row
+        row = re.search(rf"<tr><td>{re.escape(g['bdf'])}</td>.*?</tr>", reliability).group(0)
+        assert f">{g['reliability']['class']}</td>" in row
     blob = json.loads(html.unescape(re.search(r'data-jsonblob="([^"]*)"', page).group(1)))
     outcomes = [t["result"] for tests in blob["tests"].values() for t in tests]
     assert outcomes.count("Failed") == 20 - next(
