@@ -33,6 +33,9 @@ from typing import Any
 from gpusoak.host.commands import CommandResult, Runner, SubprocessRunner
 
 DRAIN = ("quarantine", "reboot_required", "keep_quarantined")
+# Slurm and Kubernetes node names: letters, digits, dot, dash, underscore; never a leading dash
+# (it would read as an option) and no space or "=" (it would read as another scontrol field).
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 REASON_PREFIX = "gpusoak:"
 LABEL = "gpusoak.io/reset-class"
 TAINT = "gpusoak.io/quarantine"
@@ -105,8 +108,12 @@ def row_of(doc: Any, path: Path) -> Row:
             worst_rank, worst = rank, g.get("bdf", "")
             reasons = (g.get("reliability") or {}).get("reasons") or g.get("evidence") or []
             why = str(reasons[0]) if reasons else ""
+    name = str(node.get("name") or node.get("hostname") or path.parent.name)
+    if not NODE_NAME.fullmatch(name):
+        # The name becomes an argument of scontrol or kubectl: only a plain node name may.
+        raise ValueError(f"node name {name[:80]!r} is not a plain node name")
     return Row(
-        node=str(node.get("name") or node.get("hostname") or path.parent.name),
+        node=name,
         hostname=str(node.get("hostname", "")), run_id=str(run.get("run_id") or ""),
         started_at=str(run.get("started_at") or ""), decision=str(node["decision"]),
         decided_by=str(node.get("decided_by") or "fixed"),
