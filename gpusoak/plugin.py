@@ -256,7 +256,7 @@ class SoakRun:
             return self.scheduled
         assert self.soak is not None and self.plan is not None
         self.scheduler = Scheduler(self.soak, self.plan, on_progress=self._progress,
-                                   progress_every_s=0.0 if self.node and self.node.simulated else 5.0)
+                                   progress_every_s=1.0 if self.node and self.node.simulated else 5.0)
         try:
             self.scheduler.run()
         finally:
