@@ -8,17 +8,21 @@ journal, result.json, junit.xml and a summary (guest.json) into OUT.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from gpusoak.errors import GpusoakError
 from gpusoak.host.node import open_real_node
 from gpusoak.report import build as report_build
 from gpusoak.soak import Soak, SoakOptions
 
 # vendor:device of the emulated functions (shared/reference/qemu-real-kernel-tier.md)
-WANTED = {"nvme": (0x1B36, 0x0010), "virtio-net": (0x1AF4, 0x1041), "e1000e": (0x8086, 0x10D3), "edu": (0x1234, 0x11E8)}
+WANTED = {"nvme": (0x1B36, 0x0010), "virtio-net": (0x1AF4, 0x1041), "e1000e": (0x8086, 0x10D3), "edu": (0x1234, 0x11E8),
+          "igb": (0x8086, 0x10C9)}
+IGB_VF = (0x8086, 0x10CA)
 ACTIONS = ("flr", "pm_reset", "bus_reset", "rebind", "remove_rescan", "vfio_cycle")
 CYCLES = 3
 
@@ -59,7 +63,9 @@ def main(out: Path) -> int:
     soak.journal.close()
     report_build.rebuild(out / "journal.jsonl", out)
     summary["cli"] = _cli(out, [found["nvme"][0], found["virtio-net"][0], found["e1000e"][0]])
-    summary["aer_fatal"] = _aer_fatal(node, out, _p(found["virtio-net"][0]))  # last: the port's link is reset
+    summary["aer_fatal"] = _aer_fatal(node, out, _p(found["virtio-net"][0]))  # the port's link is reset
+    # Last of all: a VF reset that never returns leaves its PF's lock held.
+    summary["igb"] = _sriov(node, out, _p(found["igb"][0])) if found.get("igb") else None
     summary["finished"] = time.time()
     (out / "kmsg.txt").write_text("\n".join(f"[{r.usec / 1e6:12.6f}] {r.message}" for r in node.kmsg.records_since(-1)))
     (out / "guest.json").write_text(json.dumps(summary, indent=2))
@@ -127,6 +133,44 @@ def _module_reload(node, out: Path, devices: list, held) -> dict:
                          "driver": next((c.detail for c in r.checks if c.name == "driver"), None)} for r in results],
             "steps": [str(x) for x in ACTIONS["module_reload"].steps(node, None, options.context_for(devices))],
             "refused": [{"reason": f.reason, "detail": f.detail} for f in refused]}
+
+
+def _sriov(node, out: Path, pf) -> dict:
+    """igb with SR-IOV: enable two virtual functions, soak each with rebind and flr (named as
+    --devices would name them), then disable them again. Every cycle must be a result; what the
+    VF's FLR did is recorded as the kernel and QEMU did it."""
+    fn = node.sysfs.function(pf)
+    node.sysfs.write(fn.path / "sriov_numvfs", "2", timeout_s=60, what="enabling 2 VFs")
+    deadline = time.monotonic() + 30
+    vfs: list = []
+    while time.monotonic() < deadline:
+        vfs = [b for b in node.sysfs.pci_devices()
+               if (node.sysfs.function(b).vendor, node.sysfs.function(b).device_id) == IGB_VF]
+        if len(vfs) == 2 and all(node.sysfs.function(b).driver for b in vfs):
+            break
+        time.sleep(0.5)
+    out_vfs = {"pf": str(pf), "vfs": [str(b) for b in vfs],
+               "drivers": {str(b): node.sysfs.function(b).driver for b in vfs},
+               "reset_methods": {str(b): list(node.sysfs.function(b).reset_methods or ()) for b in vfs}}
+    if vfs:
+        options = SoakOptions(cycles=3, actions=("rebind", "flr"), destructive=True, ladder=False,
+                              recovery_deadline_s=15.0, write_timeout_s=10.0, load_seconds=0.0)
+        soak = Soak(node, "realkernel-sriov", options, vfs)
+        soak.start(out / "sriov.jsonl", None)
+        # rebind first: a VF whose FLR hangs is taken out of the run, and rebind would never run.
+        results = [soak.run_cycle(b, a, c) for a in ("rebind", "flr") for c in (1, 2, 3) for b in vfs]
+        soak.journal.close()
+        out_vfs["results"] = [{"bdf": r.bdf, "action": r.action, "outcome": r.outcome,
+                               "findings": [f.reason + ": " + f.detail for f in r.findings]} for r in results]
+    try:
+        node.sysfs.write(fn.path / "sriov_numvfs", "0", timeout_s=10, what="disabling the VFs")
+        out_vfs["disabled"] = "ok"
+    except GpusoakError as err:  # a hung VF reset holds the device lock: say so and go on
+        out_vfs["disabled"] = f"{type(err).__name__}: {err}"
+    time.sleep(1.0)
+    out_vfs["after"] = [str(b) for b in node.sysfs.pci_devices()
+                        if (node.sysfs.function(b).vendor, node.sysfs.function(b).device_id) == IGB_VF]
+    return out_vfs
 
 
 def _hang(node, out: Path, bdf) -> dict:
@@ -234,8 +278,13 @@ def _p(text: str):
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     try:
-        sys.exit(main(out))
+        code = main(out)
     except Exception:
         (out / "guest-error.txt").write_text(traceback.format_exc())
         traceback.print_exc()
-        sys.exit(1)
+        code = 1
+    # Said before exiting: a thread still blocked in the kernel can keep this process from
+    # exiting at all, and the host then stops the VM (tier.FINISHED_GRACE_S).
+    (out / "exit-code").write_text(f"{code}\n")
+    os.sync()
+    sys.exit(code)

@@ -39,7 +39,7 @@ def _dev(guest, name, i=0):
 
 def test_the_guest_sees_its_devices_with_the_kernels_reset_methods(guest):
     s = guest["summary"]
-    assert set(s["devices"]) == {"nvme", "virtio-net", "e1000e", "edu"} and len(s["devices"]["edu"]) == 2
+    assert set(s["devices"]) - {"igb"} == {"nvme", "virtio-net", "e1000e", "edu"} and len(s["devices"]["edu"]) == 2
     assert s["reset_methods"][_dev(guest, "nvme")] == ["flr", "bus"]
     assert s["reset_methods"][_dev(guest, "virtio-net")] == ["flr", "pm", "bus"]
     assert s["reset_methods"][_dev(guest, "e1000e")] == ["pm", "bus"]
@@ -169,11 +169,35 @@ def test_an_injected_fatal_aer_is_attributed_fails_a_cycle_and_the_device_is_jud
     assert f["after"]["outcome"] in ("recovered", "failed", "hung")
 
 
-def test_an_injected_correctable_aer_never_fails_a_cycle(guest):
-    """QEMU accepts the correctable injection; neither kernel has logged it here (guest.json keeps
-    the device's error-reporting bits for the note). Whatever arrives must not be fatal."""
+def test_an_injected_correctable_aer_is_attributed_counted_and_never_fails_a_cycle(guest):
     aer = guest["summary"]["aer"]
+    vnet = _dev(guest, "virtio-net")
     assert '"OK id: vnet' in aer["replies"]["aer-correctable"]
     corrected = [e for e in aer["events"] if e["severity"] == "corrected"]
     assert not [e for e in corrected if e["text"] in aer["fatal"]]
-    print("correctable AER:", len(corrected), "event(s); config:", aer.get("config"))
+    if not json.loads((guest["out"] / "qemu.json").read_text())["igb"]:
+        # QEMU 7.2 (Debian 12's) sets the device's Correctable Error Status but sends no message:
+        # the kernel never hears of it. Seen on 2026-11-22; backports' QEMU 10 delivers it.
+        pytest.skip(f"this QEMU does not deliver correctable AER messages (device config: {aer.get('config')})")
+    assert corrected and all(e["pci"] == vnet for e in corrected), aer["events"]
+    assert aer["after"]["correctable"] == aer["before"]["correctable"] + 1  # aer_dev_correctable moved
+
+
+def test_igb_sr_iov_virtual_functions_are_soaked_and_every_cycle_is_a_result(guest):
+    qemu = json.loads((guest["out"] / "qemu.json").read_text())
+    if not qemu["igb"]:
+        pytest.skip("this QEMU has no igb (QEMU 8.0 and later have it) and bookworm-backports' could not be fetched")
+    igb = guest["summary"]["igb"]
+    assert igb and len(igb["vfs"]) == 2 and set(igb["drivers"].values()) == {"igbvf"}, igb
+    assert all("flr" in m for m in igb["reset_methods"].values())
+    by_action = {}
+    for r in igb["results"]:
+        by_action.setdefault(r["action"], []).append(r)
+    assert [r["outcome"] for r in by_action["rebind"]] == ["recovered"] * 6, by_action["rebind"]
+    # The VF's FLR under QEMU's igb: whatever it did is a result with its reason, never a crash.
+    # (Seen on 2026-11-22 with QEMU 10.0.2: the reset write never returned; the VF was reported
+    # hung and taken out of the run.)
+    flr = by_action["flr"]
+    assert len(flr) == 6 and all(r["outcome"] in ("recovered", "failed", "hung", "skipped") for r in flr)
+    assert all(r["findings"] for r in flr if r["outcome"] != "recovered")
+    print("igb VF FLR outcomes:", [r["outcome"] for r in flr], "; disabling the VFs:", igb.get("disabled"))

@@ -11,6 +11,7 @@ with this checkout's Python. See shared/reference/qemu-real-kernel-tier.md.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import lzma
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +34,10 @@ KERNELS = {
     "bookworm": None,
     "bookworm-backports": "deb http://deb.debian.org/debian bookworm-backports main",
 }
-MODULES = ("9pnet_virtio", "9p", "overlay", "nvme", "virtio_net", "e1000e", "vfio-pci", "virtio_pci")
+MODULES = ("9pnet_virtio", "9p", "overlay", "nvme", "virtio_net", "e1000e", "vfio-pci", "virtio_pci", "igb", "igbvf")
+# igb (with SR-IOV) arrived in QEMU 8.0; Debian 12 has 7.2, and bookworm-backports has a newer one.
+# It is fetched like the kernels and run from the cache; without it the tier runs without igb.
+QEMU_PACKAGES = ("qemu-system-x86", "qemu-system-data", "qemu-system-common")
 GUEST_TIMEOUT_S = 900
 
 
@@ -98,6 +103,46 @@ def kernel(suite: str = "bookworm") -> tuple[Path, Path, str]:
         _run(["depmod", "-b", str(root), release])
     last.write_text(release + "\n")
     return vmlinuz, root, release
+
+
+@dataclass(frozen=True)
+class Qemu:
+    binary: str
+    env: dict[str, str]
+    args: tuple[str, ...]  # -L DATADIR for a cached build
+    igb: bool
+
+
+def qemu() -> Qemu:
+    """QEMU with igb from bookworm-backports (cached), else the machine's own (without igb)."""
+    system = Qemu("qemu-system-x86_64", {}, (), False)
+    root = CACHE / "qemu-backports"
+    binary = root / "usr" / "bin" / "qemu-system-x86_64"
+    if not binary.exists():
+        apt = _apt("bookworm-backports")
+        if not any((CACHE / "apt-bookworm-backports" / "lists").glob("*Packages*")):
+            _run(["apt-get", *apt, "update", "-qq"])
+        debs = CACHE / "debs-qemu"
+        debs.mkdir(parents=True, exist_ok=True)
+        _run(["apt-get", *apt, "download", "-qq", *QEMU_PACKAGES], cwd=debs)
+        got = sorted(debs.glob("*.deb"))
+        if len(got) < len(QEMU_PACKAGES):
+            return system
+        shutil.rmtree(root, ignore_errors=True)
+        for deb in got:
+            _run(["dpkg", "-x", str(deb), str(root)])
+    env = {"QEMU_MODULE_DIR": str(root / "usr" / "lib" / "x86_64-linux-gnu" / "qemu")}
+    candidate = Qemu(str(binary), env, ("-L", str(root / "usr" / "share" / "qemu")), True)
+    probe = subprocess.run([candidate.binary, *candidate.args, "-machine", "q35,accel=tcg", "-display", "none",
+                            "-monitor", "none", "-serial", "none", "-device", "igb,netdev=n", "-netdev", "hubport,id=n,hubid=0",
+                            "-S", "-daemonize", "-pidfile", str(CACHE / "qemu-probe.pid")],
+                           capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    pid = (CACHE / "qemu-probe.pid").read_text().strip() if (CACHE / "qemu-probe.pid").exists() else ""
+    if pid.isdigit():
+        with contextlib.suppress(OSError):
+            os.kill(int(pid), 15)
+    (CACHE / "qemu-probe.pid").unlink(missing_ok=True)
+    return candidate if probe.returncode == 0 else system
 
 
 def _module_files(root: Path, release: str) -> list[Path]:
@@ -184,6 +229,11 @@ DEVICES = [
 ]
 
 
+# An igb NIC behind its own root port; the guest enables two SR-IOV virtual functions on it.
+IGB = ["-device", "pcie-root-port,id=rp6,chassis=6,slot=6", "-device", "igb,id=igb0,bus=rp6,netdev=n6",
+       "-netdev", "hubport,id=n6,hubid=6"]
+
+
 def boot(out_dir: Path, suite: str = "bookworm") -> tuple[int, str, float]:
     """Build what is missing, boot the guest on the suite's kernel, wait for it; returns (exit of
     the guest script, console, seconds)."""
@@ -194,18 +244,22 @@ def boot(out_dir: Path, suite: str = "bookworm") -> tuple[int, str, float]:
     work.mkdir(parents=True, exist_ok=True)
     (out_dir / "tmp").mkdir(exist_ok=True)
     initrd = initramfs(root, release, work, out_dir)
-    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg,kernel-irqchip=split", "-cpu", "max", "-smp", "2",
+    emu = qemu()
+    devices = DEVICES + (IGB if emu.igb else [])
+    argv = [emu.binary, *emu.args, "-machine", "q35,accel=tcg,kernel-irqchip=split", "-cpu", "max", "-smp", "2",
             "-m", "1536", "-nographic", "-no-reboot", "-device", "intel-iommu,intremap=on",
             "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 softlockup_panic=1 intel_iommu=on pcie_ports=native loglevel=6",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-            "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none", *DEVICES]
+            "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none", *devices]
     qmp = work / "qmp.sock"
     qmp.unlink(missing_ok=True)
     argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    (out_dir / "qemu.json").write_text(json.dumps({"binary": emu.binary, "igb": emu.igb}))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **emu.env})
     faults = threading.Thread(target=_serve_faults, args=(out_dir, qmp, proc), daemon=True)
     faults.start()
     try:
@@ -217,6 +271,9 @@ def boot(out_dir: Path, suite: str = "bookworm") -> tuple[int, str, float]:
     seconds = time.monotonic() - start
     (out_dir / "console.log").write_text(console)
     code = next((int(ln.split()[1]) for ln in console.splitlines() if ln.startswith("GUEST-EXIT ")), -1)
+    if code == -1 and (out_dir / "exit-code").exists():  # stopped by the host after the script finished
+        code = int((out_dir / "exit-code").read_text().strip() or -1)
+        console += "\nHOST: the guest script finished but the VM did not power off; stopped by the host"
     return code, console, seconds
 
 
@@ -230,9 +287,21 @@ FAULTS = {
 }
 
 
+FINISHED_GRACE_S = 20.0  # after the guest script says it finished, the VM gets this long to power off
+
+
 def _serve_faults(out_dir: Path, qmp: Path, proc: subprocess.Popen) -> None:
     done: set[str] = set()
+    finished_at = None
     while proc.poll() is None:
+        # A guest thread stuck in the kernel (a reset that never returns) keeps the guest's
+        # process from exiting, and so the VM from powering off: once the script has written its
+        # exit code, the host stops the VM after a grace period.
+        if finished_at is None and (out_dir / "exit-code").exists():
+            finished_at = time.monotonic()
+        if finished_at is not None and time.monotonic() - finished_at > FINISHED_GRACE_S:
+            proc.kill()
+            return
         for name, hmp in FAULTS.items():
             if name in done or not (out_dir / f"request-{name}").exists():
                 continue
