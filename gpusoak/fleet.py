@@ -30,7 +30,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from gpusoak.files import write_atomically
 from gpusoak.host.commands import CommandResult, Runner, SubprocessRunner
+from gpusoak.score import RELIABILITY_CLASSES
 
 DRAIN = ("quarantine", "reboot_required", "keep_quarantined")
 # Slurm and Kubernetes node names: letters, digits, dot, dash, underscore; never a leading dash
@@ -39,8 +41,7 @@ NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 REASON_PREFIX = "gpusoak:"
 LABEL = "gpusoak.io/reset-class"
 TAINT = "gpusoak.io/quarantine"
-CLASS_ORDER = ("churn-safe", "long-jobs-only", "inconclusive", "quarantine", "hardware-investigation",
-               "reboot-required")
+CLASS_ORDER = RELIABILITY_CLASSES  # best first
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def write(rollup: Rollup, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "fleet.json", "csv": out_dir / "fleet.csv", "html": out_dir / "fleet.html"}
     summary = by_class(rollup)
-    _atomic(paths["json"], json.dumps({"nodes": [asdict(r) for r in rollup.rows], "by_class": summary,
+    write_atomically(paths["json"], json.dumps({"nodes": [asdict(r) for r in rollup.rows], "by_class": summary,
                                        "by_decision": dict(Counter(r.decision for r in rollup.rows)),
                                        "files": rollup.files, "superseded": rollup.superseded,
                                        "problems": rollup.problems}, indent=1) + "\n")
@@ -159,8 +160,8 @@ def write(rollup: Rollup, out_dir: Path) -> dict[str, Path]:
     w.writerow(names)
     for r in rollup.rows:
         w.writerow([getattr(r, n) for n in names])
-    _atomic(paths["csv"], buf.getvalue())
-    _atomic(paths["html"], html(rollup))
+    write_atomically(paths["csv"], buf.getvalue())
+    write_atomically(paths["html"], html(rollup))
     return paths
 
 
@@ -210,12 +211,6 @@ document.querySelectorAll('#fleet th').forEach(function(th){th.addEventListener(
             f'<table id="fleet" border="1" cellpadding="3" style="border-collapse:collapse">'
             f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
             f"<h2>Skipped files</h2><ul>{problems}{more}</ul>{script}</body></html>")
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # -- decisions for the schedulers ------------------------------------------------------------------

@@ -9,11 +9,10 @@ quantiles; the node's and each GPU's reliability class as a one-hot gauge; and t
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
-from gpusoak.errors import JournalError
+from gpusoak.files import write_atomically
 from gpusoak.score import RELIABILITY_CLASSES
 
 _QUANTILES = (("p50", "0.5"), ("p95", "0.95"), ("max", "1"))
@@ -86,11 +85,4 @@ def _epoch(iso: str | None) -> float | None:
 
 
 def write(path: Path, document: dict[str, Any]) -> None:
-    text = render(document)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise JournalError(f"cannot write the metrics file {path}: {err.strerror}", path=str(path)) from err
+    write_atomically(path, render(document), f"the metrics file {path}")

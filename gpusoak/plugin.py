@@ -18,6 +18,7 @@ from gpusoak import journal as journal_mod
 from gpusoak import profile as profile_mod
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.errors import GpusoakError
+from gpusoak.files import write_atomically
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
 from gpusoak.lock import DEFAULT_LOCK, NodeLock
@@ -276,9 +277,7 @@ class SoakRun:
     def _progress(self, progress) -> None:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         doc = {"node_s": progress.node_s, "gpus": [vars(g) for g in progress.gpus.values()]}
-        tmp = self.report_dir / "progress.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, self.report_dir / "progress.json")
+        write_atomically(self.report_dir / "progress.json", json.dumps(doc, indent=1))
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None and not (self.node and self.node.simulated and progress.gpus and
                                    not all(g.done for g in progress.gpus.values())):
@@ -312,15 +311,11 @@ class SoakRun:
             return
         folder = Path(prof["history"])
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{self.run_id}.json"
-            tmp = folder / f".{self.run_id}.json.tmp"
-            tmp.write_text(self.built.result_json.read_text())
-            os.replace(tmp, target)
-        except OSError as err:  # the run's own reports are written; say so, lose nothing
+            write_atomically(folder / f"{self.run_id}.json", self.built.result_json.read_bytes())
+        except (OSError, GpusoakError) as err:  # the run's own reports are written; say so, lose nothing
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:
-                tr.write_line(f"gpusoak: could not add the result to the history {folder}: {err.strerror}")
+                tr.write_line(f"gpusoak: could not add the result to the history {folder}: {err}")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: Any) -> None:

@@ -188,11 +188,6 @@ class NodeGate:
                 self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
                 self._shared += 1
 
-    @property
-    def state(self) -> tuple[int, bool]:
-        with self._cond:
-            return self._shared, self._exclusive
-
 
 class Scheduler:
     def __init__(self, soak: Soak, plan: Plan, on_progress: Callable[[Progress], None] | None = None,

@@ -8,7 +8,6 @@ restore STATE`` re-applies a saved state after a crash.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from gpusoak.actions.base import (
     write,
 )
 from gpusoak.actions.module_reload import ModuleReload
-from gpusoak.errors import GpusoakError, JournalError, UsageError
+from gpusoak.errors import GpusoakError, UsageError
+from gpusoak.files import write_atomically
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import DRIVER_OVERRIDE
 from gpusoak.model import PciAddress
@@ -80,13 +80,7 @@ def _persistence(node: Node, bdf: PciAddress) -> bool | None:
 
 
 def save(state: NodeState, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(state.to_json())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise JournalError(f"cannot save the node's state: {err.strerror}", path=str(path)) from err
+    write_atomically(path, state.to_json(), "the node's state")
 
 
 def load(path: Path) -> NodeState:

@@ -8,11 +8,10 @@ validate every junit.xml gpusoak writes against it.
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from gpusoak.errors import JournalError
+from gpusoak.files import write_atomically
 from gpusoak.journal import JournalContent
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, Verdict
 
@@ -61,9 +60,4 @@ def build(content: JournalContent, verdict: Verdict) -> ET.ElementTree:
 
 
 def write(path: Path, tree: ET.ElementTree) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tree.write(tmp, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise JournalError(f"cannot write {path.name}: {err.strerror}", path=str(path)) from err
+    write_atomically(path, ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True))

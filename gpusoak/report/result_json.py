@@ -7,13 +7,12 @@ rename) so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gpusoak import __version__
-from gpusoak.errors import JournalError
+from gpusoak.files import write_atomically
 from gpusoak.journal import JournalContent
 from gpusoak.model import OUTCOMES, Verdict
 
@@ -79,13 +78,4 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
 
 
 def write(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise JournalError(f"cannot write {path.name}: {err.strerror}", path=str(path)) from err
+    write_atomically(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
