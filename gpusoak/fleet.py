@@ -131,7 +131,7 @@ def collect(folders: Iterable[Path]) -> Rollup:
         try:
             with open(path, "rb") as f:
                 row = row_of(json.load(f), path)
-        except (OSError, ValueError, TypeError, KeyError) as err:  # json errors are ValueErrors
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # json errors are ValueErrors
             out.problems.append(f"{path}: skipped ({type(err).__name__}: {err})"[:500])
             continue
         have = latest.get(row.node)

@@ -48,9 +48,11 @@ def load(paths: list[Path], exclude_run: str | None = None) -> History:
     for f in files:
         try:
             doc = json.loads(f.read_text())
-            if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list) or "run" not in doc:
+            if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list) or not isinstance(doc.get("run"), dict):
                 raise ValueError("not a gpusoak result.json")
-        except (OSError, ValueError) as err:
+            for g in doc["gpus"]:  # every GPU must read as a point, or the file is skipped whole
+                _key(g), point(g, doc["run"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
             out.problems.append(f"{f}: skipped ({err})")
             continue
         if exclude_run and doc["run"].get("run_id") == exclude_run:

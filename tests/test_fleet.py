@@ -43,10 +43,11 @@ def test_rollup_keeps_each_nodes_latest_result_and_skips_bad_files(tmp_path):
     _write(tmp_path, "run1/partial", json.dumps({"node": {"hostname": "x"}, "gpus": []}))
     _write(tmp_path, "run1/foreign", json.dumps([1, 2, 3]))
     _write(tmp_path, "run1/evil", _result("--all State=RESUME", "quarantine", "quarantine"))  # never an argument
+    _write(tmp_path, "run1/odd", json.dumps({"node": {"name": "odd", "decision": "admit"}, "gpus": [5]}))
     r = fleet.collect([tmp_path])
     assert [row.node for row in r.rows] == ["node1", "node2"]
     assert r.rows[0].decision == "quarantine" and r.rows[0].failures == 3 and r.rows[0].worst_gpu == "0000:3a:00.0"
-    assert r.files == 7 and r.superseded == 1 and len(r.problems) == 4
+    assert r.files == 8 and r.superseded == 1 and len(r.problems) == 5
     assert any("is not a plain node name" in p for p in r.problems)
     assert any("broken/result.json: skipped (JSONDecodeError" in p for p in r.problems)
     assert any("partial file" in p for p in r.problems)

@@ -53,8 +53,11 @@ def test_broken_history_files_are_skipped_with_a_reason(tmp_path):
     (folder / "a.json").write_text("{ not json")
     (folder / "b.json").write_text(json.dumps({"something": "else"}))
     (folder / "c.json").write_text(json.dumps(NIGHTS[0]))
+    odd = json.loads(json.dumps(NIGHTS[1]))
+    odd["gpus"][0]["actions"]["flr"] = 5  # the right shape outside, nonsense inside
+    (folder / "d.json").write_text(json.dumps(odd))
     h = trends.load([folder, tmp_path / "missing.json"])
-    assert len(h.runs) == 1 and len(h.problems) == 3
+    assert len(h.runs) == 1 and len(h.problems) == 4
     assert any("a.json: skipped" in p for p in h.problems) and any("no such file" in p for p in h.problems)
 
 
