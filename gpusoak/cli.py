@@ -355,8 +355,13 @@ def _metrics(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"gpusoak: cannot read {args.result}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        text = metrics.render(document)
+    except (AttributeError, KeyError, TypeError) as err:
+        print(f"gpusoak: {args.result} is not a gpusoak result.json ({type(err).__name__}: {err})", file=sys.stderr)
+        return EXIT_USAGE
     if args.out is None:
-        print(metrics.render(document), end="")
+        print(text, end="")
         return EXIT_OK
     metrics.write(args.out, document)
     return EXIT_OK

@@ -136,3 +136,10 @@ def test_label_values_are_escaped(tmp_path):
     families = list(text_string_to_metric_families(metrics.render(doc)))
     nodes = {s.labels["node"] for f in families for s in f.samples}
     assert nodes == {'we"ird\\node\n'}
+
+
+def test_metrics_of_a_file_that_is_not_a_result_is_a_clear_error(tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"node": {}, "gpus": [{"bdf": "x", "actions": {"flr": 3}}]}))
+    done = gpusoak("metrics", bad)
+    assert done.returncode == 2 and "is not a gpusoak result.json" in done.stderr and "Traceback" not in done.stderr
