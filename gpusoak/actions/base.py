@@ -34,6 +34,8 @@ IOMMU = "iommu_group"
 MODULE_NOT_LOADED = "module_not_loaded"
 DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functions outside the run
 
+NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h: minors 0..247 are the GPUs
+
 # Units that hold GPUs open or must not see them vanish (reference 4.4); stopped only when allowed.
 GPU_SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager", "nvidia-dcgm", "dcgm")
 
@@ -159,10 +161,17 @@ def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
         except (GpusoakError, node.nvml.lib.NVMLError):
             pass  # a lost or unbound GPU has no processes NVML can list; /proc still tells
     if isinstance(minor, int):
-        nodes = {str(node.dev_root / f"nvidia{minor}"), f"/dev/nvidia{minor}"}
-        for h in procs.device_holders(nodes, node.proc_root):
-            found.setdefault(h.pid, f"pid {h.pid} ({h.path} open)")
+        for h in procs.rdev_holders([(NVIDIA_MAJOR, minor)], node.proc_root, node.stat):
+            found.setdefault(h.pid, f"pid {h.pid} ({_dev_name(node, h.path)} open)")
     return [found[pid] for pid in sorted(found)]
+
+
+def _dev_name(node: Node, path: str) -> str:
+    """A device node as the operator knows it: the simulated /dev reads as /dev."""
+    try:
+        return "/dev/" + str(Path(path).relative_to(node.dev_root))
+    except ValueError:
+        return path
 
 
 def driver_path(node: Node, driver: str, control: str) -> Path:

@@ -32,6 +32,7 @@ class Node:
     clock: RealClock
     is_root: bool
     dev_root: Path = Path("/dev")
+    stat: Callable[[str | os.PathLike], os.stat_result] = os.stat  # the holder scan's stat seam (st_rdev)
     load_seconds_default: float = 20.0  # load before each cycle unless the user says otherwise
     post_check_seconds_default: float = 5.0
     _close: list[Callable[[], None]] = field(default_factory=list)

@@ -19,6 +19,7 @@ from gpusoak.host.sysfs import Sysfs
 from gpusoak.sim import scenario as scenarios
 from gpusoak.sim.kernel import SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
+from gpusoak.sim.procs import NVIDIA_MAJOR, SimProcesses
 from gpusoak.sim.runner import SimRunner
 from gpusoak.sim.tree import build
 
@@ -39,13 +40,16 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
     sys_root = root / "sys"
     tree = build(sys_root, scenario)
     proc = root / "proc"
+    processes = SimProcesses(proc, root / "dev")
+    for minor in range(len(scenario.gpus)):
+        processes.add_device(f"nvidia{minor}", NVIDIA_MAJOR, minor)
     for pid, device in scenario.holders.items():
-        fd = proc / str(pid) / "fd"
-        fd.mkdir(parents=True, exist_ok=True)
-        (fd / "3").symlink_to(device)
-    proc.mkdir(exist_ok=True)
+        # "/dev/nvidia0" is the simulated node's own /dev/nvidia0; any other path is opened as is.
+        name = device.removeprefix("/dev/") if device.startswith("/dev/") else device
+        processes.spawn(f"holder-{pid}", pid)
+        processes.open(pid, name)
     clock = VirtualClock(time_scale=scenario.time_scale if time_scale is None else time_scale)
-    kernel = SimKernel(sys_root, tree, scenario, clock, scenario.seed if seed is None else seed)
+    kernel = SimKernel(sys_root, tree, scenario, clock, scenario.seed if seed is None else seed, processes)
     nvml = Nvml.open(SimNvmlLib(kernel))
     node = Node(
         backend=f"sim:{scenario.name}",
@@ -60,6 +64,7 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         clock=clock,
         is_root=True,
         dev_root=root / "dev",
+        stat=processes.stat,
         load_seconds_default=scenario.load_seconds,
         post_check_seconds_default=min(scenario.load_seconds, 1.0),
     )

@@ -20,6 +20,7 @@ from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim import profiles
+from gpusoak.sim.procs import SimProcesses
 from gpusoak.sim.scenario import GpuSpec, Scenario
 from gpusoak.sim.tree import (
     AER_COR_NAMES,
@@ -58,7 +59,8 @@ class GpuState:
 
 
 class SimKernel:
-    def __init__(self, root: Path, tree: Tree, scenario: Scenario, clock: VirtualClock, seed: int) -> None:
+    def __init__(self, root: Path, tree: Tree, scenario: Scenario, clock: VirtualClock, seed: int,
+                 processes: SimProcesses | None = None) -> None:
         self.root = root
         self.tree = tree
         self.scenario = scenario
@@ -66,6 +68,7 @@ class SimKernel:
         self.kmsg_path = root.parent / "kmsg"
         self.kmsg_path.touch()
         self.dev_root = root.parent / "dev"
+        self.procs = processes or SimProcesses(root.parent / "proc", self.dev_root)
         self._seq = 0
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
@@ -117,9 +120,13 @@ class SimKernel:
 
     def driver_of(self, bdf: PciAddress) -> str | None:
         link = self.tree.device_dirs.get(bdf)
-        if link is None or not (link / "driver").is_symlink():
+        if link is None:
             return None
-        return os.path.basename(os.readlink(link / "driver"))
+        # One readlink, no is_symlink() before it: a parallel worker may unbind between the two.
+        try:
+            return os.path.basename(os.readlink(link / "driver"))
+        except OSError:
+            return None
 
     def default_driver(self, bdf: PciAddress) -> str | None:
         st = self.gpu_of(bdf)

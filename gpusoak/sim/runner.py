@@ -13,10 +13,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from gpusoak.host import procs
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
+from gpusoak.sim.procs import CTL_MINOR, NVIDIA_MAJOR, DeviceNumber
 from gpusoak.sim.tree import load_module, unload_module
 
 # Which module holds which (lsmod's "Used by"): unloading needs these gone first.
@@ -71,7 +71,8 @@ class SimRunner:
             return 6, "", f"No devices were found matching {target}.\n"
         if not st.alive:
             return 15, "", f"Unable to determine the device handle for GPU {bdf.nvml_bus_id}: GPU is lost.\n"
-        holders = procs.device_holders({f"/dev/nvidia{k.minor(bdf)}"}, k.root.parent / "proc")
+        # nvidia-smi refuses while any client, monitoring ones included, has the GPU open.
+        holders = k.procs.holders(DeviceNumber(NVIDIA_MAJOR, k.minor(bdf)))
         if holders:
             return 255, "", (f"The following GPUs could not be reset:\n  GPU {bdf.nvml_bus_id}: In use by another client\n"
                              f"\n1 device is currently being used by one or more other processes.\n")
@@ -122,10 +123,12 @@ class SimRunner:
         k.update_refcnt()
         return 0, "", ""
 
-    def _device_users(self) -> list[procs.Holder]:
+    def _device_users(self) -> list[int]:
+        # Every open of an NVIDIA device file takes a reference on the module (nvidia_open ->
+        # try_module_get via the cdev's owner), so rmmod refuses while any is open.
         k = self._kernel
-        nodes = {f"/dev/nvidia{k.minor(b)}" for b in k.gpus} | {"/dev/nvidiactl"}
-        return procs.device_holders(nodes, k.root.parent / "proc")
+        numbers = [DeviceNumber(NVIDIA_MAJOR, k.minor(b)) for b in k.gpus] + [DeviceNumber(NVIDIA_MAJOR, CTL_MINOR)]
+        return sorted({pid for n in numbers for pid in k.procs.holders(n)})
 
     def _modprobe(self, module: str) -> tuple[int, str, str]:
         k = self._kernel

@@ -1,0 +1,180 @@
+"""The simulated node's processes and device nodes: who has which device file open.
+
+On a real node a process holds a GPU through an open descriptor of its character device, and
+``/proc/<pid>/fd/<n>`` is a link to the node it opened. What identifies the device is the node's
+``st_rdev``, not the link's text (a container may name the node anything): the open modules
+register major 195 for the GPUs, minors 0..247 one per GPU, 254 ``nvidia-modeset`` and 255
+``nvidiactl`` (``kernel-open/common/inc/nv-chardev-numbers.h``; ``nv.c`` ``nv_register_chrdev``).
+``nvidia-uvm`` and ``nvidia-caps`` take dynamic majors (``alloc_chrdev_region``), named in
+``/proc/devices``; so do the vfio group nodes (``drivers/vfio/group.c``, ``vfio_group_init``) and
+the vfio cdevs (``drivers/vfio/device_cdev.c``). The misc device ``/dev/vfio/vfio`` is 10:196
+(``include/linux/miscdevice.h`` VFIO_MINOR).
+
+This table is what the simulated kernel answers from: ``/proc/<pid>/fd`` links under the simulated
+procfs root, the device nodes as plain files under the simulated ``/dev`` (no ``mknod`` needed),
+and ``stat`` (the node's stat seam) giving each simulated node its major:minor. A stat of anything
+else goes to ``os.stat``, so a link to a regular file reads as one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+NVIDIA_MAJOR = 195
+MODESET_MINOR = 254
+CTL_MINOR = 255
+UVM_MAJOR = 510  # dynamic on a real node; read from /proc/devices
+CAPS_MAJOR = 509
+VFIO_GROUP_MAJOR = 511
+VFIO_CDEV_MAJOR = 508
+MISC_MAJOR, VFIO_MISC_MINOR, IOMMU_MINOR = 10, 196, 124
+FIRST_PID = 40_000  # pids the simulated node hands out; scenario holders keep their own
+
+
+class DeviceNumber(NamedTuple):
+    major: int
+    minor: int
+
+
+class StatResult(NamedTuple):
+    """What the holder scan needs of ``os.stat``: a character device's number, or a regular file."""
+
+    st_mode: int
+    st_rdev: int
+
+
+def makedev(major: int, minor: int) -> int:
+    return os.makedev(major, minor)
+
+
+# /proc/devices as a node with the NVIDIA stack loaded prints it (fs/proc/devices.c, devinfo_show).
+PROC_DEVICES = f"""Character devices:
+  1 mem
+  4 /dev/vc/0
+  4 tty
+  5 /dev/tty
+ 10 misc
+{NVIDIA_MAJOR} nvidia
+{NVIDIA_MAJOR} nvidia-modeset
+{NVIDIA_MAJOR} nvidiactl
+{VFIO_CDEV_MAJOR} vfio-dev
+{CAPS_MAJOR} nvidia-caps
+{UVM_MAJOR} nvidia-uvm
+{VFIO_GROUP_MAJOR} vfio
+
+Block devices:
+  7 loop
+  8 sd
+259 blkext
+"""
+
+
+class SimProcesses:
+    """Processes of the simulated node and the device files they hold open."""
+
+    def __init__(self, proc_root: Path, dev_root: Path) -> None:
+        self.proc_root = Path(proc_root)
+        self.dev_root = Path(dev_root)
+        self._lock = threading.Lock()
+        self._pids = itertools.count(FIRST_PID)
+        self._fds: dict[int, itertools.count] = {}
+        self.devices: dict[str, DeviceNumber] = {}  # path under dev_root -> its number
+        self.proc_root.mkdir(parents=True, exist_ok=True)
+        self.dev_root.mkdir(parents=True, exist_ok=True)
+        (self.proc_root / "devices").write_text(PROC_DEVICES)
+        self.add_device("nvidiactl", NVIDIA_MAJOR, CTL_MINOR)
+        self.add_device("nvidia-modeset", NVIDIA_MAJOR, MODESET_MINOR)
+        self.add_device("nvidia-uvm", UVM_MAJOR, 0)
+        self.add_device("nvidia-uvm-tools", UVM_MAJOR, 1)
+        self.add_device("vfio/vfio", MISC_MAJOR, VFIO_MISC_MINOR)
+        self.add_device("iommu", MISC_MAJOR, IOMMU_MINOR)
+
+    # -- device nodes --------------------------------------------------------------------------
+    def add_device(self, name: str, major: int, minor: int) -> Path:
+        """A device node under the simulated /dev (what udev or nvidia-modprobe creates)."""
+        path = self.dev_root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self.devices[name] = DeviceNumber(major, minor)
+        return path
+
+    def remove_device(self, name: str) -> None:
+        self.devices.pop(name, None)
+        (self.dev_root / name).unlink(missing_ok=True)
+
+    def stat(self, path: str | os.PathLike) -> StatResult | os.stat_result:
+        """``os.stat`` for the holder scan: follows ``/proc/<pid>/fd`` links; a simulated device
+        node reads as a character device with its number."""
+        target = Path(path)
+        if target.is_symlink():
+            target = Path(os.path.realpath(target))
+        try:
+            rel = target.relative_to(self.dev_root)
+        except ValueError:
+            return os.stat(target)
+        number = self.devices.get(str(rel))
+        if number is None:
+            return os.stat(target)
+        return StatResult(0o020600, makedev(*number))  # S_IFCHR | 0600
+
+    # -- processes -----------------------------------------------------------------------------
+    def spawn(self, comm: str, pid: int | None = None) -> int:
+        """A new process; its ``comm`` is what ps shows (never used to find holders)."""
+        with self._lock:
+            pid = next(self._pids) if pid is None else pid
+            (self.proc_root / str(pid) / "fd").mkdir(parents=True, exist_ok=True)
+            (self.proc_root / str(pid) / "comm").write_text(comm + "\n")
+            self._fds[pid] = itertools.count(3)
+        return pid
+
+    def open(self, pid: int, device: str | os.PathLike) -> int:
+        """``pid`` opens a node: ``device`` is a name under the simulated /dev ("nvidia3") or an
+        absolute path (a renamed node in a container, anything else). Returns the descriptor."""
+        target = Path(device) if os.path.isabs(device) else self.dev_root / device
+        with self._lock:
+            if pid not in self._fds:
+                raise ProcessLookupError(pid)
+            fd = next(self._fds[pid])
+            os.symlink(target, self.proc_root / str(pid) / "fd" / str(fd))
+        return fd
+
+    def close(self, pid: int, fd: int) -> None:
+        (self.proc_root / str(pid) / "fd" / str(fd)).unlink(missing_ok=True)
+
+    def exit(self, pid: int) -> None:
+        """The process ends: its descriptors close, its /proc entry goes."""
+        with self._lock:
+            self._fds.pop(pid, None)
+            base = self.proc_root / str(pid)
+            for entry in (base / "fd").glob("*"):
+                entry.unlink(missing_ok=True)
+            if (base / "fd").is_dir():
+                (base / "fd").rmdir()
+            (base / "comm").unlink(missing_ok=True)
+            if base.is_dir():
+                base.rmdir()
+
+    def holders(self, number: DeviceNumber) -> list[int]:
+        """PIDs with that device open: what the kernel's open count for it says."""
+        rdev = makedev(*number)
+        out = []
+        for pid_dir in self.proc_root.iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                fds = list((pid_dir / "fd").iterdir())
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    st = self.stat(fd)
+                except OSError:
+                    continue
+                if getattr(st, "st_rdev", 0) == rdev and (st.st_mode & 0o170000) == 0o020000:
+                    out.append(int(pid_dir.name))
+                    break
+        return sorted(out)
