@@ -20,7 +20,7 @@ from gpusoak.actions.base import NOT_AUTHORISED
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node
-from gpusoak.host.nvml_events import XidWatch
+from gpusoak.host.procs import own_device_files
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.journal import Journal
 from gpusoak.load.child import run_load
@@ -44,6 +44,7 @@ HEALTH_GATE = "health_gate"
 GPUSOAK_ERROR = "gpusoak_error"
 RESET_WRITE_FAILED = "reset_write_failed"
 RECOVERY_TIMEOUT = "recovery_timeout"
+SELF_HELD = "gpusoak_holds_device"  # gpusoak's own process has an NVIDIA device file open: its bug, never the GPU's
 
 
 @dataclass(frozen=True)
@@ -207,28 +208,37 @@ class Soak:
         base = self._base(bdf, action_name, cycle)
         if (skip := self._not_now(bdf, base)) is not None:
             return skip
+        if (held := self._self_held(base)) is not None:
+            return held
         refusals = action.refusals(self.node, bdf, self.ctx)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
         if (loaded := self._load(bdf, base)) is not None and not isinstance(loaded, dict):
             return loaded
         base["load"] = loaded
+        if (held := self._self_held(base)) is not None:  # again: the load ran since
+            return held
         cursor = self.node.kmsg.cursor()
-        watch = XidWatch(self.node.nvml, bdf) if self.node.nvml is not None else None
         start = self.node.clock.monotonic()
         try:
             action.perform(self.node, bdf, self.ctx)
             error = None
         except Hung as err:
             self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
-            if watch is not None:
-                watch.close()
             return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
                                findings=(Finding("hung", str(err)),),
                                events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
         except GpusoakError as err:
             error = err
-        return self._judge(bdf, base, cursor, start, error, watch)
+        return self._judge(bdf, base, cursor, start, error)
+
+    def _self_held(self, base: dict) -> CycleResult | None:
+        """Refused when gpusoak's own process holds an NVIDIA device file: an NVML session or CUDA
+        context in it would block or break the reset. gpusoak's bug, never the GPU's."""
+        held = own_device_files(self.node)
+        if held is None:
+            return None
+        return CycleResult(outcome=REFUSED, duration_s=0.0, findings=(Finding(SELF_HELD, held),), **base)
 
     def _load(self, bdf: PciAddress, base: dict) -> dict | CycleResult | None:
         """The load before the reset; its child has exited before this returns. A GPU that cannot
@@ -258,6 +268,8 @@ class Soak:
         live = [b for b in self.gpus if b not in out]
         if not live:  # nothing may be touched (not authorised, or every GPU out): do nothing
             return [out[b] for b in self.gpus]
+        if self._self_held(bases[live[0]]) is not None:
+            return [out.get(b) or self._self_held(bases[b]) for b in self.gpus]
         refusals = action.refusals(self.node, None, self.ctx)
         if refusals:
             return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **bases[b])
@@ -271,6 +283,8 @@ class Soak:
                 bases[b]["load"] = loaded
         if not live:
             return [out[b] for b in self.gpus]
+        if self._self_held(bases[live[0]]) is not None:
+            return [out.get(b) or self._self_held(bases[b]) for b in self.gpus]
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None
@@ -285,23 +299,22 @@ class Soak:
         except GpusoakError as err:
             error = err
         for b in live:
-            out[b] = self._judge(b, bases[b], cursor, start, error, None)
+            out[b] = self._judge(b, bases[b], cursor, start, error)
         return [out[b] for b in self.gpus]
 
-    def _judge(self, bdf: PciAddress, base: dict, cursor: int, start: float, error: GpusoakError | None,
-               watch: XidWatch | None) -> CycleResult:
-        """Verify recovery after the action; a failure climbs the recovery ladder."""
-        try:
-            poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s)
-            nvml_events = tuple(watch.drain()) if watch is not None else ()
-        finally:
-            if watch is not None:
-                watch.close()
+    def _judge(self, bdf: PciAddress, base: dict, cursor: int, start: float,
+               error: GpusoakError | None) -> CycleResult:
+        """Verify recovery after the action; a failure climbs the recovery ladder.
+
+        XIDs come from the kernel log alone: NVML's event API needs an event set registered on the
+        GPU across the action, and that registration is an attachment that holds /dev/nvidiaN open
+        through the reset (the driver prints every XID to the kernel log: nv_report_error)."""
+        poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s)
         gate_checks = self._gate_checks(bdf) if poll.recovered else ()
         checks = poll.checks + gate_checks
-        events = poll.events + nvml_events
+        events = poll.events
         recovery_s = poll.at_s - start
-        fatal_nvml = [e for e in nvml_events if verify.is_fatal(e)]
+        fatal_nvml: list[KernelEvent] = []
         post, wrong = self._post_check(bdf) if poll.recovered and error is None else (None, None)
         base = {**base, "post_check": post}
         duration = self.node.clock.monotonic() - start

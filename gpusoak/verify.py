@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_result, wait_exponential
 
-from gpusoak.errors import DeviceGone, GpusoakError
+from gpusoak.errors import DeviceGone, GpusoakError, NvmlUnavailable
 from gpusoak.host import kmsg, nvml, xid
 from gpusoak.host.node import Node
+from gpusoak.host.nvml import NvmlQueryFailed
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Check, KernelEvent, PciAddress, Snapshot, pci_matches
 
@@ -61,6 +62,8 @@ def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
         return f"unavailable: {node.nvml_unavailable}", None
     try:
         health = node.nvml.health(bdf)
+    except (NvmlQueryFailed, NvmlUnavailable) as err:
+        return f"unavailable: NVML could not look: {err}", None  # gpusoak's child, not the GPU
     except GpusoakError as err:
         return f"error: {err}", None
     return health.status, health.uuid

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from gpusoak.errors import GpusoakError, Hung, WriteFailed
+from gpusoak.errors import Hung, WriteFailed
 from gpusoak.host import procs
 from gpusoak.host.commands import CommandResult
 from gpusoak.host.node import Node
@@ -149,17 +149,14 @@ def display_attached(node: Node, bdf: PciAddress) -> str | None:
 
 
 def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
-    """PIDs holding this GPU, from NVML's process list and /proc/<pid>/fd links to /dev/nvidia<minor>."""
+    """PIDs holding this GPU, from NVML's process list and /proc/<pid>/fd entries of /dev/nvidia<minor>."""
     found: dict[int, str] = {}
     minor = None
     if node.nvml is not None:
-        try:
-            h = node.nvml.handle(bdf)
-            minor = node.nvml.call("nvmlDeviceGetMinorNumber", h)
-            for p in node.nvml.call("nvmlDeviceGetComputeRunningProcesses", h) or []:
-                found[int(p.pid)] = f"pid {p.pid} (NVML compute process)"
-        except (GpusoakError, node.nvml.lib.NVMLError):
-            pass  # a lost or unbound GPU has no processes NVML can list; /proc still tells
+        # A lost or unbound GPU has no processes NVML can list (None); /proc still tells.
+        minor = node.nvml.device_minor(bdf)
+        for pid in node.nvml.compute_pids(bdf) or []:
+            found[int(pid)] = f"pid {pid} (NVML compute process)"
     if isinstance(minor, int):
         for h in procs.rdev_holders([(NVIDIA_MAJOR, minor)], node.proc_root, node.stat):
             found.setdefault(h.pid, f"pid {h.pid} ({_dev_name(node, h.path)} open)")

@@ -24,6 +24,7 @@ from gpusoak.model import Finding, PciAddress
 EXIT_MEANINGS = {2: "bad argument", 3: "not supported", 4: "no permission", 6: "device not found",
                  9: "driver not loaded", 12: "NVML library missing", 15: "GPU has fallen off the bus",
                  255: "other error"}
+NVML_DEVICE_ARCH_AMPERE = 7  # nvml.h nvmlDeviceArchitecture_t
 NVSWITCH_CLASS = 0x0680  # "bridge, other": how NVSwitch functions enumerate
 
 
@@ -48,11 +49,7 @@ class GpuReset(Action):
                     and (node.sysfs.function(b).pci_class or 0) >> 8 == NVSWITCH_CLASS]
         if not switches or node.nvml is None:
             return False
-        try:
-            arch = node.nvml.call("nvmlDeviceGetArchitecture", node.nvml.handle(bdf))
-        except Exception:
-            return False
-        return arch == node.nvml.lib.NVML_DEVICE_ARCH_AMPERE
+        return node.nvml.architecture(bdf) == NVML_DEVICE_ARCH_AMPERE
 
     def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
         return [Step("command", " ".join(self.argv(bdf)))]

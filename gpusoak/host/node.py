@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpusoak.clock import RealClock
-from gpusoak.errors import NvmlUnavailable
+from gpusoak.errors import GpusoakError
 from gpusoak.host.commands import Runner, SubprocessRunner
 from gpusoak.host.kmsg import DevKmsg, KernelLog
-from gpusoak.host.nvml import Nvml
+from gpusoak.host.nvml import NvmlClient
 from gpusoak.host.sysfs import Sysfs
 from gpusoak.model import PciAddress
 
@@ -25,7 +25,7 @@ class Node:
     kernel: str
     sysfs: Sysfs
     kmsg: KernelLog
-    nvml: Nvml | None
+    nvml: NvmlClient | None
     nvml_unavailable: str | None  # why NVML checks are skipped, when nvml is None
     runner: Runner
     proc_root: Path
@@ -33,6 +33,7 @@ class Node:
     is_root: bool
     dev_root: Path = Path("/dev")
     stat: Callable[[str | os.PathLike], os.stat_result] = os.stat  # the holder scan's stat seam (st_rdev)
+    pid: int = field(default_factory=os.getpid)  # this process: it must hold no GPU's device file
     load_seconds_default: float = 20.0  # load before each cycle unless the user says otherwise
     post_check_seconds_default: float = 5.0
     _close: list[Callable[[], None]] = field(default_factory=list)
@@ -59,9 +60,10 @@ class Node:
 
 def open_real_node() -> Node:
     """The node this process runs on: /sys, /dev/kmsg, libnvidia-ml, subprocess."""
+    runner = SubprocessRunner()
     try:
-        nvml, why = Nvml.open(), None
-    except NvmlUnavailable as err:
+        nvml, why = NvmlClient.open(runner), None
+    except GpusoakError as err:  # no library, no driver, or the probe child could not answer
         nvml, why = None, str(err)
     return Node(
         backend="real",
@@ -71,7 +73,7 @@ def open_real_node() -> Node:
         kmsg=DevKmsg("/dev/kmsg"),
         nvml=nvml,
         nvml_unavailable=why,
-        runner=SubprocessRunner(),
+        runner=runner,
         proc_root=Path("/proc"),
         clock=RealClock(),
         is_root=os.geteuid() == 0,

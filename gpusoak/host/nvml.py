@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpusoak.errors import AccessDenied, NvmlFailure, NvmlUnavailable
+from gpusoak.errors import AccessDenied, GpusoakError, NvmlFailure, NvmlUnavailable
 from gpusoak.model import PciAddress
 
 
@@ -53,10 +53,15 @@ class Nvml:
         self._probed: dict[str, str | None] = {}
 
     @classmethod
-    def open(cls, lib: Any | None = None) -> Nvml:
+    def open(cls, lib: Any | None = None, *, attach: bool = True) -> Nvml:
+        """``attach=False``: NVML_INIT_FLAG_NO_ATTACH, for node-level queries that must not open
+        any GPU's device file."""
         lib = lib if lib is not None else _lib()
         try:
-            lib.nvmlInit()
+            if attach:
+                lib.nvmlInit()
+            else:
+                lib.nvmlInitWithFlags(lib.NVML_INIT_FLAG_NO_ATTACH)
         except lib.NVMLError as err:
             raise NvmlUnavailable(f"NVML not available: {err}") from err
         except OSError as err:  # a broken library file
@@ -205,3 +210,90 @@ CLOCK_EVENTS = {0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap"
 
 def decode_clock_events(mask: int) -> list[str]:
     return [name for bit, name in CLOCK_EVENTS.items() if mask & bit]
+
+
+# -- NVML from the soak's side: every query in a short-lived child ---------------------------------
+# Attaching NVML to a GPU opens /dev/nvidiaN (nvmlInit_v2 attaches lazily, in nvmlDeviceGetHandleBy*;
+# NVML API reference, "Initialization and Cleanup"), and an open device file is exactly what makes
+# nv_pci_remove wait, rmmod refuse and nvidia-smi -r decline (kernel-open/nvidia/nv-pci.c,
+# nv_pci_remove: it loops while the usage count is non-zero). So the soak process never holds an
+# NVML session: each query runs in a child that attaches one GPU by bus id, answers and exits, with
+# a deadline that is also NVML's timeout. Parallel workers need no shared session either.
+CHILD = "gpusoak.host.nvml_child"
+QUERY_TIMEOUT_S = 30.0
+
+
+class NvmlClient:
+    """The soak's NVML: ``health``, ``device_minor``, ``compute_pids``, ``architecture`` and
+    ``driver_version``, each one child process through the node's runner."""
+
+    def __init__(self, runner: Any, timeout_s: float = QUERY_TIMEOUT_S) -> None:
+        self.runner = runner
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def open(cls, runner: Any, timeout_s: float = QUERY_TIMEOUT_S) -> NvmlClient:
+        """A client whose library answered a node-level probe (NO_ATTACH); else NvmlUnavailable."""
+        client = cls(runner, timeout_s)
+        client.driver_version()
+        return client
+
+    def close(self) -> None:
+        """Nothing is held between queries."""
+
+    def _ask(self, op: str, bdf: PciAddress | None = None) -> Any:
+        import json
+        import sys
+
+        argv = [sys.executable, "-m", CHILD, op] + ([str(bdf)] if bdf is not None else [])
+        where = {"bdf": str(bdf)} if bdf is not None else {}
+        result = self.runner.run(argv, timeout_s=self.timeout_s)
+        if result.timed_out:
+            raise NvmlQueryFailed(f"the NVML query {op!r} did not answer within {self.timeout_s:g} s", **where)
+        doc = None
+        for line in reversed(result.stdout.strip().splitlines()):
+            try:
+                doc = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if not isinstance(doc, dict) or "ok" not in doc:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise NvmlQueryFailed(f"the NVML query child exited {result.returncode} without an answer: {last}",
+                                  **where)
+        if doc["ok"]:
+            return doc.get("result")
+        kind, message, code = doc.get("kind"), str(doc.get("message", "")), doc.get("code")
+        if kind == "unavailable":
+            raise NvmlUnavailable(message)
+        if kind == "denied":
+            raise AccessDenied(message, **where)
+        raise NvmlFailure(message, code=code, **where)
+
+    def driver_version(self) -> str | None:
+        return self._ask("driver")
+
+    def health(self, bdf: PciAddress) -> NvmlHealth:
+        return NvmlHealth(**self._ask("health", bdf))
+
+    def device_minor(self, bdf: PciAddress) -> int | None:
+        """/dev/nvidia<minor> of the GPU, or None where NVML cannot say (lost, unbound, NA)."""
+        return self._optional("minor", bdf)
+
+    def compute_pids(self, bdf: PciAddress) -> list[int] | None:
+        return self._optional("pids", bdf)
+
+    def architecture(self, bdf: PciAddress) -> int | None:
+        """nvmlDeviceArchitecture_t (NVML_DEVICE_ARCH_AMPERE is 7), or None."""
+        return self._optional("arch", bdf)
+
+    def _optional(self, op: str, bdf: PciAddress) -> Any:
+        try:
+            return self._ask(op, bdf)
+        except (NvmlFailure, NvmlQueryFailed, NvmlUnavailable):
+            return None
+
+
+class NvmlQueryFailed(GpusoakError):
+    """gpusoak's own NVML child crashed, printed no answer or ran past its deadline: NVML could not
+    look. Never the GPU's failure by itself, and never a pass."""

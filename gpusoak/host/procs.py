@@ -73,3 +73,27 @@ def device_holders(device_nodes: set[str], proc_root: Path | str = "/proc") -> l
                 holders.append(Holder(pid, target))
                 break
     return holders
+
+
+NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h NV_MAJOR_DEVICE_NUMBER
+
+
+def own_device_files(node) -> str | None:
+    """What of the NVIDIA devices this process itself holds open, or None. The soak process must
+    hold none across an action (an NVML session or CUDA context in it would block or break the
+    reset it is about to make); a process that cannot read its own fd folder cannot tell."""
+    fd_dir = Path(node.proc_root) / str(node.pid) / "fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError as err:
+        return f"cannot read {fd_dir}: {err.strerror}"
+    held = []
+    for fd in fds:
+        try:
+            st = node.stat(str(fd_dir / fd))
+            target = os.readlink(fd_dir / fd)
+        except OSError:
+            continue
+        if stat_mode.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == NVIDIA_MAJOR:
+            held.append(f"fd {fd} -> {target}")
+    return f"gpusoak's own process (pid {node.pid}) holds {', '.join(sorted(held))}" if held else None

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpusoak.clock import VirtualClock
+from gpusoak.errors import NvmlUnavailable
 from gpusoak.host.kmsg import KmsgFile
 from gpusoak.host.node import Node
-from gpusoak.host.nvml import Nvml
+from gpusoak.host.nvml import NvmlClient
 from gpusoak.host.sysfs import Sysfs
 from gpusoak.sim import scenario as scenarios
 from gpusoak.sim.kernel import SimKernel
-from gpusoak.sim.nvml import SimNvmlLib
 from gpusoak.sim.procs import NVIDIA_MAJOR, SimProcesses
 from gpusoak.sim.runner import SimRunner
 from gpusoak.sim.tree import build
@@ -50,7 +50,11 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         processes.open(pid, name)
     clock = VirtualClock(time_scale=scenario.time_scale if time_scale is None else time_scale)
     kernel = SimKernel(sys_root, tree, scenario, clock, scenario.seed if seed is None else seed, processes)
-    nvml = Nvml.open(SimNvmlLib(kernel))
+    runner = SimRunner(kernel)
+    try:
+        nvml, why = NvmlClient.open(runner), None
+    except NvmlUnavailable as err:  # a scenario that starts without the nvidia module
+        nvml, why = None, str(err)
     node = Node(
         backend=f"sim:{scenario.name}",
         hostname=scenario.hostname,
@@ -58,13 +62,14 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         sysfs=Sysfs(sys_root, writer=kernel.write, timeout_scale=0.01),
         kmsg=KmsgFile(kernel.kmsg_path),
         nvml=nvml,
-        nvml_unavailable=None,
-        runner=SimRunner(kernel),
+        nvml_unavailable=why,
+        runner=runner,
         proc_root=proc,
         clock=clock,
         is_root=True,
         dev_root=root / "dev",
         stat=processes.stat,
+        pid=processes.self_pid,
         load_seconds_default=scenario.load_seconds,
         post_check_seconds_default=min(scenario.load_seconds, 1.0),
     )

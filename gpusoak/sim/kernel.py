@@ -20,7 +20,7 @@ from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim import profiles
-from gpusoak.sim.procs import SimProcesses
+from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
 from gpusoak.sim.scenario import GpuSpec, Scenario
 from gpusoak.sim.tree import (
     AER_COR_NAMES,
@@ -55,6 +55,7 @@ class GpuState:
     loaded: bool = False  # a load ran since the last reset (profiles that fail under load look)
     corrupt: bool = False  # memory reads back wrong until the next reset
     aer_corrected: int = 0
+    generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
 
 
@@ -70,7 +71,7 @@ class SimKernel:
         self.dev_root = root.parent / "dev"
         self.procs = processes or SimProcesses(root.parent / "proc", self.dev_root)
         self._seq = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: a close inside a write re-checks waiting removes
         self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
             g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health))
@@ -80,6 +81,8 @@ class SimKernel:
         self.services: dict[str, str] = dict(scenario.services)
         self.event_sets: list = []  # simulated NVML event sets registered for XIDs
         self.blocked: list[threading.Event] = []  # writes blocked "forever"; tests may release them
+        self._waiting: dict[threading.Event, tuple] = {}  # removes waiting for a device file to close
+        self.procs.on_close(self._closed)
         clock.on_advance(self._tick)
         self.update_refcnt()
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
@@ -153,6 +156,8 @@ class SimKernel:
             # The kernel would not return: block outside the lock, as one device's lock would.
             self.blocked.append(block)
             block.wait(_BLOCK_FOREVER_S)
+            if getattr(block, "completed", False):
+                return  # what it waited for went away (the last holder closed the device)
             raise OSError(errno.EINTR, "Interrupted system call", str(path))
 
     def _write(self, path: Path, data: str) -> threading.Event | None:
@@ -345,12 +350,22 @@ class SimKernel:
             return None
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    def _unbind(self, bdf: PciAddress) -> threading.Event | None:
+    def _unbind(self, bdf: PciAddress, then=None) -> threading.Event | None:
         st = self.gpu_of(bdf)
-        if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia" and st.spec.profile.unbind_blocks():
-            # nv_pci_remove polls every 500 ms until the device's usage count drops; it never does.
-            self.log(KERN_WARNING, f"NVRM: Attempting to remove device {bdf} with non-zero usage count!")
-            return threading.Event()
+        if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia":
+            if st.spec.profile.unbind_blocks():
+                # nv_pci_remove polls every 500 ms until the device's usage count drops; it never does.
+                self.log(KERN_WARNING, f"NVRM: Attempting to remove device {bdf} with non-zero usage count!")
+                return threading.Event()
+            if self.device_users(bdf):
+                # kernel-open/nvidia/nv-pci.c nv_pci_remove_helper: with the device file open
+                # (usage_count != 0) it logs this and waits, 500 ms at a time, until the count is
+                # zero; the unbind (or remove) write does not return before that.
+                self.log(KERN_WARNING, f"NVRM: Attempting to remove device {bdf} with non-zero usage count!")
+                waiting = threading.Event()
+                self._waiting[waiting] = (bdf, then or (lambda: self._unbind(bdf)))
+                return waiting
+            st.generation += 1
         self.tree.unbind(bdf)
         if self.driver_of(bdf) is None and self._vfio_group(bdf).exists() and self._group_unbound_from_vfio(bdf):
             self._vfio_group(bdf).unlink()
@@ -405,8 +420,11 @@ class SimKernel:
     def _remove(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> threading.Event | None:
         if data.strip() in ("", "0"):
             return None
-        if self.driver_of(bdf) == "nvidia" and st.spec.profile.unbind_blocks():
-            return self._unbind(bdf)
+        if self.driver_of(bdf) == "nvidia" and (st.spec.profile.unbind_blocks() or self.device_users(bdf)):
+            # remove runs the driver's remove (nv_pci_remove) first: the same wait as an unbind.
+            return self._unbind(bdf, then=lambda: self._remove(bdf, st, data, path))
+        if self.driver_of(bdf) == "nvidia":
+            st.generation += 1
         remove_function(self.tree, bdf)
         if bdf == st.spec.bdf:
             st.removed = True
@@ -436,7 +454,24 @@ class SimKernel:
     def unbind_all(self, driver: str) -> None:
         for bdf in list(self.tree.device_dirs):
             if self.driver_of(bdf) == driver:
+                if driver == "nvidia" and (st := self.gpus.get(bdf)) is not None:
+                    st.generation += 1
                 self.tree.unbind(bdf)
+
+    def device_users(self, bdf: PciAddress) -> list[int]:
+        """PIDs with the GPU's /dev/nvidiaN open: the driver's usage count for it."""
+        return self.procs.holders(DeviceNumber(NVIDIA_MAJOR, self.minor(bdf)))
+
+    def _closed(self) -> None:
+        """A descriptor closed somewhere: finish every remove that was waiting for it."""
+        with self._lock:
+            for waiting, (bdf, finish) in list(self._waiting.items()):
+                if self.device_users(bdf):
+                    continue
+                del self._waiting[waiting]
+                finish()
+                waiting.completed = True
+                waiting.set()
 
     def probe_all(self, fresh: bool = False) -> None:
         """What loading the nvidia module does: probe every GPU function with no driver."""

@@ -2,6 +2,15 @@
 
 It has pynvml's function names, constants and exception classes (the real ``NVMLError_*``
 classes, imported from nvidia-ml-py), so gpusoak.host.nvml runs unchanged against it.
+
+Attachment is modelled as the driver sees it: ``nvmlInit`` opens ``/dev/nvidiactl`` and taking a
+handle (``nvmlDeviceGetHandleBy*``, where nvmlInit_v2 attaches lazily: NVML API reference,
+"Initialization and Cleanup") opens that GPU's ``/dev/nvidiaN``, both in the calling process's
+entry of the simulated process table, until ``nvmlShutdown`` (or the process's exit). So an NVML
+session left open in the soak process is a holder the holder scan, the unbind, ``rmmod`` and
+``nvidia-smi -r`` all see, as on a real node. A handle taken before an unbind, remove or module
+reload of its GPU is stale afterwards; it answers GPU_IS_LOST (an inference: the device state it
+was attached to is gone; strict, so code that keeps handles fails here first).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ _GEN = {"2.5 GT/s PCIe": 1, "5.0 GT/s PCIe": 2, "8.0 GT/s PCIe": 3, "16.0 GT/s P
 @dataclass(frozen=True)
 class SimHandle:
     bdf: PciAddress
+    generation: int = 0  # the GPU's attach generation when the handle was taken
 
 
 class SimEventSet:
@@ -51,9 +61,12 @@ class SimEventSet:
 class SimNvmlLib:
     """Only what gpusoak calls is here; anything else raises FunctionNotFound, as an old driver does."""
 
-    def __init__(self, kernel: SimKernel) -> None:
+    def __init__(self, kernel: SimKernel, pid: int | None = None) -> None:
         self._kernel = kernel
         self._inits = 0
+        self.pid = kernel.procs.self_pid if pid is None else pid  # the process NVML runs in
+        self._fds: dict[str, int] = {}  # device node -> descriptor this session holds open
+        self._no_attach = False
 
     def __getattr__(self, name: str) -> Any:
         # Exception classes and constants are pynvml's own.
@@ -69,12 +82,27 @@ class SimNvmlLib:
 
     # -- library ------------------------------------------------------------------------------
     def nvmlInit(self) -> None:
+        self.nvmlInitWithFlags(0)
+
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        if "nvidia" not in self._kernel.modules:
+            raise pynvml.NVMLError_DriverNotLoaded()
         self._inits += 1
+        self._no_attach = bool(flags & pynvml.NVML_INIT_FLAG_NO_ATTACH)
+        self._attach("nvidiactl")
 
     def nvmlShutdown(self) -> None:
         if self._inits == 0:
             raise pynvml.NVMLError_Uninitialized()
         self._inits -= 1
+        if self._inits == 0:  # reference-counted: the last shutdown closes the device files
+            for fd in self._fds.values():
+                self._kernel.procs.close(self.pid, fd)
+            self._fds.clear()
+
+    def _attach(self, device: str) -> None:
+        if device not in self._fds:
+            self._fds[device] = self._kernel.procs.open(self.pid, device)
 
     def nvmlSystemGetDriverVersion(self) -> str:
         self._ready()
@@ -89,7 +117,7 @@ class SimNvmlLib:
         st = self._kernel.gpus.get(handle.bdf)
         if st is None:
             raise pynvml.NVMLError_InvalidArgument()
-        if not st.alive:
+        if not st.alive or handle.generation != st.generation:
             raise pynvml.NVMLError_GpuIsLost()
         return st
 
@@ -120,8 +148,10 @@ class SimNvmlLib:
         st = self._kernel.gpus.get(bdf)
         if st is None or st.removed or not self._bound(bdf):
             raise pynvml.NVMLError_NotFound()
-        handle = SimHandle(bdf)
+        handle = SimHandle(bdf, st.generation)
         self._state(handle)
+        if not self._no_attach:
+            self._attach(f"nvidia{self._kernel.minor(bdf)}")
         return handle
 
     def nvmlDeviceGetUUID(self, h: SimHandle) -> str:

@@ -83,6 +83,7 @@ class SimProcesses:
         self._pids = itertools.count(FIRST_PID)
         self._fds: dict[int, itertools.count] = {}
         self.devices: dict[str, DeviceNumber] = {}  # path under dev_root -> its number
+        self._on_close: list = []  # called after any descriptor closes (the kernel's waiters)
         self.proc_root.mkdir(parents=True, exist_ok=True)
         self.dev_root.mkdir(parents=True, exist_ok=True)
         (self.proc_root / "devices").write_text(PROC_DEVICES)
@@ -92,6 +93,9 @@ class SimProcesses:
         self.add_device("nvidia-uvm-tools", UVM_MAJOR, 1)
         self.add_device("vfio/vfio", MISC_MAJOR, VFIO_MISC_MINOR)
         self.add_device("iommu", MISC_MAJOR, IOMMU_MINOR)
+        # The gpusoak process itself: whatever the soak opens in process (an NVML session, say)
+        # is held by this pid, so the holder scan and the kernel model see it as they would.
+        self.self_pid = self.spawn("gpusoak")
 
     # -- device nodes --------------------------------------------------------------------------
     def add_device(self, name: str, major: int, minor: int) -> Path:
@@ -142,8 +146,16 @@ class SimProcesses:
             os.symlink(target, self.proc_root / str(pid) / "fd" / str(fd))
         return fd
 
+    def on_close(self, listener) -> None:
+        self._on_close.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._on_close:
+            listener()
+
     def close(self, pid: int, fd: int) -> None:
         (self.proc_root / str(pid) / "fd" / str(fd)).unlink(missing_ok=True)
+        self._notify()
 
     def exit(self, pid: int) -> None:
         """The process ends: its descriptors close, its /proc entry goes."""
@@ -157,6 +169,7 @@ class SimProcesses:
             (base / "comm").unlink(missing_ok=True)
             if base.is_dir():
                 base.rmdir()
+        self._notify()
 
     def holders(self, number: DeviceNumber) -> list[int]:
         """PIDs with that device open: what the kernel's open count for it says."""

@@ -13,9 +13,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
+from gpusoak.sim.nvml import SimNvmlLib
 from gpusoak.sim.procs import CTL_MINOR, NVIDIA_MAJOR, DeviceNumber
 from gpusoak.sim.tree import load_module, unload_module
 
@@ -51,6 +53,8 @@ class SimRunner:
             return self._systemctl(*args)
         if args[:2] == ("-m", "gpusoak.load"):
             return self._load(args[2:])
+        if args[:2] == ("-m", nvml_child.__name__):
+            return self._nvml_child(args[2:])
         return 127, "", f"{name}: command not found (simulated node)"
 
     # -- nvidia-smi -r -------------------------------------------------------------------------
@@ -79,6 +83,20 @@ class SimRunner:
         if k.apply_reset(st, "gpu_reset"):
             return 0, f"GPU {bdf.nvml_bus_id} was successfully reset.\nAll done.\n", ""
         return 255, "", f"GPU {bdf.nvml_bus_id}: Unknown Error\n"
+
+    # -- NVML queries --------------------------------------------------------------------------
+    def _nvml_child(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        """The NVML query child, answered in process: the real child code runs against the simulated
+        NVML as a process of its own in the process table, so its device files are open while it
+        runs and closed when it exits, as on a real node."""
+        procs = self._kernel.procs
+        pid = procs.spawn("python3 -m gpusoak.host.nvml_child")
+        try:
+            doc = nvml_child.answer(args[0] if args else "", args[1] if len(args) > 1 else None,
+                                    SimNvmlLib(self._kernel, pid))
+        finally:
+            procs.exit(pid)
+        return 0, json.dumps(doc, default=str) + "\n", ""
 
     # -- load ----------------------------------------------------------------------------------
     def _load(self, args: tuple[str, ...]) -> tuple[int, str, str]:

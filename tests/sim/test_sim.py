@@ -11,6 +11,7 @@ from gpusoak.host.nvml import GPU_LOST, OK
 from gpusoak.model import PciAddress
 from gpusoak.sim import open_sim_node
 from gpusoak.sim import scenario as scenarios
+from gpusoak.sim.nvml import SimNvmlLib
 
 FLAKY = PciAddress.parse("0000:9a:00.0")
 HEALTHY = PciAddress.parse("0000:18:00.0")
@@ -62,8 +63,10 @@ def test_failed_flr_looks_like_the_real_thing(tmp_path):
         assert rec.level == 4 and rec.field("DEVICE") == "+pci:0000:9a:00.0"
         assert (fn.link.current_speed, fn.link.current_width) == ("Unknown", 63)
         assert node.nvml.health(FLAKY).status == GPU_LOST
+        lib = SimNvmlLib(s.kernel)
+        lib.nvmlInit()
         with pytest.raises(pynvml.NVMLError_GpuIsLost):
-            node.nvml.lib.nvmlDeviceGetUUID(node.nvml.handle(FLAKY))
+            lib.nvmlDeviceGetHandleByPciBusId(FLAKY.nvml_bus_id)
     finally:
         s.node.close()
 
