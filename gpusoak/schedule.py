@@ -148,6 +148,12 @@ class NodeGate:
         self._exclusive = False
         self._waiting = 0
 
+    @property
+    def exclusive_waiting(self) -> int:
+        """How many are waiting for the exclusive side (a ladder about to reload the driver)."""
+        with self._cond:
+            return self._waiting
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:

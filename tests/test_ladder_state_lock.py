@@ -154,3 +154,41 @@ def test_no_destructive_step_on_a_real_node_without_the_opt_in(sim, tmp_path, ac
     assert all(r.outcome == "refused" and r.reason == "not_authorised" for r in results)
     assert record_writes == []
     assert [c for c in sim.node.runner.calls[len(calls_before):] if c[:2] != ("systemctl", "is-active")] == []
+
+
+def test_a_ladders_driver_reload_judges_its_preconditions_only_with_the_node_to_itself(tmp_path):
+    # Another GPU's cycle is running (its query child holds /dev/nvidia1 for a moment) when this
+    # GPU's ladder reaches module_reload. Judged then, the reload would be refused for a holder
+    # that is gone a moment later (or, mid another ladder's reload, for "nvidia not loaded"):
+    # the rung waits for the node gate first and judges what it finds there.
+    import threading
+
+    from gpusoak import ladder
+    from gpusoak.schedule import NodeGate
+
+    s = _sim(tmp_path, 'profile = "d3cold-stuck"\np = 1.0')
+    soak = Soak(s.node, "r", SoakOptions(), s.node.gpus())
+    soak.start(tmp_path / "j.jsonl")
+    soak.gate = NodeGate()
+    entered, done = threading.Event(), threading.Event()
+
+    def other_gpu_cycle():
+        with soak.gate.shared():
+            pid = s.kernel.procs.spawn("query child of the other GPU")
+            s.kernel.procs.open(pid, "nvidia1")
+            entered.set()
+            for _ in range(500):  # until the ladder waits for the node, at most 5 s
+                if soak.gate.exclusive_waiting:
+                    break
+                done.wait(0.01)
+            s.kernel.procs.exit(pid)
+
+    worker = threading.Thread(target=other_gpu_cycle, daemon=True)
+    worker.start()
+    assert entered.wait(5)
+    with soak.gate.shared():
+        rungs, by = ladder.climb(soak, GPU)
+    worker.join(5)
+    reload = next(f for f in rungs if f.reason == "module_reload")
+    assert not reload.detail.startswith("skipped"), reload.detail
+    assert by == ladder.REBOOT_REQUIRED  # stuck: the reload ran and did not bring it back
