@@ -19,6 +19,7 @@ from gpusoak.actions import ACTIONS, Context
 from gpusoak.actions.base import NOT_AUTHORISED
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
+from gpusoak.host import kmsg
 from gpusoak.host.node import Node
 from gpusoak.host.nvml_events import XidWatch
 from gpusoak.host.sysfs import NVIDIA_VENDOR
@@ -216,6 +217,7 @@ class Soak:
         cursor = self.node.kmsg.cursor()
         watch = XidWatch(self.node.nvml, bdf) if self.node.nvml is not None else None
         start = self.node.clock.monotonic()
+        self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))  # never fails the cycle
         try:
             action.perform(self.node, bdf, self.ctx)
             error = None
@@ -228,6 +230,8 @@ class Soak:
                                events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
         except GpusoakError as err:
             error = err
+        finally:
+            self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "end"))
         return self._judge(bdf, base, cursor, start, error, watch)
 
     def _load(self, bdf: PciAddress, base: dict) -> dict | CycleResult | None:
@@ -274,6 +278,7 @@ class Soak:
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None
+        self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "begin"))
         try:
             action.perform(self.node, None, self.ctx)
         except Hung as err:
@@ -284,6 +289,8 @@ class Soak:
             return [out[b] for b in self.gpus]
         except GpusoakError as err:
             error = err
+        finally:
+            self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "end"))
         for b in live:
             out[b] = self._judge(b, bases[b], cursor, start, error, None)
         return [out[b] for b in self.gpus]

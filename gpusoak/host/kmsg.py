@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gpusoak.errors import from_oserror
-from gpusoak.host.klog import Grouper, Line
+from gpusoak.host.klog import MARKER_PREFIX, Grouper, Line
 from gpusoak.model import KernelEvent
 
 
@@ -93,6 +93,12 @@ class KernelLog(Protocol):
 USER_FACILITY = 1
 MARK_PRIO = (USER_FACILITY << 3) | 6
 MARK_MAX = 900  # below PRINTKRB_RECORD_MAX (1024), past which the write fails with EINVAL
+
+
+def cycle_marker(cycle: int, action: str, target: str, phase: str) -> str:
+    """``gpusoak: cycle N <action> <bdf|node> begin|end``: other health tools tell gpusoak's own
+    XIDs by it; gpusoak's parser never reads one as an event (klog.MARKER_PREFIX)."""
+    return f"{MARKER_PREFIX}{cycle} {action} {target} {phase}"
 
 
 def mark_bytes(text: str) -> bytes:
@@ -237,10 +243,16 @@ class DevKmsg(_RecordCache):
 
 # -- events -------------------------------------------------------------------------------------
 def events(records: Iterable[KmsgRecord]) -> list[KernelEvent]:
-    """Events in /dev/kmsg records, through the same parser and grouping as any other log."""
+    """Events in /dev/kmsg records, through the same parser and grouping as any other log.
+
+    Only the kernel's own records (facility 0) count: whatever user space writes to /dev/kmsg,
+    gpusoak's cycle markers and a tool replaying Xid lines included, is recorded with a user
+    facility (devkmsg_write never lets a write claim facility 0)."""
     grouper = Grouper()
     out: list[KernelEvent] = []
     for rec in records:
+        if rec.facility != 0:
+            continue
         line = Line(rec.message, str(rec.usec), rec.usec / 1e6)
         out.extend(grouper.feed(rec.line, line, dict(rec.fields), seq=rec.seq))
     return out
