@@ -19,6 +19,7 @@ from gpusoak.actions import ACTIONS, Context
 from gpusoak.actions.base import NOT_AUTHORISED
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
+from gpusoak.host import kmsg
 from gpusoak.host.node import Node
 from gpusoak.host.procs import own_device_files
 from gpusoak.host.sysfs import NVIDIA_VENDOR
@@ -220,6 +221,7 @@ class Soak:
             return held
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
+        self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))  # never fails the cycle
         try:
             action.perform(self.node, bdf, self.ctx)
             error = None
@@ -230,6 +232,8 @@ class Soak:
                                events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
         except GpusoakError as err:
             error = err
+        finally:
+            self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "end"))
         return self._judge(bdf, base, cursor, start, error)
 
     def _self_held(self, base: dict) -> CycleResult | None:
@@ -288,6 +292,7 @@ class Soak:
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None
+        self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "begin"))
         try:
             action.perform(self.node, None, self.ctx)
         except Hung as err:
@@ -298,6 +303,8 @@ class Soak:
             return [out[b] for b in self.gpus]
         except GpusoakError as err:
             error = err
+        finally:
+            self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "end"))
         for b in live:
             out[b] = self._judge(b, bases[b], cursor, start, error)
         return [out[b] for b in self.gpus]

@@ -157,3 +157,45 @@ def test_nvml_is_not_asked_about_a_function_of_another_vendor(sim):
     assert snap.nvml_status == "unavailable: not an NVIDIA GPU (vendor 0x8086): NVML has nothing to say"
     nvml = next(c for c in compare(snap, snap) if c.name == "nvml")
     assert nvml.status == SKIP and "not an NVIDIA GPU" in nvml.detail
+
+
+def _markers(sim, cursor=-1):
+    return [(r.facility, r.message) for r in sim.node.kmsg.records_since(cursor) if r.message.startswith("gpusoak:")]
+
+
+def _one_gpu(tmp_path, extra=""):
+    from gpusoak.sim import open_sim_node
+
+    path = tmp_path / "s.toml"
+    path.write_text(extra + '\n[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\n')
+    return open_sim_node(str(path))
+
+
+def test_cycle_markers_bracket_the_action_in_the_kernel_log(sim, tmp_path, record_writes):
+    soak = _soak(sim, tmp_path)
+    cursor = sim.node.kmsg.cursor()
+    after_reset(sim, lambda: sim.kernel.log(4, "NVRM: Xid (PCI:0000:18:00): 45, pid=1, name=x, Ch 00000010"))
+    r = soak.run_cycle(GPU, "flr", 2)
+    messages = [rec.message for rec in sim.node.kmsg.records_since(cursor)]
+    begin, end = "gpusoak: cycle 2 flr 0000:18:00.0 begin", "gpusoak: cycle 2 flr 0000:18:00.0 end"
+    assert messages.index(begin) < messages.index(next(m for m in messages if "Xid" in m)) < messages.index(end)
+    assert _markers(sim, cursor) == [(1, begin), (1, end)]
+    assert r.outcome == RECOVERED and [e.xid for e in r.events] == [45]  # the markers are no events
+
+
+def test_a_node_cycle_is_marked_once_and_a_failed_marker_fails_no_cycle(tmp_path):
+    s = _one_gpu(tmp_path)
+    try:
+        (r,) = _soak(s, tmp_path, actions=("module_reload",)).run_node_cycle("module_reload", 1)
+        assert r.outcome == RECOVERED, r.explain()
+        assert _markers(s) == [(1, "gpusoak: cycle 1 module_reload node begin"),
+                               (1, "gpusoak: cycle 1 module_reload node end")]
+    finally:
+        s.node.close()
+    (tmp_path / "off").mkdir()
+    s = _one_gpu(tmp_path / "off", 'devkmsg = "off"')  # printk.devkmsg=off: the open fails with EPERM
+    try:
+        assert _soak(s, tmp_path / "off").run_cycle(GPU, "flr", 1).outcome == RECOVERED
+        assert _markers(s) == []
+    finally:
+        s.node.close()

@@ -33,6 +33,9 @@ NOT_BOUND = "not_bound"
 IOMMU = "iommu_group"
 MODULE_NOT_LOADED = "module_not_loaded"
 DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functions outside the run
+DRIVER_MISMATCH = "driver_mismatch"  # the module on disk is not the one loaded: a reload would upgrade it
+CANNOT_RELOAD = "cannot_reload"  # modprobe could not load a module back: unloading it would strand the node
+HELD_BY_MODULE = "held_by_module"  # a module outside the reloaded set uses one that would be unloaded
 
 NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h: minors 0..247 are the GPUs
 

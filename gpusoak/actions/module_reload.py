@@ -1,9 +1,11 @@
 """Reload the driver modules of the soaked functions, node-wide.
 
-For NVIDIA GPUs (the default selection): unload nvidia_drm, nvidia_modeset, nvidia_uvm and
-nvidia_peermem, then nvidia (each that is loaded), and load them back in reverse (reference 4.3
-for the order). GPU services are stopped first only when the user allows it, and are started again
-afterwards, also after a failure; so are the modules that were unloaded.
+For NVIDIA GPUs (the default selection): unload the modules that hold nvidia, as
+/sys/module/*/holders/ says (nvidia_drm before nvidia_modeset; nvidia_uvm, nvidia_peermem), then
+nvidia, and load them back in reverse (reference 4.3). Nothing is unloaded unless every module can
+be loaded back, as the same driver, and nothing else holds it (``module_guard``). GPU services
+are stopped first only when the user allows it, and are started again afterwards, also after a
+failure; so are the modules that were unloaded.
 
 For any other function named with ``--devices``: the module of its driver, found through sysfs
 (``/sys/bus/pci/drivers/DRIVER/module``), unloaded and loaded back. A driver built into the kernel
@@ -12,6 +14,7 @@ has no module and is refused; so is a module with users (its ``refcnt``), which 
 
 from __future__ import annotations
 
+from gpusoak.actions import module_guard
 from gpusoak.actions.base import (
     DISPLAY,
     DRIVER_SHARED,
@@ -39,8 +42,6 @@ from gpusoak.host.node import Node
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
 
-UNLOAD_ORDER = ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia_peermem", "nvidia")
-
 
 class ModuleReload(Action):
     name = "module_reload"
@@ -51,7 +52,8 @@ class ModuleReload(Action):
         return not ctx.devices or any(node.sysfs.function(d).vendor == NVIDIA_VENDOR for d in ctx.devices)
 
     def nvidia_loaded(self, node: Node) -> list[str]:
-        return [m for m in UNLOAD_ORDER if (node.sysfs.root / "module" / m).is_dir()]
+        """nvidia and the modules that hold it, in unload order, from /sys/module/*/holders/."""
+        return module_guard.nvidia_stack(node)[0]
 
     def other_modules(self, node: Node, ctx: Context) -> tuple[list[str], list[Finding]]:
         """The modules of the other named functions' drivers, and why any cannot be reloaded."""
@@ -86,6 +88,7 @@ class ModuleReload(Action):
             out.append(Finding(NOT_ROOT, "rmmod and modprobe need root"))
         others, why = self.other_modules(node, ctx)
         out += why
+        reloaded = self.loaded(node, ctx)
         for m in others:
             if used := self.other_in_use(node, m):
                 out.append(Finding(MODULE_IN_USE, used))
@@ -100,10 +103,11 @@ class ModuleReload(Action):
                 out.append(Finding(DRIVER_SHARED, f"unloading {module} would also unbind {', '.join(bystanders)} "
                                    f"from {driver}, which this run does not soak"))
         if not self.for_nvidia(node, ctx):
-            return out
+            return out + module_guard.load_back_refusals(node, reloaded, ctx)
         if "nvidia" not in self.nvidia_loaded(node):
             out.append(Finding(MODULE_NOT_LOADED, "the nvidia module is not loaded"))
             return out
+        out += module_guard.nvidia_stack(node)[1]
         holders = sorted({h for g in node.gpus() for h in gpu_holders(node, g)})
         ctl = procs.device_holders({str(node.dev_root / "nvidiactl"), "/dev/nvidiactl"}, node.proc_root)
         holders += [f"pid {h.pid} ({h.path} open)" for h in ctl]
@@ -121,7 +125,7 @@ class ModuleReload(Action):
         if ctx.devices and (left := [str(g) for g in node.gpus() if g not in set(ctx.devices)]):
             out.append(Finding(DRIVER_SHARED, f"reloading nvidia would also unbind {', '.join(left)}, which "
                                "this run does not soak"))
-        return out
+        return out + module_guard.load_back_refusals(node, reloaded, ctx)
 
     def bound_to(self, node: Node, driver: str | None) -> list[PciAddress]:
         """The PCI functions a driver drives now (the BDF entries of its sysfs folder)."""
@@ -153,13 +157,14 @@ class ModuleReload(Action):
         return f"the {module} module is in use (refcnt {text.strip()}{by})"
 
     def in_use(self, node: Node) -> str | None:
-        """nvidia's refcnt counts the modules that use it and every open of its device files; what
-        is left beyond nvidia_uvm, nvidia_modeset and nvidia_peermem is a user rmmod would refuse.
-        Judged only with no GPU service active (a service's hold is stopped first, when allowed)."""
+        """nvidia's refcnt counts the modules that use it (its holders, each its own refusal when
+        gpusoak does not reload it) and every open of its device files; what is left beyond the
+        holders is a user rmmod would refuse. Judged only with no GPU service active (a service's
+        hold is stopped first, when allowed)."""
         text = node.sysfs.read(node.sysfs.root / "module" / "nvidia" / "refcnt")
         if text is None or not text.strip().isdigit():
             return None
-        dependents = sum(1 for m in ("nvidia_uvm", "nvidia_modeset", "nvidia_peermem") if m in self.nvidia_loaded(node))
+        dependents = len(module_guard.holders(node, "nvidia") or [])
         extra = int(text) - dependents
         if extra > 0:
             return f"the nvidia module has {extra} user(s) beyond its dependent modules (refcnt {text.strip()})"

@@ -63,6 +63,13 @@ PREFILTER: tuple[bytes, ...] = (
 # a little slack for future keys.
 MAX_FIELDS = 3
 
+# What user space writes to /dev/kmsg is recorded with a user facility (kernel/printk/printk.c
+# devkmsg_write enforces LOG_USER "to be able to reliably distinguish kernel-generated messages from
+# userspace-injected ones"): a raw record's priority, or dmesg -x's facility name, tells. Such a
+# record is no kernel event. Formats that drop the facility (plain dmesg, journalctl)
+# still show gpusoak's own cycle markers by their prefix.
+MARKER_PREFIX = "gpusoak: cycle "
+
 # -- prefixes ------------------------------------------------------------------------------------
 _KMSG = re.compile(r"(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;")
 _SHIPPER = re.compile(r"\S+: kern: +\w+: \[(?P<stamp>[^\]]+)\]: ")
@@ -93,6 +100,8 @@ def strip_prefix(text: str) -> Line:
     stamp: str | None = None
     stamp_s: float | None = None
     if m := _KMSG.match(text):
+        if int(m["prio"]) >> 3:  # a user-space record (facility above 0): no kernel message in it
+            return Line("", m["usec"], int(m["usec"]) / 1e6)
         msg = _ESCAPE.sub(lambda e: chr(int(e[1], 16)), text[m.end():])
         return Line(msg, m["usec"], int(m["usec"]) / 1e6)
     text = text.lstrip()
@@ -104,6 +113,8 @@ def strip_prefix(text: str) -> Line:
         elif "kernel" in text and (m := _SYSLOG.match(text)):
             stamp, text = stamp or m["stamp"], text[m.end():]
         elif text[:1] in _DMESG_X_FIRST and (m := _DMESG_X.match(text)):
+            if not text.startswith("kern"):  # dmesg -x names the facility: only kern's are the kernel's
+                return Line("", stamp, stamp_s)
             text = text[m.end():]
         elif bracket and (m := _MONO.match(text)):
             stamp, stamp_s, text = m["s"], float(m["s"]), text[m.end():]
@@ -156,6 +167,8 @@ class Grouper:
     def feed(self, number: int, line: Line, fields: dict[str, str] | None = None,
              seq: int | None = None) -> list[KernelEvent]:
         msg = line.message
+        if msg.startswith(MARKER_PREFIX):
+            return []  # gpusoak's own cycle marker, whatever the log's format lost of its facility
         prefix = _DEV_PREFIX.match(msg)
         dev = normalise_pci(prefix["dev"]) if prefix else None
         if dev is None and fields and fields.get("DEVICE", "").startswith("+pci:"):

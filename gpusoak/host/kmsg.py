@@ -12,13 +12,13 @@ import errno
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gpusoak.errors import from_oserror
-from gpusoak.host.klog import Grouper, Line
+from gpusoak.host.klog import MARKER_PREFIX, Grouper, Line
 from gpusoak.model import KernelEvent
 
 
@@ -76,11 +76,35 @@ def parse_records(lines: Iterable[str]) -> Iterator[KmsgRecord]:
 
 
 class KernelLog(Protocol):
-    """The kernel-log seam: a cursor, and the records after a cursor."""
+    """The kernel-log seam: a cursor, the records after a cursor, and a marker gpusoak writes."""
 
     def cursor(self) -> int: ...
 
     def records_since(self, cursor: int) -> list[KmsgRecord]: ...
+
+    def mark(self, text: str) -> bool: ...
+
+
+# -- markers ------------------------------------------------------------------------------------
+# A write to /dev/kmsg becomes one record (kernel/printk/printk.c devkmsg_write). Its "<N>" prefix
+# gives the level (N & 7) and, when N >> 3 is not 0, the facility; without one the kernel enforces
+# LOG_USER (1) "to be able to reliably distinguish kernel-generated messages from
+# userspace-injected ones". So a marker is <14>: facility user, level info.
+USER_FACILITY = 1
+MARK_PRIO = (USER_FACILITY << 3) | 6
+MARK_MAX = 900  # below PRINTKRB_RECORD_MAX (1024), past which the write fails with EINVAL
+
+
+def cycle_marker(cycle: int, action: str, target: str, phase: str) -> str:
+    """``gpusoak: cycle N <action> <bdf|node> begin|end``: other health tools tell gpusoak's own
+    XIDs by it; gpusoak's parser never reads one as an event (klog.MARKER_PREFIX)."""
+    return f"{MARKER_PREFIX}{cycle} {action} {target} {phase}"
+
+
+def mark_bytes(text: str) -> bytes:
+    """One marker record as written to /dev/kmsg: the prefix, one line, a newline."""
+    line = " ".join(text.split())  # one record: no newline or control character inside
+    return f"<{MARK_PRIO}>{line}".encode()[:MARK_MAX] + b"\n"
 
 
 class _RecordCache:
@@ -115,11 +139,24 @@ class KmsgFile(_RecordCache):
     once its header and continuation lines are complete (the writer appends a record in one write).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, opener: Callable[[], Any] | None = None) -> None:
         self.path = Path(path)
+        self._opener = opener  # opens the log for writing (the simulator's /dev/kmsg); None: a dump
         self._records: list[KmsgRecord] = []
         self._offset = 0  # bytes of the file already parsed
         self._lines = 0  # lines of the file already parsed
+
+    def mark(self, text: str) -> bool:
+        """Write a marker as a user would write /dev/kmsg; False where it could not be written (a
+        saved dump takes none). Never raises: a marker is a courtesy to other tools."""
+        if self._opener is None:
+            return False
+        try:
+            with self._opener() as log:
+                log.write(mark_bytes(text))
+        except OSError:
+            return False
+        return True
 
     def _refresh(self) -> None:
         try:
@@ -180,6 +217,24 @@ class DevKmsg(_RecordCache):
             if len(self._records) > 200_000:  # the ring buffer holds far fewer; keep memory bounded
                 del self._records[:100_000]
 
+    def mark(self, text: str) -> bool:
+        """Write a marker record. A fresh write-only descriptor each time: the kernel rate-limits
+        writes per open file (devkmsg_open's ratelimit_default_init: 10 per 5 s, the rest dropped
+        while the write still succeeds, unless printk.devkmsg=on), so one kept descriptor would
+        lose markers in a fast or parallel run. A write-only open needs no CAP_SYSLOG; with
+        printk.devkmsg=off it fails with EPERM. Never raises: a marker must not fail a cycle."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            os.write(fd, mark_bytes(text))
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -188,10 +243,16 @@ class DevKmsg(_RecordCache):
 
 # -- events -------------------------------------------------------------------------------------
 def events(records: Iterable[KmsgRecord]) -> list[KernelEvent]:
-    """Events in /dev/kmsg records, through the same parser and grouping as any other log."""
+    """Events in /dev/kmsg records, through the same parser and grouping as any other log.
+
+    Only the kernel's own records (facility 0) count: whatever user space writes to /dev/kmsg,
+    gpusoak's cycle markers and a tool replaying Xid lines included, is recorded with a user
+    facility (devkmsg_write never lets a write claim facility 0)."""
     grouper = Grouper()
     out: list[KernelEvent] = []
     for rec in records:
+        if rec.facility != 0:
+            continue
         line = Line(rec.message, str(rec.usec), rec.usec / 1e6)
         out.extend(grouper.feed(rec.line, line, dict(rec.fields), seq=rec.seq))
     return out

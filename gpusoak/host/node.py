@@ -34,6 +34,9 @@ class Node:
     dev_root: Path = Path("/dev")
     stat: Callable[[str | os.PathLike], os.stat_result] = os.stat  # the holder scan's stat seam (st_rdev)
     pid: int = field(default_factory=os.getpid)  # this process: it must hold no GPU's device file
+    # The root kmod finds lib/modules/<release> under: / unless modprobe is told otherwise
+    # (MODPROBE_OPTIONS="-d DIR"); the simulated node's own folder in the simulator.
+    modules_root: Path = Path("/")
     load_seconds_default: float = 20.0  # load before each cycle unless the user says otherwise
     post_check_seconds_default: float = 5.0
     _close: list[Callable[[], None]] = field(default_factory=list)
@@ -77,4 +80,26 @@ def open_real_node() -> Node:
         proc_root=Path("/proc"),
         clock=RealClock(),
         is_root=os.geteuid() == 0,
+        modules_root=modprobe_dirname(os.environ.get("MODPROBE_OPTIONS", "")),
     )
+
+
+def modprobe_dirname(options: str) -> Path:
+    """The ``-d``/``--dirname`` root in MODPROBE_OPTIONS, which every modprobe gpusoak runs reads
+    as if given first on its command line (kmod tools/modprobe.c prepend_options_from_env: split
+    at spaces, quotes kept together); the last one given wins, as getopt leaves it."""
+    import shlex
+
+    try:
+        words = shlex.split(options)
+    except ValueError:
+        words = options.split(" ")
+    root = "/"
+    for i, w in enumerate(words):
+        if w in ("-d", "--dirname") and i + 1 < len(words):
+            root = words[i + 1]
+        elif w.startswith("--dirname="):
+            root = w.split("=", 1)[1]
+        elif w.startswith("-d") and len(w) > 2 and not w.startswith("--"):
+            root = w[2:]
+    return Path(root or "/")

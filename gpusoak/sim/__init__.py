@@ -19,6 +19,7 @@ from gpusoak.host.nvml import NvmlClient
 from gpusoak.host.sysfs import Sysfs
 from gpusoak.sim import scenario as scenarios
 from gpusoak.sim.kernel import SimKernel
+from gpusoak.sim.modules import install as install_modules
 from gpusoak.sim.procs import NVIDIA_MAJOR, SimProcesses
 from gpusoak.sim.runner import SimRunner
 from gpusoak.sim.tree import build
@@ -39,6 +40,7 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
     root = Path(tempfile.mkdtemp(prefix="gpusoak-sim-")) if root is None else Path(root)
     sys_root = root / "sys"
     tree = build(sys_root, scenario)
+    install_modules(root, scenario)
     proc = root / "proc"
     processes = SimProcesses(proc, root / "dev")
     for minor in range(len(scenario.gpus)):
@@ -60,7 +62,7 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         hostname=scenario.hostname,
         kernel=scenario.kernel,
         sysfs=Sysfs(sys_root, writer=kernel.write, timeout_scale=0.01),
-        kmsg=KmsgFile(kernel.kmsg_path),
+        kmsg=KmsgFile(kernel.kmsg_path, opener=kernel.devkmsg_open),
         nvml=nvml,
         nvml_unavailable=why,
         runner=runner,
@@ -68,6 +70,7 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         clock=clock,
         is_root=True,
         dev_root=root / "dev",
+        modules_root=root,  # the simulated node's "/": its lib/modules/<release> (sim.modules)
         stat=processes.stat,
         pid=processes.self_pid,
         load_seconds_default=scenario.load_seconds,

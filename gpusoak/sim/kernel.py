@@ -29,6 +29,7 @@ from gpusoak.sim.tree import (
     aer_text,
     create_gpu,
     gpu_functions,
+    module_holders,
     put,
     remove_function,
 )
@@ -90,16 +91,23 @@ class SimKernel:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
 
     # -- kernel log --------------------------------------------------------------------------
-    def log(self, level: int, message: str, device: PciAddress | None = None) -> None:
-        """Append one record in /dev/kmsg format (facility 0, kernel)."""
+    def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:
+        """Append one record in /dev/kmsg format (facility 0, kernel, unless a user wrote it)."""
         usec = int((BOOT_OFFSET_S + self.clock.monotonic()) * 1e6)
         with self._log_lock:  # parallel GPU workers log to one ring buffer
-            record = f"{level},{self._seq},{usec},-;{message}\n"
+            record = f"{(facility << 3) | level},{self._seq},{usec},-;{message}\n"
             if device is not None:
                 record += f" SUBSYSTEM=pci\n DEVICE=+pci:{device}\n"
             self._seq += 1
             with open(self.kmsg_path, "a", encoding="utf-8") as f:
                 f.write(record)
+
+    def devkmsg_open(self) -> DevKmsgWriter:
+        """open("/dev/kmsg", O_WRONLY): refused with printk_devkmsg=off (devkmsg_open: -EPERM);
+        each open has its own rate limit (ratelimit_default_init on the file's devkmsg_user)."""
+        if self.scenario.devkmsg == "off":
+            raise PermissionError(errno.EPERM, "Operation not permitted", "/dev/kmsg")
+        return DevKmsgWriter(self)
 
     def xid(self, bdf: PciAddress, number: int, text: str, pid: str = "'<unknown>'", name: str = "<unknown>") -> None:
         """The driver reports an XID: the NVRM line in the kernel log, and an NVML event."""
@@ -108,13 +116,13 @@ class SimKernel:
             event_set.deliver(bdf, number)
 
     def update_refcnt(self) -> None:
-        """/sys/module/nvidia/refcnt as the kernel keeps it: dependent modules, plus a hidden user
-        where a GPU's profile keeps the module busy."""
-        if "nvidia" not in self.modules:
-            return
-        dependents = sum(1 for m in ("nvidia_uvm", "nvidia_modeset", "nvidia_peermem") if m in self.modules)
+        """/sys/module/*/refcnt as the kernel keeps it: one reference per module that uses it
+        (ref_module takes one for each module_use, kernel/module/main.c), plus, for nvidia, a
+        hidden user where a GPU's profile keeps the module busy."""
         busy = any(st.spec.profile.module_busy() for st in self.gpus.values())
-        put(self.root / "module" / "nvidia" / "refcnt", f"{dependents + int(busy)}\n", 0o444)
+        for name in self.modules:
+            count = len(module_holders(self.tree, name)) + int(name == "nvidia" and busy)
+            put(self.root / "module" / name / "refcnt", f"{count}\n", 0o444)
 
     # -- lookups -----------------------------------------------------------------------------
     def gpu_of(self, bdf: PciAddress) -> GpuState | None:
@@ -480,6 +488,58 @@ class SimKernel:
                 st.was_on_vfio = False
             for bdf, _ in gpu_functions(st.spec):
                 self._probe(bdf, self.root / "bus" / "pci" / "drivers_probe")
+
+
+class DevKmsgWriter:
+    """One open of /dev/kmsg for writing; ``write`` is kernel/printk/printk.c devkmsg_write."""
+
+    RECORD_MAX = 1024  # PRINTKRB_RECORD_MAX (kernel/printk/internal.h)
+    DEFAULT_LEVEL = 4  # default_message_loglevel: CONFIG_MESSAGE_LOGLEVEL_DEFAULT's default
+    RATELIMIT_INTERVAL_S, RATELIMIT_BURST = 5.0, 10  # DEFAULT_RATELIMIT_INTERVAL (5 * HZ), _BURST
+
+    def __init__(self, kernel: SimKernel) -> None:
+        self._kernel = kernel
+        self._begin: float | None = None
+        self._printed = 0
+
+    def write(self, data: bytes) -> int:
+        k = self._kernel
+        written = len(data)
+        if written > self.RECORD_MAX:
+            raise OSError(errno.EINVAL, "Invalid argument", "/dev/kmsg")
+        if k.scenario.devkmsg != "on" and not self._ratelimit_ok():
+            return written  # dropped, and the write still reports success
+        level, facility = self.DEFAULT_LEVEL, 1  # LOG_USER unless the prefix names a facility
+        end = data.find(b">")
+        if data[:1] == b"<" and end > 1 and data[1:end].isdigit():
+            value = int(data[1:end])
+            level = value & 7
+            facility = (value >> 3) or facility  # facility 0 (kernel) cannot be claimed from userspace
+            data = data[end + 1:]
+        data = data.removesuffix(b"\n")  # vprintk_store drops the trailing newline
+        # msg_add_ext_text escapes, byte by byte, what /dev/kmsg readers must not see raw.
+        text = "".join(f"\\x{b:02x}" if b < 32 or b >= 127 or b == 0x5C else chr(b) for b in data)
+        k.log(level, text, facility=facility)
+        return written
+
+    def _ratelimit_ok(self) -> bool:
+        # lib/ratelimit.c ___ratelimit: at most BURST messages per INTERVAL, the rest dropped.
+        now = self._kernel.clock.monotonic()
+        if self._begin is None or now >= self._begin + self.RATELIMIT_INTERVAL_S:
+            self._begin, self._printed = now, 0
+        if self._printed < self.RATELIMIT_BURST:
+            self._printed += 1
+            return True
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> DevKmsgWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 FUNCTIONS_DRIVERS = {v[3] for v in FUNCTIONS.values()} | {"pcieport"}

@@ -1,7 +1,7 @@
 """The simulated node's command runner: answers like the real programs, never runs anything.
 
 Covered: ``nvidia-smi -r -i BDF`` (exit codes from the nvidia-smi documentation, reference 4.1),
-``rmmod`` and ``modprobe`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
+``rmmod``, ``modprobe``, ``modprobe --show-depends`` and ``modinfo`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
 A command the simulated node does not know answers as a shell does for a missing program (127),
 so nothing a test asks for can reach this machine's own devices.
 """
@@ -12,17 +12,29 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
+from gpusoak.sim import modules
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
 from gpusoak.sim.procs import CTL_MINOR, NVIDIA_MAJOR, DeviceNumber
-from gpusoak.sim.tree import load_module, unload_module
+from gpusoak.sim.tree import load_module, module_holders, unload_module
 
-# Which module holds which (lsmod's "Used by"): unloading needs these gone first.
-USED_BY = {"nvidia": ("nvidia_modeset", "nvidia_uvm", "nvidia_peermem"), "nvidia_modeset": ("nvidia_drm",)}
+
+def _options(args: tuple[str, ...], with_value: set[str]) -> tuple[dict[str, str], list[str]]:
+    """getopt's short options that take a value (``-k REL`` or ``-kREL``), and the operands."""
+    opts: dict[str, str] = {}
+    names: list[str] = []
+    it = iter(args)
+    for a in it:
+        if a[:2] in with_value:
+            opts[a[:2]] = a[2:] or next(it, "")
+        else:
+            names.append(a)
+    return opts, names
 
 
 class SimRunner:
@@ -49,6 +61,10 @@ class SimRunner:
             return self._rmmod(args[0])
         if name == "modprobe" and len(args) == 1:
             return self._modprobe(args[0])
+        if name == "modprobe" and ("--show-depends" in args or "-D" in args):
+            return self._show_depends(tuple(a for a in args if a not in ("--show-depends", "-D")))
+        if name == "modinfo":
+            return self._modinfo(args)
         if name == "systemctl" and len(args) == 2:
             return self._systemctl(*args)
         if args[:2] == ("-m", "gpusoak.load"):
@@ -124,16 +140,21 @@ class SimRunner:
         return done.returncode, done.stdout, done.stderr
 
     # -- modules -------------------------------------------------------------------------------
+    # kmod's tools, reading the simulated /lib/modules (sim.modules) and /sys/module. Messages are
+    # kmod's: tools/log.c prefixes "<program>: <PRIORITY>: "; modprobe's "not found" is LOG at
+    # LOG_CRIT (FATAL), the others ERR.
     def _rmmod(self, module: str) -> tuple[int, str, str]:
         k = self._kernel
+        module = modules.canonical(module)
         if module not in k.modules:
             return 1, "", f"rmmod: ERROR: Module {module} is not currently loaded\n"
-        users = [m for m in USED_BY.get(module, ()) if m in k.modules]
+        # kmod tools/rmmod.c check_module_inuse: holders first (/sys/module/M/holders), then refcnt.
+        users = module_holders(k.tree, module)
         if users:
             return 1, "", f"rmmod: ERROR: Module {module} is in use by: {' '.join(users)}\n"
-        if module == "nvidia" and (any(st.spec.profile.module_busy() for st in k.gpus.values())
-                                   or self._device_users()):
-            return 1, "", "rmmod: ERROR: Module nvidia is in use\n"
+        refcnt = (k.root / "module" / module / "refcnt").read_text().strip()
+        if refcnt != "0" or (module == "nvidia" and self._device_users()):
+            return 1, "", f"rmmod: ERROR: Module {module} is in use\n"
         k.modules.discard(module)
         unload_module(k.tree, module)
         if module == "nvidia":
@@ -148,21 +169,77 @@ class SimRunner:
         numbers = [DeviceNumber(NVIDIA_MAJOR, k.minor(b)) for b in k.gpus] + [DeviceNumber(NVIDIA_MAJOR, CTL_MINOR)]
         return sorted({pid for n in numbers for pid in k.procs.holders(n)})
 
+    def _release_dir(self, root: str | None, release: str | None) -> tuple[Path, str]:
+        """The folder kmod reads (``-d``/``-b`` ROOT + /lib/modules/RELEASE) and its name as kmod
+        prints it. Without ROOT, the simulated node's own root (what its "/" is); a ROOT outside
+        the simulated node has nothing in it."""
+        k = self._kernel
+        release = release or k.scenario.kernel
+        if root is None:
+            return modules.release_dir(k.root.parent, release), f"/lib/modules/{release}"
+        base = Path(root)
+        if base != k.root.parent and k.root.parent not in base.parents:
+            base = k.root.parent / "nonexistent"
+        return modules.release_dir(base, release), f"{root.rstrip('/')}/lib/modules/{release}"
+
+    def _modinfo(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        """``modinfo [-b ROOT] [-k RELEASE] [-F FIELD] MODULE`` (kmod tools/modinfo.c)."""
+        opts, names = _options(args, {"-b", "-k", "-F"})
+        if len(names) != 1:
+            return 1, "", "modinfo: ERROR: missing module or filename.\n"
+        base, _ = self._release_dir(opts.get("-b"), opts.get("-k"))
+        name = modules.canonical(names[0])
+        entry = (modules.index(base) or {}).get(name)
+        if entry is None:
+            return 1, "", f"modinfo: ERROR: Module {names[0]} not found.\n"
+        info = modules.modinfo(base / entry[0])
+        if info is None:
+            return 1, "", f"modinfo: ERROR: could not get modinfo from '{name}': No such file or directory\n"
+        if "-F" in opts:
+            return 0, "".join(v + "\n" for v in info.get(opts["-F"], [])), ""
+        lines = [f"{'filename:':<16}{base / entry[0]}"] + [f"{key + ':':<16}{v}" for key, vs in info.items() for v in vs]
+        return 0, "".join(line + "\n" for line in lines), ""
+
+    def _show_depends(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        """``modprobe [-d ROOT] [-S RELEASE] --show-depends MODULE``: dry run, ignoring what is
+        loaded (kmod tools/modprobe.c, -D sets ignore_loaded); one ``insmod PATH OPTIONS`` line
+        per module, dependencies first (print_action). The path is printed, not opened."""
+        opts, names = _options(args, {"-d", "-S"})
+        base, shown = self._release_dir(opts.get("-d"), opts.get("-S"))
+        index = modules.index(base) or {}
+        out = []
+        for name in names:
+            entry = index.get(modules.canonical(name))
+            if entry is None:
+                return 1, "".join(out), f"modprobe: FATAL: Module {name} not found in directory {shown}\n"
+            for path in [*reversed(entry[1:]), entry[0]]:
+                out.append(f"insmod {base / path} \n")
+        return 0, "".join(out), ""
+
     def _modprobe(self, module: str) -> tuple[int, str, str]:
         k = self._kernel
+        module = modules.canonical(module)
         if module in k.modules:
             return 0, "", ""
-        needs = {"nvidia_uvm": "nvidia", "nvidia_modeset": "nvidia", "nvidia_peermem": "nvidia",
-                 "nvidia_drm": "nvidia_modeset"}
-        if module not in ("nvidia", *needs):
-            return 1, "", f"modprobe: FATAL: Module {module} not found in directory /lib/modules/{k.scenario.kernel}\n"
-        if module in needs and needs[module] not in k.modules:  # modprobe loads what a module needs
-            self._modprobe(needs[module])
+        base, shown = self._release_dir(None, None)
+        entry = (modules.index(base) or {}).get(module)
+        if entry is None:
+            return 1, "", f"modprobe: FATAL: Module {module} not found in directory {shown}\n"
+        for dep in modules.dependencies(module):  # modprobe loads what a module needs first
+            if dep not in k.modules and (failed := self._modprobe(dep))[0] != 0:
+                return failed
+        info = modules.modinfo(base / entry[0])
+        if info is None:
+            # kmod_module_insert_module cannot open the indexed file: -ENOENT, which modprobe's
+            # insmod_insert words as below (tools/modprobe.c).
+            return 1, "", (f"modprobe: ERROR: could not insert '{module}': Unknown symbol in module, "
+                           "or unknown parameter (see dmesg)\n")
+        version = (info.get("version") or [None])[0]
         k.modules.add(module)
-        load_module(k.tree, module, k.scenario.driver)
+        load_module(k.tree, module, version, tuple(u for u in modules.USES.get(module, ()) if u in k.modules))
         k.update_refcnt()
         if module == "nvidia":
-            k.log(KERN_INFO, f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {k.scenario.driver}  "
+            k.log(KERN_INFO, f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {version}  "
                   "Release Build  (gpusoak simulated node)")
             k.probe_all(fresh=True)
         return 0, "", ""

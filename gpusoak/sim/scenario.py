@@ -60,6 +60,11 @@ class Scenario:
     holders: dict[int, str] = field(default_factory=dict)  # pid -> device node it holds open
     services: dict[str, str] = field(default_factory=dict)  # systemd unit -> active / inactive
     modules: tuple[str, ...] = ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm")  # loaded at start
+    # The nvidia version installed under /lib/modules (None: the running driver's). A different one
+    # is a driver upgraded on disk but not yet loaded: the next modprobe loads it.
+    driver_on_disk: str | None = None
+    lib_modules: bool = True  # False: no /lib/modules/<release> (a container without the host's)
+    devkmsg: str = "ratelimit"  # the printk.devkmsg setting: ratelimit (the default), on, off
     nvswitches: int = 0  # NVSwitch functions on the node (Fabric Manager matters on Ampere)
     actions: tuple[str, ...] = ("flr",)  # the actions the scenario's expected classes assume
     load_seconds: float = 0.0  # default load before each cycle on this node (0: none)
@@ -141,6 +146,9 @@ def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
         holders=holders,
         services={str(k): str(v) for k, v in data.get("services", DEFAULT_SERVICES).items()},
         modules=tuple(data.get("modules", ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm"))),
+        driver_on_disk=None if data.get("driver_on_disk") is None else str(data["driver_on_disk"]),
+        lib_modules=bool(data.get("lib_modules", True)),
+        devkmsg=_choice(data.get("devkmsg", "ratelimit"), ("ratelimit", "on", "off"), "devkmsg"),
         nvswitches=int(data.get("nvswitches", 0)),
         actions=tuple(data.get("actions", ("flr",))),
         load_seconds=float(data.get("load_seconds", 0.0)),
@@ -179,6 +187,12 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         arch=str(spec.get("arch", "hopper")),
         display=bool(spec.get("display", False)),
     )
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise ScenarioError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return str(value)
 
 
 def _functions(raw) -> tuple[str, ...]:

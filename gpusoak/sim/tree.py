@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from gpusoak.model import PciAddress
+from gpusoak.sim.modules import NVIDIA_STACK, USES, dependencies
 from gpusoak.sim.scenario import GpuSpec, Scenario
 
 # aer_dev_* bit names printed by Linux 6.12 (drivers/pci/pcie/aer.c).
@@ -165,8 +166,9 @@ def build(root: Path, scenario: Scenario) -> Tree:
         put(root / "bus" / "pci" / control, "", 0o200)
     for drv in DRIVERS:
         _driver(tree, drv)
-    for module in scenario.modules:
-        load_module(tree, module, scenario.driver)
+    for module in load_order(scenario.modules):
+        load_module(tree, module, scenario.driver if module in NVIDIA_STACK else None,
+                    tuple(u for u in USES.get(module, ()) if u in scenario.modules))
     for group, gpu in enumerate(scenario.gpus, start=10):
         parent = root / "devices" / f"pci{gpu.bdf.domain:04x}:{(gpu.upstream[0].bus if gpu.upstream else gpu.bdf.bus):02x}"
         for port in gpu.upstream:
@@ -191,13 +193,45 @@ def build(root: Path, scenario: Scenario) -> Tree:
     return tree
 
 
-def load_module(tree: Tree, name: str, version: str) -> None:
-    put(tree.root / "module" / name / "refcnt", "0\n", 0o444)
-    if name == "nvidia":
-        put(tree.root / "module" / name / "version", version + "\n", 0o444)
+def load_order(modules: tuple[str, ...]) -> list[str]:
+    """The scenario's modules, each after the ones it uses (as modprobe loaded them at boot)."""
+    out: list[str] = []
+    for m in modules:
+        for d in [*dependencies(m), m]:
+            if d in modules and d not in out:
+                out.append(d)
+    return out
+
+
+def load_module(tree: Tree, name: str, version: str | None, uses: tuple[str, ...] = ()) -> None:
+    """/sys/module/NAME as mod_sysfs_setup leaves it (kernel/module/sysfs.c): its ``holders``
+    folder, its attributes, and a link NAME in the ``holders`` folder of each module it uses
+    (add_usage_links, one per module_use the symbol resolution made). ``version`` is
+    MODULE_VERSION's attribute, for the modules that declare one."""
+    base = tree.root / "module" / name
+    (base / "holders").mkdir(parents=True, exist_ok=True)
+    put(base / "refcnt", "0\n", 0o444)
+    if version:
+        put(base / "version", version + "\n", 0o444)
+    for target in uses:
+        link(tree.root / "module" / target / "holders" / name, base)
 
 
 def unload_module(tree: Tree, name: str) -> None:
+    """What mod_sysfs_teardown removes: the module's links in the holders of what it used
+    (del_usage_links), then its own folder."""
     import shutil
 
+    for entry in tree.root.glob(f"module/*/holders/{name}"):
+        if entry.is_symlink():
+            entry.unlink()
     shutil.rmtree(tree.root / "module" / name, ignore_errors=True)
+
+
+def module_holders(tree: Tree, name: str) -> list[str]:
+    """The modules that use this one (its holders/ entries). kernfs lists a folder by name hash;
+    sorted here so that messages are stable."""
+    try:
+        return sorted(p.name for p in (tree.root / "module" / name / "holders").iterdir())
+    except OSError:
+        return []

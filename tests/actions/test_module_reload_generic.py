@@ -6,10 +6,11 @@ here. The same action runs for real on nvme and e1000e in the real-kernel tier.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from gpusoak.actions import ACTIONS, Context
-from gpusoak.actions.base import DRIVER_SHARED, MODULE_IN_USE, NOT_BOUND, UNSUPPORTED
+from gpusoak.actions.base import CANNOT_RELOAD, DRIVER_SHARED, MODULE_IN_USE, NOT_BOUND, UNSUPPORTED
 from gpusoak.clock import RealClock
 from gpusoak.host.commands import CommandResult
 from gpusoak.host.kmsg import KmsgFile
@@ -32,11 +33,17 @@ def _link(path: Path, target: Path) -> None:
 
 
 class Runner:
-    def __init__(self):
+    """Succeeds at everything; ``modprobe --show-depends M`` names M's file as kmod prints it
+    (``insmod PATH OPTIONS``, tools/modprobe.c print_action)."""
+
+    def __init__(self, modules_dir: Path):
         self.calls = []
+        self.modules_dir = modules_dir
 
     def run(self, argv, *, timeout_s):
         self.calls.append(tuple(argv))
+        if "--show-depends" in argv:
+            return CommandResult(tuple(argv), 0, f"insmod {self.modules_dir / 'kernel' / (argv[-1] + '.ko.xz')} \n", "", 0.01)
         return CommandResult(tuple(argv), 0, "", "", 0.01)
 
 
@@ -61,9 +68,17 @@ def _node(tmp_path) -> Node:
     _put(root / "module" / "virtio_pci" / "refcnt", "2\n")
     (root / "module" / "virtio_pci" / "holders" / "virtio_net").mkdir(parents=True)
     _put(tmp_path / "kmsg", "")
+    # What modprobe loads back from: /lib/modules/<release> under the node's modules root.
+    modules_dir = tmp_path / "lib" / "modules" / "6.1.0"
+    for module in ("nvme", "e1000e", "virtio_pci"):
+        _put(modules_dir / "kernel" / f"{module}.ko.xz", "")
     return Node(backend="real", hostname="h", kernel="6.1.0", sysfs=Sysfs(root), kmsg=KmsgFile(tmp_path / "kmsg"),
-                nvml=None, nvml_unavailable="no NVML here", runner=Runner(), proc_root=tmp_path / "proc",
-                clock=RealClock(), is_root=True)
+                nvml=None, nvml_unavailable="no NVML here", runner=Runner(modules_dir), proc_root=tmp_path / "proc",
+                clock=RealClock(), is_root=True, modules_root=tmp_path)
+
+
+def _changing(calls):
+    return [c for c in calls if "--show-depends" not in c]
 
 
 def test_the_modules_of_the_named_functions_drivers_are_reloaded(tmp_path):
@@ -74,7 +89,8 @@ def test_the_modules_of_the_named_functions_drivers_are_reloaded(tmp_path):
     assert [str(s) for s in action.steps(node, None, ctx)] == [
         "run rmmod nvme", "run rmmod e1000e", "run modprobe e1000e", "run modprobe nvme"]
     action.perform(node, None, ctx)
-    assert node.runner.calls == [("rmmod", "nvme"), ("rmmod", "e1000e"), ("modprobe", "e1000e"), ("modprobe", "nvme")]
+    assert _changing(node.runner.calls) == [("rmmod", "nvme"), ("rmmod", "e1000e"), ("modprobe", "e1000e"),
+                                            ("modprobe", "nvme")]
 
 
 def test_a_module_with_users_a_built_in_driver_and_an_unbound_function_are_refused(tmp_path):
@@ -92,7 +108,17 @@ def test_a_module_with_users_a_built_in_driver_and_an_unbound_function_are_refus
     (node.sysfs.root / "bus" / "pci" / "drivers" / "e1000e" / "module").unlink()  # built in: no module link
     (built_in,) = action.refusals(node, None, Context(devices=(NIC,)))
     assert built_in.reason == UNSUPPORTED and "e1000e is built into the kernel" in built_in.detail
-    assert node.runner.calls == []  # refusals only read
+    assert _changing(node.runner.calls) == []  # refusals only read (modprobe --show-depends is a dry run)
+
+
+def test_a_module_that_could_not_be_loaded_back_is_refused_before_rmmod(tmp_path):
+    node = _node(tmp_path)
+    (tmp_path / "lib" / "modules" / "6.1.0" / "kernel" / "e1000e.ko.xz").unlink()
+    (refusal,) = ACTIONS["module_reload"].refusals(node, None, Context(devices=(NVME, NIC)))
+    assert refusal.reason == CANNOT_RELOAD and "e1000e.ko.xz" in refusal.detail
+    shutil.rmtree(tmp_path / "lib")  # a container without the host's /lib/modules/<release>
+    (refusal,) = ACTIONS["module_reload"].refusals(node, None, Context(devices=(NVME,)))
+    assert refusal.reason == CANNOT_RELOAD and "lib/modules/6.1.0 does not exist" in refusal.detail
 
 
 def test_no_nvidia_service_is_asked_about_for_other_functions(tmp_path):

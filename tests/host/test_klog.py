@@ -188,3 +188,20 @@ def test_lines_across_block_boundaries_keep_their_numbers():
     for block in (64, 100, 997, 1 << 20):
         events = list(scan(io.BytesIO(data), block_size=block))
         assert [(e.kind, e.line) for e in events] == [("fell_off_bus", 1235), ("xid", 4001)], block
+
+
+@pytest.mark.parametrize("line", [
+    # A user's write to /dev/kmsg is recorded with facility user (devkmsg_write enforces LOG_USER),
+    # so a replayed or injected Xid line is not the driver's: 12 = user, warning.
+    f"12,77,1234567890,-;{XID79}",
+    f"user  :warn  : [ 1234.567890] {XID79}",  # the same record through dmesg -x
+])
+def test_a_user_space_record_is_never_a_kernel_event(line):
+    assert parse_lines([line]) == []
+
+
+def test_gpusoak_cycle_markers_are_not_events():
+    lines = ["14,80,1234567890,-;gpusoak: cycle 3 flr 0000:65:00.0 begin",
+             "[ 1234.567890] gpusoak: cycle 3 flr 0000:65:00.0 end",
+             "[ 1234.567891] gpusoak: cycle 4 module_reload node begin"]
+    assert parse_lines(lines) == []

@@ -107,3 +107,43 @@ def test_cursor_counts_only_later_records(tmp_path):
 
 def test_missing_log_file_is_empty(tmp_path):
     assert KmsgFile(tmp_path / "none").cursor() == -1
+
+
+def test_a_user_space_record_is_never_a_kernel_event():
+    # facility 1 (user): what devkmsg_write records for any write to /dev/kmsg, so an Xid line a
+    # tool injects or replays there is not the driver's.
+    xid = "NVRM: Xid (PCI:0000:65:00): 79, pid=1234, name=python, GPU has fallen off the bus."
+    assert events(parse_records([f"12,7,1000000,-;{xid}"])) == []
+    assert len(events(parse_records([f"4,8,1000000,-;{xid}"]))) == 1
+
+
+def test_markers_through_the_simulated_dev_kmsg(tmp_path):
+    from gpusoak.sim import open_sim_node
+
+    s = open_sim_node()
+    try:
+        log = s.node.kmsg
+        cursor = log.cursor()
+        for n in range(12):  # each mark opens /dev/kmsg anew: the per-open rate limit never bites
+            assert log.mark(f"gpusoak: cycle {n} flr 0000:18:00.0 begin\nsecond line")
+        recs = log.records_since(cursor)
+        assert len(recs) == 12 and {(r.facility, r.level) for r in recs} == {(1, 6)}
+        assert recs[0].message == "gpusoak: cycle 0 flr 0000:18:00.0 begin second line"
+        assert events(recs) == []
+        # One descriptor kept open would lose writes past the burst, and the write still succeeds.
+        with s.kernel.devkmsg_open() as f:
+            assert all(f.write(b"<14>gpusoak: x\n") == 15 for _ in range(11))
+        assert len(log.records_since(recs[-1].seq)) == 10
+    finally:
+        s.node.close()
+
+
+def test_a_marker_that_cannot_be_written_is_false_never_an_error(tmp_path):
+    from gpusoak.host.kmsg import DevKmsg
+
+    assert KmsgFile(tmp_path / "dump").mark("gpusoak: x") is False  # a saved dump takes no marker
+    assert DevKmsg(tmp_path / "missing" / "kmsg").mark("gpusoak: x") is False
+    target = tmp_path / "kmsg"
+    target.write_bytes(b"")
+    assert DevKmsg(target).mark("gpusoak: cycle 1 flr 0000:18:00.0 begin") is True
+    assert target.read_bytes() == b"<14>gpusoak: cycle 1 flr 0000:18:00.0 begin\n"  # one record, one write

@@ -191,3 +191,44 @@ def test_health_overrides_and_full_nvml_read(tmp_path):
     path.write_text(path.read_text().replace("recovery_action", "recovery_mood"))
     with pytest.raises(ScenarioError, match="unknown health field"):
         scenarios.load(str(path))
+
+
+def test_kmod_answers_from_the_simulated_lib_modules(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('driver_on_disk = "575.51.02"\n[[gpu]]\nbdf = "0000:18:00.0"\n')
+    s = open_sim_node(str(path))
+    try:
+        run, rel = s.node.runner.run, s.node.kernel
+        assert run(["modinfo", "-k", rel, "-F", "version", "nvidia"], timeout_s=5).stdout == "575.51.02\n"
+        assert (s.node.sysfs.root / "module" / "nvidia" / "version").read_text() == "570.124.06\n"
+        r = run(["modinfo", "-k", rel, "-F", "version", "gdrdrv"], timeout_s=5)
+        assert (r.returncode, r.stderr) == (1, "modinfo: ERROR: Module gdrdrv not found.\n")
+        r = run(["modprobe", "--show-depends", "nvidia-drm"], timeout_s=5)
+        assert [line.split("/")[-1] for line in r.stdout.splitlines()] == [
+            "nvidia.ko.zst ", "nvidia-modeset.ko.zst ", "nvidia-drm.ko.zst "]
+        assert all(line.startswith(f"insmod {s.root}/lib/modules/{rel}/") for line in r.stdout.splitlines())
+        r = run(["modprobe", "-d", "/", "--show-depends", "nvidia"], timeout_s=5)
+        assert (r.returncode, r.stderr) == (1, f"modprobe: FATAL: Module nvidia not found in directory /lib/modules/{rel}\n")
+        # What was on disk is what loads: the reload brings the upgraded driver in.
+        for m in ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"):
+            assert run(["rmmod", m], timeout_s=5).returncode == 0, m
+        assert not (s.node.sysfs.root / "module" / "nvidia").exists()
+        assert run(["modprobe", "nvidia_uvm"], timeout_s=5).returncode == 0
+        assert s.node.driver_version() == "575.51.02"
+        assert [p.name for p in (s.node.sysfs.root / "module" / "nvidia" / "holders").iterdir()] == ["nvidia_uvm"]
+        assert (s.node.sysfs.root / "module" / "nvidia" / "refcnt").read_text() == "1\n"
+    finally:
+        s.node.close()
+
+
+def test_without_lib_modules_modprobe_cannot_load_back(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('lib_modules = false\n[[gpu]]\nbdf = "0000:18:00.0"\n')
+    s = open_sim_node(str(path))
+    try:
+        run = s.node.runner.run
+        assert run(["rmmod", "nvidia_drm"], timeout_s=5).returncode == 0
+        r = run(["modprobe", "nvidia_drm"], timeout_s=5)
+        assert (r.returncode, r.stderr) == (1, f"modprobe: FATAL: Module nvidia_drm not found in directory /lib/modules/{s.node.kernel}\n")
+    finally:
+        s.node.close()
