@@ -16,7 +16,7 @@ from gpusoak import gates as health_gates
 from gpusoak import ladder, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTIONS, Context
-from gpusoak.actions.base import NOT_AUTHORISED
+from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node
@@ -213,6 +213,8 @@ class Soak:
         if (loaded := self._load(bdf, base)) is not None and not isinstance(loaded, dict):
             return loaded
         base["load"] = loaded
+        if held := holder_refusals(self.node, bdf, self.ctx):  # again: a holder may have come during the load
+            return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
         cursor = self.node.kmsg.cursor()
         watch = XidWatch(self.node.nvml, bdf) if self.node.nvml is not None else None
         start = self.node.clock.monotonic()
@@ -271,6 +273,9 @@ class Soak:
                 bases[b]["load"] = loaded
         if not live:
             return [out[b] for b in self.gpus]
+        if held := holder_refusals(self.node, None, self.ctx):  # again: a holder may have come during the loads
+            return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **bases[b])
+                    for b in self.gpus]
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None
