@@ -69,6 +69,11 @@ class SysfsError(GpusoakError):
     """A sysfs read failed for a reason other than absence."""
 
 
+class CannotLook(GpusoakError):
+    """A check could not read what it needs (``path``): it has not passed, and what it guards is
+    refused with reason ``cannot_look``."""
+
+
 class NvmlUnavailable(GpusoakError):
     """NVML cannot be used at all (no library, no driver): NVML checks are skipped with this reason."""
 

@@ -36,27 +36,25 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
             continue
         action = ACTIONS[rung]
         target = None if action.scope == "node" else bdf
-        cursor = node.kmsg.cursor()
         failed = ""
-        try:
-            # A node-wide rung waits until no other GPU's cycle runs (the scheduler's node gate), and
-            # judges its preconditions there too: checked while other GPUs are mid-cycle, they
-            # depend on where those cycles happen to be (another GPU's ladder halfway through its
-            # own driver reload reads as "nvidia not loaded", a parallel query as a holder).
-            with soak.exclusive() if action.scope == "node" else contextlib.nullcontext():
-                refusals = action.refusals(node, target, ctx)
-                if rung == "rebind" and refusals and refusals[0].reason == "not_bound":
-                    refusals = []  # unbound after the failure: binding it back is this rung's whole job
-                if refusals:
-                    record.append(Finding(rung, "skipped: " + "; ".join(f"{f.reason}: {f.detail}" for f in refusals)))
-                    continue
-                if not (rung == "rebind" and node.sysfs.function(bdf).driver is None):
+        # A node-wide rung waits until no other GPU's cycle runs (the scheduler's node gate), and
+        # only then looks for holders: until then other GPUs' load children hold nvidiactl and uvm.
+        with soak.exclusive() if action.scope == "node" else contextlib.nullcontext():
+            refusals = action.refusals(node, target, ctx)
+            if rung == "rebind" and refusals and refusals[0].reason == "not_bound":
+                refusals = []  # unbound after the failure: binding it back is this rung's whole job
+            cursor = node.kmsg.cursor()
+            try:
+                if not refusals and not (rung == "rebind" and node.sysfs.function(bdf).driver is None):
                     action.perform(node, target, ctx)
-        except Hung as err:
-            record.append(Finding(rung, f"hung: {err}"))
-            return tuple(record), REBOOT_REQUIRED
-        except GpusoakError as err:
-            failed = f"{err}; "  # verified all the same: the GPU may be back regardless
+            except Hung as err:
+                record.append(Finding(rung, f"hung: {err}"))
+                return tuple(record), REBOOT_REQUIRED
+            except GpusoakError as err:
+                failed = f"{err}; "  # verified all the same: the GPU may be back regardless
+        if refusals:
+            record.append(Finding(rung, "skipped: " + "; ".join(f"{f.reason}: {f.detail}" for f in refusals)))
+            continue
         if soak.saved_state is not None:
             node_state.restore(node, soak.saved_state, ctx, only={str(b) for b in _functions(soak, bdf)})
         poll = verify.await_recovery(node, bdf, soak.baselines[bdf], cursor, soak.options.recovery_deadline_s)

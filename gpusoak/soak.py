@@ -16,7 +16,7 @@ from gpusoak import gates as health_gates
 from gpusoak import ladder, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTIONS, Context
-from gpusoak.actions.base import NOT_AUTHORISED
+from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
 from gpusoak.host import kmsg
@@ -219,6 +219,8 @@ class Soak:
         base["load"] = loaded
         if (held := self._self_held(base)) is not None:  # again: the load ran since
             return held
+        if held := holder_refusals(self.node, bdf, self.ctx):  # again: a holder may have come during the load
+            return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))  # never fails the cycle
@@ -289,6 +291,9 @@ class Soak:
             return [out[b] for b in self.gpus]
         if self._self_held(bases[live[0]]) is not None:
             return [out.get(b) or self._self_held(bases[b]) for b in self.gpus]
+        if held := holder_refusals(self.node, None, self.ctx):  # again: a holder may have come during the loads
+            return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **bases[b])
+                    for b in self.gpus]
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None

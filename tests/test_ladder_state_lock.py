@@ -1,5 +1,6 @@
 """The recovery ladder, the saved state put back, the node lock, and the opt-in for resets."""
 
+import contextlib
 import json
 
 import pytest
@@ -192,3 +193,29 @@ def test_a_ladders_driver_reload_judges_its_preconditions_only_with_the_node_to_
     reload = next(f for f in rungs if f.reason == "module_reload")
     assert not reload.detail.startswith("skipped"), reload.detail
     assert by == ladder.REBOOT_REQUIRED  # stuck: the reload ran and did not bring it back
+
+
+def test_the_ladders_driver_reload_looks_for_holders_only_once_no_other_gpus_cycle_runs(tmp_path):
+    # Mid-run, GPU 2a's load child holds its GPU, nvidiactl and nvidia-uvm. The node gate lets the
+    # ladder's module_reload in once that cycle, and so its child, has ended: only then may it look.
+    s = _sim(tmp_path, 'profile = "vfio-reattach-fails"')
+    try:
+        soak = Soak(s.node, "r", SoakOptions(actions=("vfio_cycle",)), s.node.gpus())
+        soak.start(tmp_path / "j.jsonl", tmp_path / "state.json")
+        child = s.kernel.procs.spawn("python3")
+        for device in ("nvidia1", "nvidiactl", "nvidia-uvm"):
+            s.kernel.procs.open(child, device)
+
+        @contextlib.contextmanager
+        def node_gate():
+            s.kernel.procs.exit(child)  # the other GPU's cycle is over
+            yield
+
+        soak.exclusive = node_gate
+        for c in range(1, 31):
+            r = soak.run_cycle(GPU, "vfio_cycle", c)
+            if r.outcome == "failed":
+                break
+        assert r.recovered_by == "module_reload", r.ladder
+    finally:
+        s.node.close()

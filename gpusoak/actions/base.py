@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from gpusoak.errors import Hung, WriteFailed
-from gpusoak.host import procs
+from gpusoak.errors import CannotLook, Hung, WriteFailed
+from gpusoak.host import procs, usage
 from gpusoak.host.commands import CommandResult
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
 
 # Refusal reasons (Finding.reason of a refused cycle).
@@ -36,8 +37,11 @@ DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functi
 DRIVER_MISMATCH = "driver_mismatch"  # the module on disk is not the one loaded: a reload would upgrade it
 CANNOT_RELOAD = "cannot_reload"  # modprobe could not load a module back: unloading it would strand the node
 HELD_BY_MODULE = "held_by_module"  # a module outside the reloaded set uses one that would be unloaded
+IN_USE = "device_in_use"  # the node keeps a file system, swap, md/dm or a network interface on it
+CANNOT_LOOK = "cannot_look"  # a holder check could not read what it needs: refused, never passed
 
 NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h: minors 0..247 are the GPUs
+MISC_MAJOR = 10  # include/uapi/linux/major.h
 
 # Units that hold GPUs open or must not see them vanish (reference 4.4); stopped only when allowed.
 GPU_SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager", "nvidia-dcgm", "dcgm")
@@ -109,7 +113,7 @@ def check(result: CommandResult, what: str, meanings: dict[int, str] | None = No
     raise WriteFailed(detail, exit=result.returncode, reason=reason)
 
 
-def refusals_common(node: Node, bdf: PciAddress) -> list[Finding]:
+def refusals_common(node: Node, bdf: PciAddress, ctx: Context | None = None) -> list[Finding]:
     """Refusals every GPU action shares: not root, absent, a process holds the GPU, a display."""
     out = []
     if not node.is_root:
@@ -117,9 +121,7 @@ def refusals_common(node: Node, bdf: PciAddress) -> list[Finding]:
     if not node.sysfs.function(bdf).present:
         out.append(Finding(NOT_PRESENT, f"{bdf} is not in {node.sysfs.devices_dir}"))
         return out
-    holders = gpu_holders(node, bdf)
-    if holders:
-        out.append(Finding(HELD, f"processes hold the GPU ({', '.join(holders)}); a held GPU blocks or breaks a reset"))
+    out += holder_refusals(node, bdf, ctx or Context())
     display = display_attached(node, bdf)
     if display:
         out.append(Finding(DISPLAY, display))
@@ -151,19 +153,159 @@ def display_attached(node: Node, bdf: PciAddress) -> str | None:
     return None
 
 
-def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
-    """PIDs holding this GPU, from NVML's process list and /proc/<pid>/fd entries of /dev/nvidia<minor>."""
-    found: dict[int, str] = {}
-    minor = None
-    if node.nvml is not None:
-        # A lost or unbound GPU has no processes NVML can list (None); /proc still tells.
-        minor = node.nvml.device_minor(bdf)
-        for pid in node.nvml.compute_pids(bdf) or []:
-            found[int(pid)] = f"pid {pid} (NVML compute process)"
-    if isinstance(minor, int):
-        for h in procs.rdev_holders([(NVIDIA_MAJOR, minor)], node.proc_root, node.stat):
-            found.setdefault(h.pid, f"pid {h.pid} ({_dev_name(node, h.path)} open)")
-    return [found[pid] for pid in sorted(found)]
+def holder_refusals(node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
+    """Who holds what the action takes away, looked at now (and again right before ``perform``).
+
+    A function (``bdf``): bound to nvidia, its /dev/nvidia<minor>, its MIG capability nodes and
+    its DRM nodes; bound to vfio-pci, its /dev/vfio/<group> and /dev/vfio/devices/vfioN; any other
+    function, what the node keeps on it (file systems, swap, md/dm, network interfaces in use).
+    The node (``bdf`` None, module_reload): every NVIDIA device node (major 195: all GPUs,
+    nvidiactl, nvidia-modeset), nvidia-uvm, nvidia-caps and /dev/iommu, plus what the node keeps on
+    each other function it names. nvidiactl and nvidia-uvm are shared by every CUDA process, so
+    they block only the node: one GPU's load child must not block another GPU's reset.
+    Anything that could not be read is a ``cannot_look`` refusal, never a pass.
+    """
+    look = _Look(node)
+    if bdf is not None:
+        look.function(bdf, ctx)
+    else:
+        if not ctx.devices or any(node.sysfs.function(d).vendor == NVIDIA_VENDOR for d in ctx.devices):
+            look.nvidia_stack()
+        for d in ctx.devices:
+            if node.sysfs.function(d).vendor != NVIDIA_VENDOR:
+                look.function(d, ctx)
+    return look.findings(bdf)
+
+
+class _Look:
+    """The device numbers one holder check wants, what it could not read, and the node's uses."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.wanted: dict[tuple[int, int], str] = {}
+        self.blind: list[str] = []
+        self.uses: list[str] = []
+        self.pids: dict[int, str] = {}  # holders NVML names (another PID namespace's /proc may hide them)
+        self._majors: dict[str, int] | None = None
+
+    def majors(self) -> dict[str, int]:
+        if self._majors is None:
+            try:
+                self._majors = procs.char_majors(self.node.proc_root)
+            except CannotLook as err:
+                self.blind.append(str(err))
+                self._majors = {}
+        return self._majors
+
+    def nvidia_stack(self) -> None:
+        self.wanted[(NVIDIA_MAJOR, procs.ANY_MINOR)] = "an NVIDIA device"
+        for name in ("nvidia-uvm", "nvidia-caps"):
+            if (major := self.majors().get(name)) is not None:
+                self.wanted[(major, procs.ANY_MINOR)] = name
+        try:
+            # iommufd's /dev/iommu is a misc device with a dynamic minor (drivers/iommu/iommufd/main.c).
+            if (minor := procs.misc_minor(self.node.proc_root, "iommu")) is not None:
+                self.wanted[(MISC_MAJOR, minor)] = "/dev/iommu"
+        except CannotLook as err:
+            self.blind.append(str(err))
+        for gpu in self.node.gpus():  # nvidia-drm's card and render nodes: an open one pins the module [I]
+            self.class_nodes(self.node.sysfs.function(gpu).path / "drm", "dri/{}")
+
+    def function(self, bdf: PciAddress, ctx: Context) -> None:
+        fn = self.node.sysfs.function(bdf)
+        driver = fn.driver
+        if driver == "nvidia":
+            self.nvidia_gpu(bdf)
+        elif driver is not None and (driver.endswith("vfio-pci") or (fn.path / "vfio-dev").is_dir()):
+            self.vfio(bdf)
+        elif driver is not None and fn.vendor != NVIDIA_VENDOR:
+            found = usage.function_uses(self.node.sysfs, self.node.proc_root, self.node.runner, bdf,
+                                        ctx.command_timeout_s)
+            self.uses += [f"{bdf}: {u}" for u in found.uses]
+            self.blind += found.unreadable
+
+    def nvidia_gpu(self, bdf: PciAddress) -> None:
+        node = self.node
+        minor = node.nvml.device_minor(bdf) if node.nvml is not None else None
+        if node.nvml is not None:
+            for pid in node.nvml.compute_pids(bdf) or []:
+                self.pids[pid] = f"pid {pid} (NVML compute process)"
+        if minor is None:
+            minor, why = procs.procfs_minor(node.proc_root, bdf)
+            if minor is None:
+                nvml = "NVML could not say" if node.nvml is not None else node.nvml_unavailable or "no NVML"
+                self.blind.append(f"no device minor for {bdf}, bound to nvidia: {nvml}; {why}")
+                return
+        self.wanted[(NVIDIA_MAJOR, minor)] = f"/dev/nvidia{minor}"
+        if (caps := self.majors().get("nvidia-caps")) is not None:
+            try:
+                for m in procs.mig_minors(node.proc_root, minor):
+                    self.wanted[(caps, m)] = f"a MIG capability of /dev/nvidia{minor}"
+            except CannotLook as err:
+                self.blind.append(str(err))
+        # nvidia-drm's card and render nodes are children of the PCI function (drm_sysfs.c).
+        self.class_nodes(node.sysfs.function(bdf).path / "drm", "dri/{}")
+
+    def vfio(self, bdf: PciAddress) -> None:
+        fn = self.node.sysfs.function(bdf)
+        group = fn.iommu_group
+        if group is not None:
+            # The group's device is named "<id>" or "noiommu-<id>" in class vfio (vfio/group.c
+            # vfio_create_group); its minor comes from an IDA, not from the group id.
+            folder = self.node.sysfs.root / "class" / "vfio"
+            for name in (str(group), f"noiommu-{group}"):
+                if (folder / name).exists():
+                    self.device_number(folder / name / "dev", f"/dev/vfio/{name}")
+                    break
+            else:
+                self.blind.append(f"{bdf} is bound to {fn.driver} but {folder / str(group)} is missing")
+        # The per-device cdev, vfio/devices/vfioN (vfio_main.c, CONFIG_VFIO_DEVICE_CDEV, Linux 6.6+).
+        self.class_nodes(fn.path / "vfio-dev", "vfio/devices/{}")
+
+    def class_nodes(self, folder: Path, name: str) -> None:
+        try:
+            entries = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            self.blind.append(f"cannot list {folder}: {err.strerror or err}")
+            return
+        for entry in entries:
+            if (folder / entry / "dev").exists():
+                self.device_number(folder / entry / "dev", "/dev/" + name.format(entry))
+
+    def device_number(self, path: Path, label: str) -> None:
+        try:
+            major, minor = (int(x) for x in path.read_text().strip().split(":"))
+        except (OSError, ValueError) as err:
+            self.blind.append(f"cannot read {path}: {getattr(err, 'strerror', None) or err}")
+            return
+        self.wanted[(major, minor)] = label
+
+    def findings(self, bdf: PciAddress | None) -> list[Finding]:
+        out = []
+        found = dict(self.pids)
+        if self.wanted:
+            try:
+                scan = procs.scan_holders(self.wanted, self.node.proc_root, self.node.stat)
+            except CannotLook as err:
+                self.blind.append(str(err))
+            else:
+                for h in scan.holders:
+                    found.setdefault(h.pid, f"pid {h.pid} ({_dev_name(self.node, h.path)} open)")
+                if scan.unreadable:
+                    shown = ", ".join(scan.unreadable[:3]) + (" ..." if len(scan.unreadable) > 3 else "")
+                    self.blind.append(f"cannot read the descriptors of {len(scan.unreadable)} process(es) "
+                                      f"({shown}): a holder there is not ruled out")
+        if found:
+            held = ", ".join(found[pid] for pid in sorted(found))
+            out.append(Finding(HELD, f"processes hold the GPU ({held}); a held GPU blocks or breaks a reset"
+                               if bdf is not None else f"processes use the driver ({held})"))
+        if self.uses:
+            out.append(Finding(IN_USE, f"the node uses it: {'; '.join(self.uses)}"))
+        if self.blind:
+            out.append(Finding(CANNOT_LOOK, f"could not look for holders: {'; '.join(self.blind)}"))
+        return out
 
 
 def _dev_name(node: Node, path: str) -> str:

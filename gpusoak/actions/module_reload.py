@@ -19,7 +19,6 @@ from gpusoak.actions.base import (
     DISPLAY,
     DRIVER_SHARED,
     GPU_SERVICES,
-    HELD,
     MODULE_IN_USE,
     MODULE_NOT_LOADED,
     NOT_BOUND,
@@ -32,12 +31,11 @@ from gpusoak.actions.base import (
     check,
     display_attached,
     driver_module,
-    gpu_holders,
+    holder_refusals,
     run,
     service_active,
 )
 from gpusoak.errors import GpusoakError, WriteFailed
-from gpusoak.host import procs
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
@@ -103,16 +101,12 @@ class ModuleReload(Action):
                 out.append(Finding(DRIVER_SHARED, f"unloading {module} would also unbind {', '.join(bystanders)} "
                                    f"from {driver}, which this run does not soak"))
         if not self.for_nvidia(node, ctx):
-            return out + module_guard.load_back_refusals(node, reloaded, ctx)
+            return out + holder_refusals(node, None, ctx) + module_guard.load_back_refusals(node, reloaded, ctx)
         if "nvidia" not in self.nvidia_loaded(node):
             out.append(Finding(MODULE_NOT_LOADED, "the nvidia module is not loaded"))
             return out
         out += module_guard.nvidia_stack(node)[1]
-        holders = sorted({h for g in node.gpus() for h in gpu_holders(node, g)})
-        ctl = procs.device_holders({str(node.dev_root / "nvidiactl"), "/dev/nvidiactl"}, node.proc_root)
-        holders += [f"pid {h.pid} ({h.path} open)" for h in ctl]
-        if holders:
-            out.append(Finding(HELD, f"processes use the driver ({', '.join(holders)})"))
+        out += holder_refusals(node, None, ctx)
         for g in node.gpus():
             if why_display := display_attached(node, g):
                 out.append(Finding(DISPLAY, f"{g}: {why_display}"))

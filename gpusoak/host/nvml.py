@@ -96,6 +96,22 @@ class Nvml:
         return self.call("nvmlDeviceGetHandleByPciBusId", bdf.nvml_bus_id)
 
     # -- reads -------------------------------------------------------------------------------
+    def device_minor(self, bdf: PciAddress) -> int | None:
+        """The GPU's /dev/nvidia<minor>; None when NVML could not say (lost, unbound, unsupported)."""
+        try:
+            minor = self.call("nvmlDeviceGetMinorNumber", self.handle(bdf))
+        except (GpusoakError, self.lib.NVMLError):
+            return None
+        return minor if isinstance(minor, int) and not isinstance(minor, bool) else None
+
+    def compute_pids(self, bdf: PciAddress) -> list[int] | None:
+        """PIDs of the GPU's compute processes; None when NVML could not say."""
+        try:
+            procs = self.call("nvmlDeviceGetComputeRunningProcesses", self.handle(bdf))
+        except (GpusoakError, self.lib.NVMLError):
+            return None
+        return None if isinstance(procs, NA) else sorted(int(p.pid) for p in procs or [])
+
     def health(self, bdf: PciAddress) -> NvmlHealth:
         """A fresh health read of one GPU. Lost / reset-required / not found are statuses."""
         lib = self.lib

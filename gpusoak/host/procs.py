@@ -4,75 +4,169 @@ A process is found by the files it has open, never by its name (the way careful 
 it), and a file by its device number (``st_rdev``), never by the link's text: a container's
 renamed node (/dev/gpu0 for /dev/nvidia0) is the same device. The procfs root and the stat call
 are injectable so tests and the simulator point them at trees of their own.
+
+A scan that could not read everything says so (``Scan.unreadable``, or ``CannotLook`` when /proc
+itself cannot be listed): a holder it could not see has not been ruled out.
+
+The numbers come from the kernel's own tables, read here: ``/proc/devices`` (the majors of
+dynamically numbered drivers, fs/proc/devices.c devinfo_show, "%3d %s"), ``/proc/misc``
+(drivers/char/misc.c misc_seq_show, "%3i %s"), the NVIDIA driver's
+``/proc/driver/nvidia/gpus/<bdf>/information`` (its "Device Minor:" line) and
+``/proc/driver/nvidia-caps/mig-minors``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat as stat_mode
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpusoak.errors import CannotLook
+from gpusoak.model import PciAddress
+
+ANY_MINOR = -1  # in a wanted (major, minor): every minor of that major
 
 
 @dataclass(frozen=True)
 class Holder:
     pid: int
     path: str  # the device node it holds open, e.g. /dev/nvidia3
+    what: str = ""  # which wanted device it is, e.g. "/dev/nvidiactl" (the label it was asked for)
 
 
-def rdev_holders(numbers: Iterable[tuple[int, int]], proc_root: Path | str = "/proc",
-                 stat: Callable[[str], os.stat_result] = os.stat) -> list[Holder]:
-    """Processes with any of these character devices (major, minor) open, found by ``st_rdev``.
-    Unreadable processes (gone, or not ours) are skipped."""
-    wanted = {os.makedev(major, minor) for major, minor in numbers}
+@dataclass(frozen=True)
+class Scan:
+    holders: tuple[Holder, ...]
+    unreadable: tuple[str, ...] = ()  # fd folders that exist but could not be read: not ruled out
+
+
+def scan_holders(wanted: Mapping[tuple[int, int], str], proc_root: Path | str = "/proc",
+                 stat: Callable[[str], os.stat_result] = os.stat) -> Scan:
+    """Processes with any of the ``wanted`` character devices open, found by ``st_rdev``.
+    ``wanted`` maps (major, minor) - minor ``ANY_MINOR`` for all of a major - to a label.
+    A process that exited meanwhile is skipped; one whose fd folder cannot be read is named in
+    ``unreadable``; an unlistable /proc raises ``CannotLook``."""
+    exact = {os.makedev(ma, mi): label for (ma, mi), label in wanted.items() if mi != ANY_MINOR}
+    majors = {ma: label for (ma, mi), label in wanted.items() if mi == ANY_MINOR}
     proc_root = Path(proc_root)
-    holders = []
     try:
-        pids = [int(n) for n in os.listdir(proc_root) if n.isdigit()]
-    except FileNotFoundError:
-        return []
-    for pid in sorted(pids):
+        pids = sorted(int(n) for n in os.listdir(proc_root) if n.isdigit())
+    except OSError as err:
+        raise CannotLook(f"cannot list processes: {err.strerror or err}", path=str(proc_root)) from err
+    holders: list[Holder] = []
+    unreadable: list[str] = []
+    for pid in pids:
         fd_dir = proc_root / str(pid) / "fd"
         try:
             fds = os.listdir(fd_dir)
-        except OSError:
-            continue  # exited meanwhile, or not readable without root
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                continue
+            unreadable.append(str(fd_dir))  # EACCES: not root, no CAP_SYS_PTRACE, hidepid
+            continue
         for fd in fds:
             try:
                 st = stat(str(fd_dir / fd))
                 target = os.readlink(fd_dir / fd)
             except OSError:
+                continue  # closed meanwhile
+            if not stat_mode.S_ISCHR(st.st_mode):
                 continue
-            if stat_mode.S_ISCHR(st.st_mode) and st.st_rdev in wanted:
-                holders.append(Holder(pid, target))
+            label = exact.get(st.st_rdev) or majors.get(os.major(st.st_rdev))
+            if label is not None:
+                holders.append(Holder(pid, target, label))
                 break
-    return holders
+    return Scan(tuple(holders), tuple(unreadable))
 
 
-def device_holders(device_nodes: set[str], proc_root: Path | str = "/proc") -> list[Holder]:
-    """Processes with any of ``device_nodes`` open. Unreadable processes (gone, or not ours) are skipped."""
-    proc_root = Path(proc_root)
-    holders = []
+def rdev_holders(numbers: Iterable[tuple[int, int]], proc_root: Path | str = "/proc",
+                 stat: Callable[[str], os.stat_result] = os.stat) -> list[Holder]:
+    """Processes with any of these character devices (major, minor) open, found by ``st_rdev``.
+    Unreadable processes are skipped here: a check that must not pass blind uses ``scan_holders``."""
     try:
-        pids = [int(n) for n in os.listdir(proc_root) if n.isdigit()]
-    except FileNotFoundError:
+        return list(scan_holders({n: "" for n in numbers}, proc_root, stat).holders)
+    except CannotLook:
         return []
-    for pid in sorted(pids):
-        fd_dir = proc_root / str(pid) / "fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue  # exited meanwhile, or not readable without root
-        for fd in fds:
-            try:
-                target = os.readlink(fd_dir / fd)
-            except OSError:
-                continue
-            if target in device_nodes:
-                holders.append(Holder(pid, target))
-                break
-    return holders
+
+
+# -- the kernel's device-number tables --------------------------------------------------------------
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise CannotLook(f"cannot read {path.name}: {err.strerror or err}", path=str(path)) from err
+
+
+def char_majors(proc_root: Path | str) -> dict[str, int]:
+    """Character-device majors by driver name, from /proc/devices (its "Character devices:" part)."""
+    out: dict[str, int] = {}
+    section = None
+    for line in _read(Path(proc_root) / "devices").splitlines():
+        if line.endswith(":"):
+            section = line
+            continue
+        parts = line.split(None, 1)
+        if section == "Character devices:" and len(parts) == 2 and parts[0].isdigit():
+            out.setdefault(parts[1].strip(), int(parts[0]))
+    return out
+
+
+def block_majors(proc_root: Path | str) -> dict[int, str]:
+    """Block-device driver names by major (md, device-mapper, ...), from /proc/devices."""
+    out: dict[int, str] = {}
+    section = None
+    for line in _read(Path(proc_root) / "devices").splitlines():
+        if line.endswith(":"):
+            section = line
+            continue
+        parts = line.split(None, 1)
+        if section == "Block devices:" and len(parts) == 2 and parts[0].isdigit():
+            out[int(parts[0])] = parts[1].strip()
+    return out
+
+
+def misc_minor(proc_root: Path | str, name: str) -> int | None:
+    """The minor of a misc device (major 10) by name, from /proc/misc; None if not registered."""
+    for line in _read(Path(proc_root) / "misc").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1] == name:
+            return int(parts[0])
+    return None
+
+
+_MINOR_LINE = re.compile(r"^Device Minor:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def procfs_minor(proc_root: Path | str, bdf: PciAddress) -> tuple[int | None, str]:
+    """The GPU's minor from the driver's procfs (nv-procfs.c nv_procfs_read_gpu_info prints
+    "Device Minor: \\t %u"; the folder is named "%04x:%02x:%02x.%1x" by nv_procfs_add_gpu).
+    (minor, "") or (None, why not)."""
+    path = Path(proc_root) / "driver" / "nvidia" / "gpus" / str(bdf) / "information"
+    try:
+        text = path.read_text()
+    except OSError as err:
+        return None, f"{path}: {err.strerror or err}"
+    m = _MINOR_LINE.search(text)
+    return (int(m.group(1)), "") if m else (None, f"{path}: no Device Minor line")
+
+
+def mig_minors(proc_root: Path | str, gpu_minor: int) -> list[int]:
+    """The nvidia-caps minors of one GPU's MIG instances (gpu<minor>/gi*/access, .../ci*/access),
+    from /proc/driver/nvidia-caps/mig-minors (nv-caps.c nv_procfs_read_mig_minors prints
+    "gpu%d/%s %d"; RM names the folder after the device minor, os.c osRmCapRegisterGpu)."""
+    prefix = f"gpu{gpu_minor}/"
+    out = []
+    for line in _read(Path(proc_root) / "driver" / "nvidia-caps" / "mig-minors").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].startswith(prefix) and parts[1].isdigit():
+            out.append(int(parts[1]))
+    return out
 
 
 NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h NV_MAJOR_DEVICE_NUMBER

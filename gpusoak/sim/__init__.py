@@ -45,6 +45,8 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
     processes = SimProcesses(proc, root / "dev")
     for minor in range(len(scenario.gpus)):
         processes.add_device(f"nvidia{minor}", NVIDIA_MAJOR, minor)
+    for path, number in scenario.nodes.items():
+        processes.add_device(path.removeprefix("/dev/"), *_number(processes, number))
     for pid, device in scenario.holders.items():
         # "/dev/nvidia0" is the simulated node's own /dev/nvidia0; any other path is opened as is.
         name = device.removeprefix("/dev/") if device.startswith("/dev/") else device
@@ -79,3 +81,14 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
     if owned:
         node._close.append(lambda: shutil.rmtree(root, ignore_errors=True))
     return SimNode(node, kernel, scenario, root)
+
+
+def _number(processes: SimProcesses, text: str) -> tuple[int, int]:
+    """A [nodes] value: the name of a node the simulated /dev has, or "major:minor"."""
+    if text.removeprefix("/dev/") in processes.devices:
+        return tuple(processes.devices[text.removeprefix("/dev/")])
+    try:
+        major, minor = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise scenarios.ScenarioError(f"[nodes]: {text!r} is neither a device node nor major:minor") from None
+    return major, minor

@@ -21,6 +21,7 @@ from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim import profiles
 from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
+from gpusoak.sim.published import Published
 from gpusoak.sim.scenario import GpuSpec, Scenario
 from gpusoak.sim.tree import (
     AER_COR_NAMES,
@@ -84,8 +85,10 @@ class SimKernel:
         self.blocked: list[threading.Event] = []  # writes blocked "forever"; tests may release them
         self._waiting: dict[threading.Event, tuple] = {}  # removes waiting for a device file to close
         self.procs.on_close(self._closed)
+        self.published = Published(root, tree, scenario, self.procs)
         clock.on_advance(self._tick)
         self.update_refcnt()
+        self.published.sync(self)
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
         for g in scenario.gpus:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
@@ -159,7 +162,10 @@ class SimKernel:
     # -- the write seam ----------------------------------------------------------------------
     def write(self, path: Path, data: str) -> None:
         with self._lock:
-            block = self._write(Path(path), data)
+            try:
+                block = self._write(Path(path), data)
+            finally:
+                self.published.sync(self)
         if block is not None:
             # The kernel would not return: block outside the lock, as one device's lock would.
             self.blocked.append(block)
@@ -373,11 +379,19 @@ class SimKernel:
                 waiting = threading.Event()
                 self._waiting[waiting] = (bdf, then or (lambda: self._unbind(bdf)))
                 return waiting
+        if self.driver_of(bdf) == "vfio-pci" and self.vfio_users(bdf):
+            # vfio_unregister_group_dev waits (10 s at a time, asking the user through the driver's
+            # request callback) until the device's users let go (drivers/vfio/vfio_main.c). Here a
+            # holder of the group node also blocks: stricter than the kernel, which waits only for
+            # device fds, but a VM holding the group holds its devices too.
+            return threading.Event()
+        if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia":
             st.generation += 1
         self.tree.unbind(bdf)
-        if self.driver_of(bdf) is None and self._vfio_group(bdf).exists() and self._group_unbound_from_vfio(bdf):
-            self._vfio_group(bdf).unlink()
         return None
+
+    def vfio_users(self, bdf: PciAddress) -> list[int]:
+        return sorted({pid for n in self.published.vfio_numbers(bdf) for pid in self.procs.holders(n)})
 
     def _bind(self, bdf: PciAddress, driver: str, path: Path) -> None:
         st = self.gpu_of(bdf)
@@ -393,20 +407,9 @@ class SimKernel:
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True
-            group = self.tree.groups.get(st.spec.bdf) if st else None
-            if group is not None:
-                put(self.dev_root / "vfio" / str(group), "")
         elif driver not in FUNCTIONS_DRIVERS:
             raise OSError(errno.ENODEV, "No such device", str(path))
         self.tree.bind(bdf, driver)
-
-    def _vfio_group(self, bdf: PciAddress) -> Path:
-        st = self.gpu_of(bdf)
-        return self.dev_root / "vfio" / str(self.tree.groups.get(st.spec.bdf) if st else "none")
-
-    def _group_unbound_from_vfio(self, bdf: PciAddress) -> bool:
-        st = self.gpu_of(bdf)
-        return st is None or all(self.driver_of(b) != "vfio-pci" for b, _ in gpu_functions(st.spec))
 
     def _probe(self, bdf: PciAddress, path: Path) -> None:
         """drivers_probe: bind the driver_override's driver if set, else the default one."""

@@ -32,6 +32,7 @@ CAPS_MAJOR = 509
 VFIO_GROUP_MAJOR = 511
 VFIO_CDEV_MAJOR = 508
 MISC_MAJOR, VFIO_MISC_MINOR, IOMMU_MINOR = 10, 196, 124
+ANY_MINOR = -1  # in holders(): every minor of the major
 FIRST_PID = 40_000  # pids the simulated node hands out; scenario holders keep their own
 
 
@@ -51,26 +52,26 @@ def makedev(major: int, minor: int) -> int:
     return os.makedev(major, minor)
 
 
-# /proc/devices as a node with the NVIDIA stack loaded prints it (fs/proc/devices.c, devinfo_show).
-PROC_DEVICES = f"""Character devices:
-  1 mem
-  4 /dev/vc/0
-  4 tty
-  5 /dev/tty
- 10 misc
-{NVIDIA_MAJOR} nvidia
-{NVIDIA_MAJOR} nvidia-modeset
-{NVIDIA_MAJOR} nvidiactl
-{VFIO_CDEV_MAJOR} vfio-dev
-{CAPS_MAJOR} nvidia-caps
-{UVM_MAJOR} nvidia-uvm
-{VFIO_GROUP_MAJOR} vfio
+def proc_devices(modules: set[str] | frozenset[str] = frozenset({"nvidia", "nvidia_uvm"})) -> str:
+    """/proc/devices as fs/proc/devices.c devinfo_show prints it ("%3d %s", by major): nvidia.ko
+    registers nvidia, nvidiactl, nvidia-modeset (nv.c nv_register_chrdev) and nvidia-caps
+    (nv-caps.c nv_cap_drv_init); nvidia-uvm.ko its own; vfio.ko vfio and vfio-dev."""
+    chars = [(1, "mem"), (4, "/dev/vc/0"), (4, "tty"), (5, "/dev/tty"), (10, "misc"),
+             (VFIO_CDEV_MAJOR, "vfio-dev"), (VFIO_GROUP_MAJOR, "vfio")]
+    if "nvidia" in modules:
+        chars += [(NVIDIA_MAJOR, "nvidia"), (NVIDIA_MAJOR, "nvidia-modeset"), (NVIDIA_MAJOR, "nvidiactl"),
+                  (CAPS_MAJOR, "nvidia-caps")]
+    if "nvidia_uvm" in modules:
+        chars.append((UVM_MAJOR, "nvidia-uvm"))
+    lines = ["Character devices:"] + [f"{major:3d} {name}" for major, name in sorted(chars, key=lambda c: c[0])]
+    lines += ["", "Block devices:", "  7 loop", "  8 sd", "259 blkext"]
+    return "\n".join(lines) + "\n"
 
-Block devices:
-  7 loop
-  8 sd
-259 blkext
-"""
+
+PROC_DEVICES = proc_devices()
+
+# /proc/misc (drivers/char/misc.c misc_seq_show, "%3i %s"): vfio's container node and iommufd.
+PROC_MISC = f"{IOMMU_MINOR:3d} iommu\n{VFIO_MISC_MINOR:3d} vfio\n"
 
 
 class SimProcesses:
@@ -87,6 +88,7 @@ class SimProcesses:
         self.proc_root.mkdir(parents=True, exist_ok=True)
         self.dev_root.mkdir(parents=True, exist_ok=True)
         (self.proc_root / "devices").write_text(PROC_DEVICES)
+        (self.proc_root / "misc").write_text(PROC_MISC)
         self.add_device("nvidiactl", NVIDIA_MAJOR, CTL_MINOR)
         self.add_device("nvidia-modeset", NVIDIA_MAJOR, MODESET_MINOR)
         self.add_device("nvidia-uvm", UVM_MAJOR, 0)
@@ -172,8 +174,9 @@ class SimProcesses:
         self._notify()
 
     def holders(self, number: DeviceNumber) -> list[int]:
-        """PIDs with that device open: what the kernel's open count for it says."""
-        rdev = makedev(*number)
+        """PIDs with that device open: what the kernel's open count for it says. A minor of
+        ``ANY_MINOR`` counts every device of that major (a module's whole cdev region)."""
+        rdev = makedev(*number) if number.minor != ANY_MINOR else None
         out = []
         for pid_dir in self.proc_root.iterdir():
             if not pid_dir.name.isdigit():
@@ -187,7 +190,9 @@ class SimProcesses:
                     st = self.stat(fd)
                 except OSError:
                     continue
-                if getattr(st, "st_rdev", 0) == rdev and (st.st_mode & 0o170000) == 0o020000:
+                dev = getattr(st, "st_rdev", 0)
+                if (st.st_mode & 0o170000) == 0o020000 and (
+                        dev == rdev if rdev is not None else os.major(dev) == number.major):
                     out.append(int(pid_dir.name))
                     break
         return sorted(out)

@@ -20,7 +20,13 @@ from gpusoak.model import PciAddress
 from gpusoak.sim import modules
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
-from gpusoak.sim.procs import CTL_MINOR, NVIDIA_MAJOR, DeviceNumber
+from gpusoak.sim.procs import (
+    ANY_MINOR,
+    CAPS_MAJOR,
+    NVIDIA_MAJOR,
+    UVM_MAJOR,
+    DeviceNumber,
+)
 from gpusoak.sim.tree import load_module, module_holders, unload_module
 
 
@@ -134,8 +140,17 @@ class SimRunner:
                 "--chunk-bytes", str(1 << 18)]
         if st.corrupt:
             argv += ["--inject-corruption", "4"]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        k.clock.advance(seconds)  # on a GPU the load takes the time it was given
+        # While it runs, the child holds what a CUDA process opens: nvidiactl and its GPU's node
+        # (an attached client, reference section 6) and nvidia-uvm (CUDA's managed memory goes
+        # through the nvidia_uvm module's device) [I]. It is a process of the node, found by /proc.
+        pid = k.procs.spawn("python3")
+        for device in (f"nvidia{k.minor(bdf)}", "nvidiactl", "nvidia-uvm"):
+            k.procs.open(pid, device)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            k.clock.advance(seconds)  # on a GPU the load takes the time it was given
+        finally:
+            k.procs.exit(pid)
         st.loaded = True
         return done.returncode, done.stdout, done.stderr
 
@@ -155,18 +170,22 @@ class SimRunner:
         refcnt = (k.root / "module" / module / "refcnt").read_text().strip()
         if refcnt != "0" or (module == "nvidia" and self._device_users()):
             return 1, "", f"rmmod: ERROR: Module {module} is in use\n"
+        if module == "nvidia_uvm" and k.procs.holders(DeviceNumber(UVM_MAJOR, ANY_MINOR)):
+            return 1, "", "rmmod: ERROR: Module nvidia_uvm is in use\n"
         k.modules.discard(module)
         unload_module(k.tree, module)
         if module == "nvidia":
             k.unbind_all("nvidia")
         k.update_refcnt()
+        k.published.sync(k)
         return 0, "", ""
 
     def _device_users(self) -> list[int]:
-        # Every open of an NVIDIA device file takes a reference on the module (nvidia_open ->
-        # try_module_get via the cdev's owner), so rmmod refuses while any is open.
+        # Every open of a device file takes a reference on the module that owns its cdev
+        # (fs/char_dev.c chrdev_open -> cdev_get -> try_module_get(owner)): nvidia owns major 195
+        # and nvidia-caps (nv-caps.c: cdev.owner = THIS_MODULE), so rmmod refuses while any is open.
         k = self._kernel
-        numbers = [DeviceNumber(NVIDIA_MAJOR, k.minor(b)) for b in k.gpus] + [DeviceNumber(NVIDIA_MAJOR, CTL_MINOR)]
+        numbers = [DeviceNumber(NVIDIA_MAJOR, ANY_MINOR), DeviceNumber(CAPS_MAJOR, ANY_MINOR)]
         return sorted({pid for n in numbers for pid in k.procs.holders(n)})
 
     def _release_dir(self, root: str | None, release: str | None) -> tuple[Path, str]:
@@ -242,6 +261,7 @@ class SimRunner:
             k.log(KERN_INFO, f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {version}  "
                   "Release Build  (gpusoak simulated node)")
             k.probe_all(fresh=True)
+        k.published.sync(k)
         return 0, "", ""
 
     # -- services ------------------------------------------------------------------------------

@@ -2,6 +2,14 @@
 
 Each GPU may carry ``expect``, the class the verdict must give it: the simulator knows the ground
 truth, so tests (and users evaluating gpusoak) can check the verdict against it.
+
+Processes that hold device nodes::
+
+    [nodes]                 # extra device nodes, as a container names them
+    "/dev/gpu0" = "nvidia0"     # the number of a node the simulated node has (here 195:0)
+    "/dev/nvidia-caps/nvidia-cap12" = "509:12"   # or a major:minor
+    [holders]               # pid -> the node it holds open ("/dev/..." is the simulated /dev)
+    4242 = "/dev/gpu0"
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ class Scenario:
     gpus: tuple[GpuSpec, ...]
     description: str = ""
     holders: dict[int, str] = field(default_factory=dict)  # pid -> device node it holds open
+    nodes: dict[str, str] = field(default_factory=dict)  # extra node path -> a node's name or "major:minor"
     services: dict[str, str] = field(default_factory=dict)  # systemd unit -> active / inactive
     modules: tuple[str, ...] = ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm")  # loaded at start
     # The nvidia version installed under /lib/modules (None: the running driver's). A different one
@@ -144,6 +153,7 @@ def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
         time_scale=float(data.get("time_scale", 0.0)),
         gpus=tuple(gpus),
         holders=holders,
+        nodes={str(k): str(v) for k, v in data.get("nodes", {}).items()},
         services={str(k): str(v) for k, v in data.get("services", DEFAULT_SERVICES).items()},
         modules=tuple(data.get("modules", ("nvidia", "nvidia_uvm", "nvidia_modeset", "nvidia_drm"))),
         driver_on_disk=None if data.get("driver_on_disk") is None else str(data["driver_on_disk"]),

@@ -64,6 +64,8 @@ def _node(tmp_path) -> Node:
             _put(root / "module" / module / "refcnt", "0\n")
             if not (drivers / driver / "module").is_symlink():
                 _link(drivers / driver / "module", root / "module" / module)
+    for klass in ("block", "net"):  # every sysfs has them; what each function carries is below
+        (root / "class" / klass).mkdir(parents=True, exist_ok=True)
     # virtio_pci is held: the 9p root file system's transport sits on it.
     _put(root / "module" / "virtio_pci" / "refcnt", "2\n")
     (root / "module" / "virtio_pci" / "holders" / "virtio_net").mkdir(parents=True)
