@@ -19,7 +19,7 @@ from pathlib import Path
 from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
-from gpusoak.sim import profiles
+from gpusoak.sim import driver_reset, profiles
 from gpusoak.sim.procs import SimProcesses
 from gpusoak.sim.scenario import GpuSpec, Scenario
 from gpusoak.sim.tree import (
@@ -54,6 +54,8 @@ class GpuState:
     was_on_vfio: bool = False
     loaded: bool = False  # a load ran since the last reset (profiles that fail under load look)
     corrupt: bool = False  # memory reads back wrong until the next reset
+    rm_stale: bool = False  # reset under a bound nvidia, not yet noticed (pre-GSP; sim.driver_reset)
+    rm_lost: bool = False  # RM lost the GPU to a reset it was not told of, until a driver reload
     aer_corrected: int = 0
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
 
@@ -234,7 +236,8 @@ class SimKernel:
                 raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
         elif method != "flr":
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
-        if not self.apply_reset(st, "flr" if method == "flr" else "bus"):
+        # pci_reset_function resets under whatever driver is bound; nvidia is not told (driver_reset).
+        if not self.apply_reset(st, "flr" if method == "flr" else "bus", unaware=self.driver_of(bdf) == "nvidia"):
             # pcie_flr()/the bus reset return -ENOTTY from pci_dev_wait(); with one method enabled
             # no other is tried, so the write fails with it.
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
@@ -251,12 +254,15 @@ class SimKernel:
         below = [st for st in self.gpus.values() if self.tree.gpu_parents[st.spec.bdf] == self.tree.dev(bridge)]
         ok = True
         for st in below:
-            ok = self.apply_reset(st, "bus") and ok
+            # pci_bus_save_and_disable / pci_bus_restore: each driver below is told only through
+            # err_handler hooks, which nvidia has none of (driver_reset).
+            ok = self.apply_reset(st, "bus", unaware=self.driver_of(st.spec.bdf) == "nvidia") and ok
         if not ok:
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
 
-    def apply_reset(self, st: GpuState, kind: str) -> bool:
-        """One reset of a GPU by its profile; True when the GPU answered afterwards."""
+    def apply_reset(self, st: GpuState, kind: str, unaware: bool = False) -> bool:
+        """One reset of a GPU by its profile; True when the GPU answered afterwards. ``unaware``:
+        the reset came from the PCI core while ``nvidia`` was bound (sim.driver_reset)."""
         bdf = st.spec.bdf
         if st.removed:
             return False
@@ -286,6 +292,8 @@ class SimKernel:
         if kind == "bus" or outcome.link_width is not None:
             st.link_width = outcome.link_width or st.spec.link_width
         self._revive(st)
+        if unaware:
+            driver_reset.unaware_reset(self, st)
         if outcome.aer_corrected:
             self._aer_storm(st, outcome.aer_corrected)
         if outcome.settle_s > 0:
@@ -351,6 +359,8 @@ class SimKernel:
             # nv_pci_remove polls every 500 ms until the device's usage count drops; it never does.
             self.log(KERN_WARNING, f"NVRM: Attempting to remove device {bdf} with non-zero usage count!")
             return threading.Event()
+        if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia":
+            driver_reset.unbound(st)
         self.tree.unbind(bdf)
         if self.driver_of(bdf) is None and self._vfio_group(bdf).exists() and self._group_unbound_from_vfio(bdf):
             self._vfio_group(bdf).unlink()
@@ -361,7 +371,7 @@ class SimKernel:
         if driver == "nvidia":
             if "nvidia" not in self.modules or st is None or bdf != st.spec.bdf:
                 raise OSError(errno.ENODEV, "No such device", str(path))
-            if not st.alive or st.spec.profile.probe_fails(st.was_on_vfio):
+            if not st.alive or st.rm_lost or st.spec.profile.probe_fails(st.was_on_vfio):
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: RmInitAdapter failed! (0x26:0x56:1482)")
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: rm_init_adapter failed, device minor number "
                          f"{self.minor(bdf)}")
@@ -409,6 +419,7 @@ class SimKernel:
             return self._unbind(bdf)
         remove_function(self.tree, bdf)
         if bdf == st.spec.bdf:
+            driver_reset.unbound(st)  # removal runs nv_pci_remove as an unbind does
             st.removed = True
         return None
 
@@ -437,6 +448,9 @@ class SimKernel:
         for bdf in list(self.tree.device_dirs):
             if self.driver_of(bdf) == driver:
                 self.tree.unbind(bdf)
+        if driver == "nvidia":
+            for st in self.gpus.values():
+                driver_reset.module_unloaded(st)
 
     def probe_all(self, fresh: bool = False) -> None:
         """What loading the nvidia module does: probe every GPU function with no driver."""
