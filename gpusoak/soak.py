@@ -15,7 +15,7 @@ from pathlib import Path
 from gpusoak import gates as health_gates
 from gpusoak import ladder, verify
 from gpusoak import state as node_state
-from gpusoak.actions import ACTIONS, Context, release
+from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release
 from gpusoak.actions.base import NOT_AUTHORISED
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
@@ -337,6 +337,7 @@ class Soak:
             "driver": node.driver_version(),
             "nvml": "available" if node.nvml is not None else f"unavailable: {node.nvml_unavailable}",
             "options": asdict(self.options),
+            "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
