@@ -144,6 +144,10 @@ class Snapshot:
 RECOVERED, FAILED, HUNG, REFUSED, SKIPPED = "recovered", "failed", "hung", "refused", "skipped"
 OUTCOMES = (RECOVERED, FAILED, HUNG, REFUSED, SKIPPED)
 
+# An action's semantics version where a run does not name one: runs from before the versions existed
+# ran every action in its first meaning (flr, pm_reset, bus_reset reset under the bound driver).
+FIRST_SEMANTICS = 1
+
 
 @dataclass(frozen=True)
 class Finding:

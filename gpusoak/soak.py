@@ -15,7 +15,7 @@ from pathlib import Path
 from gpusoak import gates as health_gates
 from gpusoak import ladder, verify
 from gpusoak import state as node_state
-from gpusoak.actions import ACTIONS, Context
+from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release
 from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
@@ -362,6 +362,7 @@ class Soak:
             "driver": node.driver_version(),
             "nvml": "available" if node.nvml is not None else f"unavailable: {node.nvml_unavailable}",
             "options": asdict(self.options),
+            "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
@@ -377,6 +378,7 @@ def _findings(poll: verify.Poll, error: GpusoakError | None, fatal_nvml: list[Ke
     out = [Finding(verify.event_reason(e), e.text) for e in [*poll.fatal, *fatal_nvml]]
     if error is not None:
         out.append(Finding(error.reason or RESET_WRITE_FAILED, str(error)))
+        out += release.bind_back_findings(error)  # a reset that failed and then could not bind back
     out += [Finding(c.name, c.detail) for c in (*poll.checks, *gate_checks) if c.status == verify.FAIL]
     if not poll.fatal and not poll.recovered:
         out.append(Finding(RECOVERY_TIMEOUT, "checks still failing at the deadline"))

@@ -9,6 +9,12 @@ Per GPU (matched by UUID, else by PCI address), four signs that a node is gettin
 - AER rate rising: AER events per attempt more than double the earlier mean, with at least 3 events;
 - class falling: the reliability class is worse than in the latest earlier run.
 
+Runs are compared only where every action both ran means the same: an action's semantics version
+(result.json ``run.actions_semantics``; a file from before 1.2 names none, so its actions had their
+first meaning) changes when the action starts doing something else — flr 2 unbinds the slot from
+nvidia, resets and binds back, flr 1 reset under the bound driver. An earlier run that differs is
+left out of the comparison and listed in ``trends.not_compared``, never read as a regression.
+
 Corrupt or foreign files in the history are reported and skipped, never fatal.
 """
 
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpusoak.model import FIRST_SEMANTICS
 from gpusoak.score import RELIABILITY_CLASSES
 
 P95_FACTOR, P95_MIN_S = 1.5, 0.5
@@ -136,8 +143,42 @@ def compare(now: dict[str, Any], before: list[dict[str, Any]]) -> list[str]:
     return found
 
 
+def semantics(doc: dict[str, Any]) -> dict[str, int]:
+    """What each action name meant in a result.json's run (none named: the first meaning)."""
+    named = (doc.get("run") or {}).get("actions_semantics")
+    return {str(k): int(v) for k, v in named.items()} if isinstance(named, dict) else {}
+
+
+def attempted(doc: dict[str, Any]) -> set[str]:
+    """The actions a result.json's run attempted on any GPU."""
+    return {name for g in doc.get("gpus", []) if isinstance(g, dict)
+            for name, a in (g.get("actions") or {}).items() if isinstance(a, dict) and a.get("attempts")}
+
+
+def meaning_changed(earlier: dict[str, Any], now_semantics: dict[str, int], now_actions: set[str]) -> dict[str, dict]:
+    """The actions both runs attempted whose meaning differs: {action: {then, now}}."""
+    then = semantics(earlier)
+    return {a: {"then": then.get(a, FIRST_SEMANTICS), "now": now_semantics.get(a, FIRST_SEMANTICS)}
+            for a in sorted(attempted(earlier) & now_actions)
+            if then.get(a, FIRST_SEMANTICS) != now_semantics.get(a, FIRST_SEMANTICS)}
+
+
+def same_meaning(history: History, now_semantics: dict[str, int], now_actions: set[str]) -> tuple[History, list[dict]]:
+    """The earlier runs comparable with this one, and those left out (run_id and what changed)."""
+    kept, left_out = [], []
+    for doc in history.runs:
+        changed = meaning_changed(doc, now_semantics, now_actions)
+        if changed:
+            left_out.append({"run_id": doc["run"].get("run_id"), "actions": changed})
+        else:
+            kept.append(doc)
+    return History(kept, list(history.problems)), left_out
+
+
 def annotate(document: dict[str, Any], history: History) -> dict[str, Any]:
-    """Add each GPU's history and trends (and the history's problems) to a result.json document."""
+    """Add each GPU's history and trends (and the history's problems) to a result.json document.
+    Earlier runs whose actions meant something else are not compared (``trends.not_compared``)."""
+    history, not_compared = same_meaning(history, semantics(document), attempted(document))
     past = series(history)
     for g in document.get("gpus", []):
         before = past.get(_key(g), [])
@@ -145,7 +186,8 @@ def annotate(document: dict[str, Any], history: History) -> dict[str, Any]:
         g["history"] = before + [now]
         g["trends"] = compare(now, before)
     document["trends"] = {"earlier_runs": len(history.runs), "problems": history.problems,
-                          "worsening": sorted(g["bdf"] for g in document.get("gpus", []) if g.get("trends"))}
+                          "worsening": sorted(g["bdf"] for g in document.get("gpus", []) if g.get("trends")),
+                          "not_compared": not_compared}
     return document
 
 

@@ -71,3 +71,28 @@ def test_binomial_tail():
     assert trends.binomial_tail(0, 10, 0.1) == 1.0
     assert abs(trends.binomial_tail(1, 10, 0.1) - (1 - 0.9 ** 10)) < 1e-12
     assert trends.binomial_tail(10, 10, 0.5) == 0.5 ** 10
+
+
+def _meaning(doc, **versions):
+    doc["run"]["actions_semantics"] = versions
+    return doc
+
+
+def test_runs_where_an_action_meant_something_else_are_not_compared(tmp_path):
+    # The history ran flr 1 (reset under the bound driver; files before 1.2 name no version); this
+    # run's flr 2 unbinds first. Its worse numbers are a different action's, not a regression.
+    now = _meaning(_doc("now", "2026-11-21T00:00:00Z", 300, 9, 2.4, aer=60, cls="long-jobs-only"), flr=2)
+    doc = trends.annotate(now, _history(tmp_path, NIGHTS))
+    assert doc["gpus"][0]["trends"] == [] and doc["trends"]["worsening"] == []
+    assert doc["trends"]["earlier_runs"] == 0 and len(doc["gpus"][0]["history"]) == 1
+    assert doc["trends"]["not_compared"][0] == {"run_id": "n0", "actions": {"flr": {"then": 1, "now": 2}}}
+    assert len(doc["trends"]["not_compared"]) == 10
+
+
+def test_runs_of_the_same_meaning_are_still_compared(tmp_path):
+    nights = [_meaning(json.loads(json.dumps(d)), flr=2) for d in NIGHTS[5:]]
+    now = _meaning(_doc("now", "2026-11-21T00:00:00Z", 300, 9, 2.4, aer=60, cls="long-jobs-only"), flr=2, rebind=1)
+    doc = trends.annotate(now, _history(tmp_path, NIGHTS[:5] + nights))
+    assert doc["trends"]["earlier_runs"] == 5 and [n["run_id"] for n in doc["trends"]["not_compared"]] == \
+        ["n0", "n1", "n2", "n3", "n4"]
+    assert any(t.startswith("failure rate rising") for t in doc["gpus"][0]["trends"])

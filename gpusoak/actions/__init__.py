@@ -12,5 +12,6 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Flr(), PmReset(), BusReset(), GpuReset(), Rebind(), VfioCycle(), RemoveRescan(), ModuleReload())}
 GPU_ACTIONS = tuple(n for n, a in ACTIONS.items() if a.scope == "gpu")
 NODE_ACTIONS = tuple(n for n, a in ACTIONS.items() if a.scope == "node")
+ACTION_SEMANTICS: dict[str, int] = {n: a.semantics for n, a in ACTIONS.items()}
 
-__all__ = ["ACTIONS", "GPU_ACTIONS", "NODE_ACTIONS", "Action", "Context", "Step", "refusals_common"]
+__all__ = ["ACTIONS", "ACTION_SEMANTICS", "GPU_ACTIONS", "NODE_ACTIONS", "Action", "Context", "Step", "refusals_common"]

@@ -73,6 +73,9 @@ class Step(NamedTuple):
 class Action:
     name = ""
     scope = "gpu"  # or "node"
+    # What the action means, versioned: raised when the same name starts doing something else, so
+    # that runs of different meanings are not compared (result.json actions_semantics, trends).
+    semantics = 1
 
     def refusals(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
         raise NotImplementedError

@@ -4,11 +4,13 @@ A bus reset resets everything below the bridge, so it is refused unless every fu
 port belongs to this GPU. Two kernel routes: with the GPU alone on its bus, ``reset_method`` = bus
 and the function's ``reset`` (pci_parent_bus_reset refuses when any other function shares the bus,
 the GPU's own audio function included); otherwise the bridge's ``reset_subordinate`` (ABI dated
-Oct 2024), which resets all of them together.
+Oct 2024), which resets all of them together. Either way the slot is unbound from ``nvidia``
+first and bound back after (gpusoak/actions/release.py).
 """
 
 from __future__ import annotations
 
+from gpusoak.actions import release
 from gpusoak.actions.base import (
     SHARED_DOMAIN,
     UNSUPPORTED,
@@ -41,7 +43,7 @@ class BusReset(MethodReset):
         if self._route(node, bdf) is None:
             return [Finding(UNSUPPORTED, f"no bus reset route: {bdf} shares its bus with its own functions and "
                             f"{port} has no reset_subordinate (Linux 6.13 and later have it)")]
-        return []
+        return release.refusals(node, bdf)
 
     def _route(self, node: Node, bdf: PciAddress) -> str | None:
         fn = node.sysfs.function(bdf)
@@ -52,15 +54,20 @@ class BusReset(MethodReset):
             return "bridge"
         return None
 
-    def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
+    def reset_steps(self, node: Node, bdf: PciAddress) -> list[Step]:
         if self._route(node, bdf) == "function":
-            return super().steps(node, bdf, ctx)
+            return super().reset_steps(node, bdf)
         port = node.sysfs.function(bdf).upstream_port
         return [Step("write", str(node.sysfs.function(port).path / "reset_subordinate"), "1")]
 
     def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
-        if self._route(node, bdf) == "function":
-            return super().perform(node, bdf, ctx)
+        # The route is chosen before the unbind: unbinding changes nothing the route depends on.
+        route = self._route(node, bdf)
+        release.perform(node, bdf, ctx, lambda: self._reset_by(route, node, bdf, ctx), "bus reset")
+
+    def _reset_by(self, route: str | None, node: Node, bdf: PciAddress, ctx: Context) -> None:
+        if route == "function":
+            return self.reset(node, bdf, ctx)
         port = node.sysfs.function(bdf).upstream_port
         write(node, node.sysfs.function(port).path / "reset_subordinate", "1", ctx, "secondary bus reset")
         return None

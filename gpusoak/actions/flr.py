@@ -5,12 +5,17 @@ when one returns -ENOTTY, which is exactly what pcie_flr() returns when the func
 ready. With the default list ("flr bus") a failed FLR would silently become a bus reset and the soak
 would credit FLR with a recovery it did not make. The saved list is written back afterwards,
 also after a failure.
+
+Under a bound ``nvidia`` the reset runs with the slot unbound and bound back after
+(gpusoak/actions/release.py): the driver registers no reset hooks, and a reset under it loses the
+GPU. Semantics version 2 of flr, pm_reset and bus_reset (version 1 reset under the bound driver).
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from gpusoak.actions import release
 from gpusoak.actions.base import UNSUPPORTED, Action, Context, Step, refusals_common, write
 from gpusoak.errors import GpusoakError
 from gpusoak.host.node import Node
@@ -22,6 +27,7 @@ class MethodReset(Action):
     """A reset through the function's ``reset`` file with one method selected."""
 
     method = ""
+    semantics = 2  # 2: unbind the slot from nvidia, reset, bind back; 1: reset under the bound driver
 
     def method_refusals(self, node: Node, bdf: PciAddress) -> list[Finding]:
         fn = node.sysfs.function(bdf)
@@ -37,12 +43,18 @@ class MethodReset(Action):
         return []
 
     def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
+        return release.steps(node, bdf, self.reset_steps(node, bdf))
+
+    def reset_steps(self, node: Node, bdf: PciAddress) -> list[Step]:
         fn = node.sysfs.function(bdf)
         saved = " ".join(fn.reset_methods or ()) or "default"
         return [Step("write", str(fn.path / RESET_METHOD), self.method), Step("write", str(fn.path / RESET), "1"),
                 Step("write", str(fn.path / RESET_METHOD), saved)]
 
     def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
+        release.perform(node, bdf, ctx, lambda: self.reset(node, bdf, ctx), f"{self.method} reset")
+
+    def reset(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
         fn = node.sysfs.function(bdf)
         saved = " ".join(fn.reset_methods or ()) or "default"
         write(node, fn.path / RESET_METHOD, self.method, ctx, f"selecting {self.method}")
@@ -61,7 +73,7 @@ class Flr(MethodReset):
     method = "flr"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf)
+        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf) or release.refusals(node, bdf)
 
 
 class PmReset(MethodReset):
@@ -72,4 +84,4 @@ class PmReset(MethodReset):
     method = "pm"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf)
+        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf) or release.refusals(node, bdf)

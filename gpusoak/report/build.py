@@ -92,7 +92,12 @@ def rebuild(journal_path: Path, out_dir: Path) -> Built:
                                  profile.get("history") else None) if x]
     if sources:
         history = trends.load(sources, exclude_run=content.header.get("run_id"))
-    before = trends.before_classes(history) if history and profile.get("decision") == "readmission" else {}
+    before: dict[str, str] = {}
+    if history and profile.get("decision") == "readmission":
+        # Only an earlier run whose actions meant the same says what the GPU was before.
+        same, _ = trends.same_meaning(history, result_json.semantics_of(content.header),
+                                      {r.action for r in content.results})
+        before = trends.before_classes(same)
     verdict = verdict_of(content, before)
     out_dir.mkdir(parents=True, exist_ok=True)
     rj, jx = out_dir / "result.json", out_dir / "junit.xml"

@@ -14,13 +14,23 @@ from typing import Any
 from gpusoak import __version__
 from gpusoak.files import write_atomically
 from gpusoak.journal import JournalContent
-from gpusoak.model import OUTCOMES, Verdict
+from gpusoak.model import FIRST_SEMANTICS, OUTCOMES, Verdict
 
-SCHEMA_VERSION = "1.1"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
+SCHEMA_VERSION = "1.2"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
+# 1.2 added: run.actions_semantics, trends.not_compared
 
 
 def schema() -> dict[str, Any]:
     return json.loads((resources.files("gpusoak.report") / "result.schema.json").read_text())
+
+
+def semantics_of(header: dict[str, Any]) -> dict[str, int]:
+    """What each action name meant in this run (the journal header's ``actions_semantics``)."""
+    recorded = header.get("actions_semantics")
+    if isinstance(recorded, dict):
+        return {str(k): int(v) for k, v in recorded.items()}
+    actions = (header.get("options") or {}).get("actions") or ()
+    return {str(a): FIRST_SEMANTICS for a in actions}
 
 
 def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
@@ -40,6 +50,7 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
             "outcomes": outcomes,
             "journal_problems": content.problems,
             "profile": h.get("profile"),
+            "actions_semantics": semantics_of(h),
         },
         "node": {
             "hostname": verdict.hostname,

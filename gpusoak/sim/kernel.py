@@ -19,7 +19,7 @@ from pathlib import Path
 from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
-from gpusoak.sim import profiles
+from gpusoak.sim import driver_reset, profiles
 from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
 from gpusoak.sim.published import Published
 from gpusoak.sim.scenario import GpuSpec, Scenario
@@ -56,6 +56,8 @@ class GpuState:
     was_on_vfio: bool = False
     loaded: bool = False  # a load ran since the last reset (profiles that fail under load look)
     corrupt: bool = False  # memory reads back wrong until the next reset
+    rm_stale: bool = False  # reset under a bound nvidia, not yet noticed (pre-GSP; sim.driver_reset)
+    rm_lost: bool = False  # RM lost the GPU to a reset it was not told of, until a driver reload
     aer_corrected: int = 0
     generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
@@ -253,7 +255,8 @@ class SimKernel:
                 raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
         elif method != "flr":
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
-        if not self.apply_reset(st, "flr" if method == "flr" else "bus"):
+        # pci_reset_function resets under whatever driver is bound; nvidia is not told (driver_reset).
+        if not self.apply_reset(st, "flr" if method == "flr" else "bus", unaware=self.driver_of(bdf) == "nvidia"):
             # pcie_flr()/the bus reset return -ENOTTY from pci_dev_wait(); with one method enabled
             # no other is tried, so the write fails with it.
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
@@ -270,12 +273,15 @@ class SimKernel:
         below = [st for st in self.gpus.values() if self.tree.gpu_parents[st.spec.bdf] == self.tree.dev(bridge)]
         ok = True
         for st in below:
-            ok = self.apply_reset(st, "bus") and ok
+            # pci_bus_save_and_disable / pci_bus_restore: each driver below is told only through
+            # err_handler hooks, which nvidia has none of (driver_reset).
+            ok = self.apply_reset(st, "bus", unaware=self.driver_of(st.spec.bdf) == "nvidia") and ok
         if not ok:
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
 
-    def apply_reset(self, st: GpuState, kind: str) -> bool:
-        """One reset of a GPU by its profile; True when the GPU answered afterwards."""
+    def apply_reset(self, st: GpuState, kind: str, unaware: bool = False) -> bool:
+        """One reset of a GPU by its profile; True when the GPU answered afterwards. ``unaware``:
+        the reset came from the PCI core while ``nvidia`` was bound (sim.driver_reset)."""
         bdf = st.spec.bdf
         if st.removed:
             return False
@@ -305,6 +311,8 @@ class SimKernel:
         if kind == "bus" or outcome.link_width is not None:
             st.link_width = outcome.link_width or st.spec.link_width
         self._revive(st)
+        if unaware:
+            driver_reset.unaware_reset(self, st)
         if outcome.aer_corrected:
             self._aer_storm(st, outcome.aer_corrected)
         if outcome.settle_s > 0:
@@ -387,6 +395,7 @@ class SimKernel:
             return threading.Event()
         if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia":
             st.generation += 1
+            driver_reset.unbound(st)
         self.tree.unbind(bdf)
         return None
 
@@ -398,7 +407,7 @@ class SimKernel:
         if driver == "nvidia":
             if "nvidia" not in self.modules or st is None or bdf != st.spec.bdf:
                 raise OSError(errno.ENODEV, "No such device", str(path))
-            if not st.alive or st.spec.profile.probe_fails(st.was_on_vfio):
+            if not st.alive or st.rm_lost or st.spec.profile.probe_fails(st.was_on_vfio):
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: RmInitAdapter failed! (0x26:0x56:1482)")
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: rm_init_adapter failed, device minor number "
                          f"{self.minor(bdf)}")
@@ -438,6 +447,7 @@ class SimKernel:
             st.generation += 1
         remove_function(self.tree, bdf)
         if bdf == st.spec.bdf:
+            driver_reset.unbound(st)  # removal runs nv_pci_remove as an unbind does
             st.removed = True
         return None
 
@@ -468,6 +478,9 @@ class SimKernel:
                 if driver == "nvidia" and (st := self.gpus.get(bdf)) is not None:
                     st.generation += 1
                 self.tree.unbind(bdf)
+        if driver == "nvidia":
+            for st in self.gpus.values():
+                driver_reset.module_unloaded(st)
 
     def device_users(self, bdf: PciAddress) -> list[int]:
         """PIDs with the GPU's /dev/nvidiaN open: the driver's usage count for it."""

@@ -23,6 +23,7 @@ import pynvml
 
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
+from gpusoak.sim import driver_reset
 from gpusoak.sim.kernel import GpuState, SimKernel
 
 # What a healthy H100 reads; a scenario's [gpu.health] table overrides any of these.
@@ -117,7 +118,7 @@ class SimNvmlLib:
         st = self._kernel.gpus.get(handle.bdf)
         if st is None:
             raise pynvml.NVMLError_InvalidArgument()
-        if not st.alive or handle.generation != st.generation:
+        if not st.alive or handle.generation != st.generation or not driver_reset.use(self._kernel, st):
             raise pynvml.NVMLError_GpuIsLost()
         return st
 
@@ -129,8 +130,7 @@ class SimNvmlLib:
 
     def nvmlDeviceGetArchitecture(self, h: SimHandle) -> int:
         arch = self._state(h).spec.arch
-        return {"ampere": pynvml.NVML_DEVICE_ARCH_AMPERE, "hopper": pynvml.NVML_DEVICE_ARCH_HOPPER,
-                "blackwell": getattr(pynvml, "NVML_DEVICE_ARCH_BLACKWELL", 10)}.get(arch, pynvml.NVML_DEVICE_ARCH_UNKNOWN)
+        return getattr(pynvml, f"NVML_DEVICE_ARCH_{arch.upper()}", pynvml.NVML_DEVICE_ARCH_UNKNOWN)
 
     def nvmlDeviceGetCount(self) -> int:
         self._ready()

@@ -17,7 +17,7 @@ from pathlib import Path
 from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
-from gpusoak.sim import modules
+from gpusoak.sim import driver_reset, modules
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
 from gpusoak.sim.procs import (
@@ -95,7 +95,7 @@ class SimRunner:
         st = k.gpus.get(bdf)
         if st is None or k.driver_of(bdf) != "nvidia":
             return 6, "", f"No devices were found matching {target}.\n"
-        if not st.alive:
+        if not st.alive or not driver_reset.use(k, st):
             return 15, "", f"Unable to determine the device handle for GPU {bdf.nvml_bus_id}: GPU is lost.\n"
         # nvidia-smi refuses while any client, monitoring ones included, has the GPU open.
         holders = k.procs.holders(DeviceNumber(NVIDIA_MAJOR, k.minor(bdf)))
@@ -132,8 +132,10 @@ class SimRunner:
             return 2, json.dumps({"error": "bad --bdf", "exit": 2}) + "\n", ""
         st = k.gpus.get(bdf)
         seconds = float(opts.get("--seconds", "20"))
-        if st is None or not st.alive or k.driver_of(bdf) != "nvidia":
-            why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if st and not st.alive else "no CUDA device at that bus id"
+        bound = st is not None and k.driver_of(bdf) == "nvidia"
+        if st is None or not st.alive or not bound or not driver_reset.use(k, st):
+            lost = st is not None and (not st.alive or (bound and st.rm_lost))
+            why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if lost else "no CUDA device at that bus id"
             return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
                 "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),

@@ -22,6 +22,7 @@ from typing import Any
 
 from gpusoak.errors import GpusoakError, ScenarioError
 from gpusoak.model import PciAddress
+from gpusoak.sim.driver_reset import ARCHS
 from gpusoak.sim.profiles import PROFILES, FaultProfile
 
 if sys.version_info >= (3, 11):
@@ -51,7 +52,7 @@ class GpuSpec:
     expect_reliability: str | None = None  # the reliability class a profile's run must give it
     health: dict[str, Any] = field(default_factory=dict)  # NVML readings to start from (see sim.nvml.HEALTH)
     functions: tuple[str, ...] = ()  # extra functions beside graphics: "audio", "usb"
-    arch: str = "hopper"  # NVML architecture: ampere, hopper, blackwell
+    arch: str = "hopper"  # NVML architecture (sim.driver_reset.ARCHS): decides GSP or not
     display: bool = False  # boot VGA with a connected display (a console is on it)
 
 
@@ -173,6 +174,9 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
     if not upstream and bdf.bus > 0:
         # One root port per GPU by default: its own reset domain.
         upstream = (PciAddress(bdf.domain, bdf.bus - 1, 1, 0),)
+    arch = str(spec.get("arch", "hopper"))
+    if arch not in ARCHS:
+        raise ScenarioError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     profile_name = spec.get("profile", "healthy")
     if profile_name not in PROFILES:
         raise ScenarioError(f"unknown fault profile {profile_name!r}; known: {', '.join(sorted(PROFILES))}")
@@ -194,7 +198,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         expect_reliability=spec.get("expect_reliability"),
         health=_health(spec.get("health", {})),
         functions=_functions(spec.get("functions", ())),
-        arch=str(spec.get("arch", "hopper")),
+        arch=arch,
         display=bool(spec.get("display", False)),
     )
 

@@ -82,7 +82,8 @@ def test_functions_move_together(multi):
 
 
 def test_bus_reset_of_a_multifunction_gpu_goes_through_the_bridge(multi):
-    (step,) = ACTIONS["bus_reset"].steps(multi.node, GPU, CTX)
+    steps = ACTIONS["bus_reset"].steps(multi.node, GPU, CTX)
+    (step,) = [s for s in steps if not s.target.endswith("bind")]  # the slot is unbound around it
     assert step.target.endswith("0000:17:01.0/reset_subordinate") and step.value == "1"
 
 

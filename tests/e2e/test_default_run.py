@@ -21,6 +21,7 @@ def test_verdict_matches_the_scenarios_ground_truth(default_run):
     expected = {str(g.bdf): g.expect for g in scenarios.load(None).gpus}
     assert {g["bdf"]: g["class"] for g in result["gpus"]} == expected
     assert result["node"]["decision"] == "quarantine"
+    assert result["run"]["actions_semantics"]["flr"] == 2  # unbind, FLR, bind back
     assert "decision quarantine" in done.stdout
     flaky = next(g for g in result["gpus"] if g["class"] == "fail")
     assert flaky["bdf"] == "0000:9a:00.0" and "flr_not_ready" in " ".join(flaky["evidence"])

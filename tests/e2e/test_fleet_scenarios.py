@@ -38,8 +38,11 @@ def test_plan_lists_the_exact_writes_and_does_nothing():
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     flr = plan["gpus"][0]["actions"]["flr"]["steps"]
-    assert [s.split(" > ")[0] for s in flr] == ["write 'flr'", "write '1'", "write 'flr bus'"]
-    assert flr[1].endswith("/bus/pci/devices/0000:18:00.0/reset")
+    # The GPU is unbound from nvidia around the reset and bound back after it.
+    assert [s.split(" > ")[0] for s in flr] == ["write '0000:18:00.0'", "write 'flr'", "write '1'",
+                                                "write 'flr bus'", "write '0000:18:00.0'"]
+    assert flr[0].endswith("/bus/pci/drivers/nvidia/unbind") and flr[-1].endswith("/bus/pci/drivers/nvidia/bind")
+    assert flr[2].endswith("/bus/pci/devices/0000:18:00.0/reset")
     assert plan["gpus"][0]["actions"]["vfio_cycle"]["steps"][0].endswith("0000:18:00.0/driver_override")
     (node_action,) = plan["node_actions"]
     assert node_action["refused"][0].startswith("service_active")

@@ -72,11 +72,15 @@ def test_failed_flr_looks_like_the_real_thing(tmp_path):
 
 
 def test_healthy_flr_retrains_the_link_then_settles(sim):
+    # Reset unbound: under a bound nvidia the reset loses the GPU (tests/sim/test_driver_reset.py).
     fn = sim.node.sysfs.function(HEALTHY)
+    drv = sim.node.sysfs.root / "bus" / "pci" / "drivers" / "nvidia"
+    sim.kernel.write(drv / "unbind", str(HEALTHY))
     sim.kernel.write(fn.path / "reset", "1")
     assert fn.link.current_speed == "2.5 GT/s PCIe"  # retraining right after the reset
     sim.node.clock.sleep(1.0)
     assert fn.link.current_speed == "32.0 GT/s PCIe"
+    sim.kernel.write(drv / "bind", str(HEALTHY))
     assert sim.node.nvml.health(HEALTHY).status == OK
 
 
