@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
+from gpusoak.sim import services as sim_services
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.procs import CTL_MINOR, NVIDIA_MAJOR, DeviceNumber
 from gpusoak.sim.tree import load_module, unload_module
@@ -159,6 +160,7 @@ class SimRunner:
         if name not in services:
             return 5, "", f"Failed to {verb} {name}.service: Unit {name}.service not loaded.\n"
         if verb in ("stop", "start"):
-            services[name] = "inactive" if verb == "stop" else "active"
+            # A GPU service's process closes (stop) or opens (start) its device files.
+            (sim_services.stop if verb == "stop" else sim_services.start)(self._kernel, name)
             return 0, "", ""
         return 1, "", f"Unknown command verb {verb}.\n"
