@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from gpusoak.actions import services
 from gpusoak.errors import GpusoakError, Hung, WriteFailed
 from gpusoak.host import procs
 from gpusoak.host.commands import CommandResult
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
 
 # Refusal reasons (Finding.reason of a refused cycle).
@@ -36,18 +38,24 @@ DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functi
 
 NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h: minors 0..247 are the GPUs
 
-# Units that hold GPUs open or must not see them vanish (reference 4.4); stopped only when allowed.
-GPU_SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager", "nvidia-dcgm", "dcgm")
+# Units that hold GPUs open (reference 4.4), stopped for a destructive run; never the fabric's
+# nvidia-fabricmanager and nvidia-imex (gpusoak/actions/services.py).
+GPU_SERVICES = services.STOPPABLE
 
 
 @dataclass(frozen=True)
 class Context:
     write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
     command_timeout_s: float = 180.0
-    stop_services: bool = False  # may GPU services be stopped (and restarted afterwards)?
+    # Does the run stop the GPU services (gpusoak/actions/services.py) before its first cycle? A
+    # destructive run does unless --keep-services; then an active one is a refusal that names it.
+    stop_services: bool = False
     # The functions this run soaks. A node-scope action acts for them: module_reload reloads the
     # NVIDIA stack for NVIDIA GPUs, or the modules of their drivers for other functions.
     devices: tuple[PciAddress, ...] = ()
+    # Has the run stopped them? Until then (plan, the choice of supported actions) their holds are
+    # excused, as they will be gone; from then on every holder counts, and an active one refuses.
+    services_stopped: bool = False
 
 
 class Step(NamedTuple):
@@ -106,15 +114,20 @@ def check(result: CommandResult, what: str, meanings: dict[int, str] | None = No
     raise WriteFailed(detail, exit=result.returncode, reason=reason)
 
 
-def refusals_common(node: Node, bdf: PciAddress) -> list[Finding]:
-    """Refusals every GPU action shares: not root, absent, a process holds the GPU, a display."""
+def refusals_common(node: Node, bdf: PciAddress, ctx: Context | None = None) -> list[Finding]:
+    """Refusals every GPU action shares: not root, absent, a GPU service that stays active, a
+    process holds the GPU, a display. Without ``ctx`` the services are not looked at."""
     out = []
     if not node.is_root:
         out.append(Finding(NOT_ROOT, "resets write sysfs control files: run as root"))
     if not node.sysfs.function(bdf).present:
         out.append(Finding(NOT_PRESENT, f"{bdf} is not in {node.sysfs.devices_dir}"))
         return out
-    holders = gpu_holders(node, bdf)
+    excused: frozenset[int] = frozenset()
+    if ctx is not None and node.sysfs.function(bdf).vendor == NVIDIA_VENDOR:
+        out += service_refusals(node, ctx)
+        excused = services.excused_pids(node, ctx.stop_services and not ctx.services_stopped, ctx.command_timeout_s)
+    holders = gpu_holders(node, bdf, excused)
     if holders:
         out.append(Finding(HELD, f"processes hold the GPU ({', '.join(holders)}); a held GPU blocks or breaks a reset"))
     display = display_attached(node, bdf)
@@ -148,8 +161,26 @@ def display_attached(node: Node, bdf: PciAddress) -> str | None:
     return None
 
 
-def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
-    """PIDs holding this GPU, from NVML's process list and /proc/<pid>/fd links to /dev/nvidia<minor>."""
+def service_refusals(node: Node, ctx: Context) -> list[Finding]:
+    """An active GPU service refuses a GPU action when the run keeps it (--keep-services), or when
+    it is active although the run has stopped the services (the stop failed, or it was started
+    again); while the stop is still to come it is no refusal (its holds are excused)."""
+    running = services.active(node, services.STOPPABLE, ctx.command_timeout_s)
+    if not running:
+        return []
+    if not ctx.stop_services:
+        return [Finding(SERVICE_ACTIVE, f"{', '.join(running)} active; they hold the GPUs, and --keep-services keeps "
+                        "them running (without it a destructive run stops them before its first cycle and "
+                        "starts them again at the end)")]
+    if ctx.services_stopped:
+        return [Finding(SERVICE_ACTIVE, f"{', '.join(running)} active although this run stopped the GPU services "
+                        "before its first cycle (the stop failed, or something started them again)")]
+    return []
+
+
+def gpu_holders(node: Node, bdf: PciAddress, excused: frozenset[int] = frozenset()) -> list[str]:
+    """PIDs holding this GPU, from NVML's process list and /proc/<pid>/fd links to /dev/nvidia<minor>;
+    ``excused``: processes of the GPU services the run stops before its first cycle."""
     found: dict[int, str] = {}
     minor = None
     if node.nvml is not None:
@@ -163,7 +194,7 @@ def gpu_holders(node: Node, bdf: PciAddress) -> list[str]:
     if isinstance(minor, int):
         for h in procs.rdev_holders([(NVIDIA_MAJOR, minor)], node.proc_root, node.stat):
             found.setdefault(h.pid, f"pid {h.pid} ({_dev_name(node, h.path)} open)")
-    return [found[pid] for pid in sorted(found)]
+    return [found[pid] for pid in sorted(found) if pid not in excused]
 
 
 def _dev_name(node: Node, path: str) -> str:

@@ -40,7 +40,7 @@ class Rebind(Action):
     name = "rebind"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf) or _bound_refusal(node, bdf)
+        return refusals_common(node, bdf, ctx) or _bound_refusal(node, bdf)
 
     def _plan(self, node: Node, bdf: PciAddress) -> list[tuple[str, PciAddress, str]]:
         bound = [(f, d) for f, d in _bindings(node, bdf) if d]
@@ -63,7 +63,7 @@ class VfioCycle(Action):
     name = "vfio_cycle"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        out = refusals_common(node, bdf) or _bound_refusal(node, bdf)
+        out = refusals_common(node, bdf, ctx) or _bound_refusal(node, bdf)
         if out:
             return out
         if not driver_path(node, VFIO, "bind").parent.is_dir():
@@ -131,7 +131,7 @@ class RemoveRescan(Action):
     name = "remove_rescan"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf)
+        return refusals_common(node, bdf, ctx)
 
     def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
         funcs = list(reversed(slot_functions(node, bdf)))

@@ -28,7 +28,7 @@ class BusReset(MethodReset):
     method = "bus"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        out = refusals_common(node, bdf)
+        out = refusals_common(node, bdf, ctx)
         if out:
             return out
         fn = node.sysfs.function(bdf)

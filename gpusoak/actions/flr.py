@@ -61,7 +61,7 @@ class Flr(MethodReset):
     method = "flr"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf) or self.method_refusals(node, bdf)
+        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf)
 
 
 class PmReset(MethodReset):
@@ -72,4 +72,4 @@ class PmReset(MethodReset):
     method = "pm"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf) or self.method_refusals(node, bdf)
+        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf)

@@ -34,7 +34,7 @@ class GpuReset(Action):
         return ["nvidia-smi", "-r", "-i", bdf.nvml_bus_id]
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        out = refusals_common(node, bdf)
+        out = refusals_common(node, bdf, ctx)
         if out:
             return out
         if self._needs_fabric_manager(node, bdf) and not service_active(node, "nvidia-fabricmanager", ctx):

@@ -2,8 +2,11 @@
 
 For NVIDIA GPUs (the default selection): unload nvidia_drm, nvidia_modeset, nvidia_uvm and
 nvidia_peermem, then nvidia (each that is loaded), and load them back in reverse (reference 4.3
-for the order). GPU services are stopped first only when the user allows it, and are started again
-afterwards, also after a failure; so are the modules that were unloaded.
+for the order). A destructive run has stopped the GPU services before its first cycle
+(gpusoak/actions/services.py); an action called on its own with ``stop_services`` stops the active
+ones itself and starts them again afterwards, also after a failure, as it loads back the modules it
+unloaded. nvidia-fabricmanager and nvidia-imex hold the driver and are never stopped: while one is
+active, the reload is refused.
 
 For any other function named with ``--devices``: the module of its driver, found through sysfs
 (``/sys/bus/pci/drivers/DRIVER/module``), unloaded and loaded back. A driver built into the kernel
@@ -12,6 +15,7 @@ has no module and is refused; so is a module with users (its ``refcnt``), which 
 
 from __future__ import annotations
 
+from gpusoak.actions import services
 from gpusoak.actions.base import (
     DISPLAY,
     DRIVER_SHARED,
@@ -31,7 +35,6 @@ from gpusoak.actions.base import (
     driver_module,
     gpu_holders,
     run,
-    service_active,
 )
 from gpusoak.errors import GpusoakError, WriteFailed
 from gpusoak.host import procs
@@ -78,7 +81,7 @@ class ModuleReload(Action):
     def active_services(self, node: Node, ctx: Context) -> list[str]:
         if not self.for_nvidia(node, ctx):
             return []
-        return [u for u in GPU_SERVICES if service_active(node, u, ctx)]
+        return services.active(node, GPU_SERVICES, ctx.command_timeout_s)
 
     def refusals(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
         out = []
@@ -104,20 +107,28 @@ class ModuleReload(Action):
         if "nvidia" not in self.nvidia_loaded(node):
             out.append(Finding(MODULE_NOT_LOADED, "the nvidia module is not loaded"))
             return out
-        holders = sorted({h for g in node.gpus() for h in gpu_holders(node, g)})
+        pending = ctx.stop_services and not ctx.services_stopped
+        excused = services.excused_pids(node, pending, ctx.command_timeout_s)
+        holders = sorted({h for g in node.gpus() for h in gpu_holders(node, g, excused)})
         ctl = procs.device_holders({str(node.dev_root / "nvidiactl"), "/dev/nvidiactl"}, node.proc_root)
-        holders += [f"pid {h.pid} ({h.path} open)" for h in ctl]
+        holders += [f"pid {h.pid} ({h.path} open)" for h in ctl if h.pid not in excused]
         if holders:
             out.append(Finding(HELD, f"processes use the driver ({', '.join(holders)})"))
         for g in node.gpus():
             if why_display := display_attached(node, g):
                 out.append(Finding(DISPLAY, f"{g}: {why_display}"))
         active = self.active_services(node, ctx)
-        if not active and (why_used := self.in_use(node)):
+        if not (active and pending) and (why_used := self.in_use(node)):
             out.append(Finding(MODULE_IN_USE, why_used))
         if active and not ctx.stop_services:
-            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active; they hold the driver: allow "
-                               "gpusoak to stop and restart them with --stop-services"))
+            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active; they hold the driver, and "
+                               "--keep-services keeps them running"))
+        elif active and ctx.services_stopped:
+            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active although this run stopped the GPU "
+                               "services before its first cycle (the stop failed, or something started them again)"))
+        if fabric := services.active(node, services.NEVER_STOPPED, ctx.command_timeout_s):
+            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(fabric)} active; gpusoak never stops them (the NVSwitch "
+                               "fabric and the IMEX domain need them) and rmmod nvidia fails while they hold the driver"))
         if ctx.devices and (left := [str(g) for g in node.gpus() if g not in set(ctx.devices)]):
             out.append(Finding(DRIVER_SHARED, f"reloading nvidia would also unbind {', '.join(left)}, which "
                                "this run does not soak"))

@@ -48,6 +48,9 @@ class SimRunner:
             return self._rmmod(args[0])
         if name == "modprobe" and len(args) == 1:
             return self._modprobe(args[0])
+        if name == "systemctl" and args[:1] == ("is-active",) and len(args) > 2:
+            answers = [self._systemctl("is-active", u) for u in args[1:]]  # one state a line, in order
+            return min(a[0] for a in answers), "".join(a[1] for a in answers), ""
         if name == "systemctl" and len(args) == 2:
             return self._systemctl(*args)
         if args[:2] == ("-m", "gpusoak.load"):

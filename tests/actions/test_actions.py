@@ -89,6 +89,8 @@ def test_bus_reset_of_a_multifunction_gpu_goes_through_the_bridge(multi):
 def test_refusals_carry_reasons(tmp_path):
     s = _node(tmp_path, """
 nvswitches = 2
+[services]
+nvidia-persistenced = "inactive"
 [holders]
 4242 = "/dev/nvidia1"
 [[gpu]]
@@ -127,6 +129,7 @@ upstream = ["0000:37:01.0"]
 
 def test_more_refusals(sim):
     node, gpu = sim.node, GPU
+    node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)  # it holds every GPU
     sim.kernel.tree.unbind(gpu)
     assert [f.reason for f in ACTIONS["rebind"].refusals(node, gpu, CTX)] == [NOT_BOUND]
     sim.kernel.tree.bind(gpu, "nvidia")
@@ -143,8 +146,8 @@ def test_more_refusals(sim):
 
 def test_module_reload_stops_and_restarts_services_only_when_allowed(sim):
     node = sim.node
-    assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, CTX)] == [SERVICE_ACTIVE]
-    ctx = Context(stop_services=True)
+    assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, CTX)] == [HELD, SERVICE_ACTIVE]
+    ctx = Context(stop_services=True)  # its holds are excused: the run (here: the action) stops it first
     assert ACTIONS["module_reload"].refusals(node, None, ctx) == []
     calls = node.runner.calls
     calls.clear()

@@ -1,5 +1,5 @@
 from gpusoak.actions import ACTIONS, Context
-from gpusoak.actions.base import HELD, NOT_PRESENT, NOT_ROOT, UNSUPPORTED
+from gpusoak.actions.base import HELD, NOT_PRESENT, NOT_ROOT, SERVICE_ACTIVE, UNSUPPORTED
 from gpusoak.errors import WriteFailed
 from gpusoak.model import PciAddress
 from gpusoak.sim import open_sim_node
@@ -35,8 +35,17 @@ def test_reset_method_is_restored_after_a_failed_flr(tmp_path, record_writes, si
         s.node.close()
 
 
+def test_an_flr_under_an_active_persistenced_is_refused_held_by_process(sim):
+    # nvidia-persistenced holds every GPU's device file; today's code kept it running for an FLR.
+    pid = sim.kernel.service_pids["nvidia-persistenced"]
+    reasons = {f.reason: f.detail for f in flr.refusals(sim.node, GPU, CTX)}
+    assert set(reasons) == {SERVICE_ACTIVE, HELD}
+    assert f"pid {pid} (/dev/nvidia0 open)" in reasons[HELD] and reasons[SERVICE_ACTIVE].startswith("nvidia-persistenced")
+
+
 def test_refusals_carry_reasons(sim):
     node = sim.node
+    sim.node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)  # it holds every GPU
     assert flr.refusals(node, GPU, CTX) == []
     node.is_root = False
     assert [f.reason for f in flr.refusals(node, GPU, CTX)] == [NOT_ROOT]
@@ -51,7 +60,7 @@ def test_refusals_carry_reasons(sim):
 def test_a_process_holding_the_gpu_refuses_the_reset(tmp_path):
     # pid 4242 has /dev/nvidia0 open: found through /proc/<pid>/fd, never by its name.
     scenario = tmp_path / "s.toml"
-    scenario.write_text('[holders]\n4242 = "/dev/nvidia0"\n[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    scenario.write_text('[services]\nnvidia-persistenced = "inactive"\n[holders]\n4242 = "/dev/nvidia0"\n[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
     s = open_sim_node(str(scenario))
     try:
         (refusal,) = flr.refusals(s.node, GPU, CTX)
