@@ -2,11 +2,11 @@
 
 For NVIDIA GPUs (the default selection): unload nvidia_drm, nvidia_modeset, nvidia_uvm and
 nvidia_peermem, then nvidia (each that is loaded), and load them back in reverse (reference 4.3
-for the order). A destructive run has stopped the GPU services before its first cycle
-(gpusoak/actions/services.py); an action called on its own with ``stop_services`` stops the active
-ones itself and starts them again afterwards, also after a failure, as it loads back the modules it
-unloaded. nvidia-fabricmanager and nvidia-imex hold the driver and are never stopped: while one is
-active, the reload is refused.
+for the order). The modules that were unloaded are loaded back, also after a failure. The GPU
+services are not this action's: a destructive run has stopped them before its first cycle and
+starts them at its end (gpusoak/actions/services.py, gpusoak/soak.py); one still active refuses.
+nvidia-fabricmanager and nvidia-imex hold the driver and are never stopped: while one is active,
+the reload is refused.
 
 For any other function named with ``--devices``: the module of its driver, found through sysfs
 (``/sys/bus/pci/drivers/DRIVER/module``), unloaded and loaded back. A driver built into the kernel
@@ -177,22 +177,14 @@ class ModuleReload(Action):
         return None
 
     def steps(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Step]:
-        services = self.active_services(node, ctx)
         modules = self.loaded(node, ctx)
-        return ([Step("service", u, "stop") for u in services]
-                + [Step("command", f"rmmod {m}") for m in modules]
-                + [Step("command", f"modprobe {m}") for m in reversed(modules)]
-                + [Step("service", u, "start") for u in services])
+        return ([Step("command", f"rmmod {m}") for m in modules]
+                + [Step("command", f"modprobe {m}") for m in reversed(modules)])
 
     def perform(self, node: Node, bdf: PciAddress | None, ctx: Context) -> None:
-        services = self.active_services(node, ctx)
         modules = self.loaded(node, ctx)
-        stopped: list[str] = []
         unloaded: list[str] = []
         try:
-            for unit in services:
-                check(run(node, ["systemctl", "stop", unit], ctx, f"stopping {unit}"), f"stopping {unit}")
-                stopped.append(unit)
             for m in modules:
                 result = run(node, ["rmmod", m], ctx, f"unloading {m}")
                 in_use = not result.ok and "in use" in (result.stderr + result.stdout)
@@ -203,11 +195,6 @@ class ModuleReload(Action):
             for m in reversed(unloaded):
                 try:
                     check(run(node, ["modprobe", m], ctx, f"loading {m}"), f"loading {m}")
-                except GpusoakError as err:
-                    errors.append(str(err))
-            for unit in stopped:
-                try:
-                    check(run(node, ["systemctl", "start", unit], ctx, f"starting {unit}"), f"starting {unit}")
                 except GpusoakError as err:
                     errors.append(str(err))
         if errors:
