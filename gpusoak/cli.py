@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--recovery-deadline", type=float, default=60.0, help="seconds to recover (default 60)")
     run.add_argument("--gates", type=Path, default=None, help="TOML file of health-gate limits")
     run.add_argument("--stop-services", action="store_true",
-                     help="allow stopping GPU services for a module reload (started again afterwards)")
+                     help="deprecated, now the default: a destructive run stops the GPU services (persistenced, "
+                     "DCGM, NVSM, vGPU manager) before its first cycle and starts them again at the end")
+    run.add_argument("--keep-services", action="store_true",
+                     help="keep the GPU services running: every action they would block is refused "
+                     "(service_active), naming them. nvidia-fabricmanager and nvidia-imex are never stopped")
     run.add_argument("--no-ladder", action="store_true", help="no recovery ladder after a failed cycle")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
@@ -97,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--actions", default="flr", help="comma-separated actions (default flr)")
     plan.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: all NVIDIA GPUs)")
     plan.add_argument("--cycles", type=int, default=20)
-    plan.add_argument("--stop-services", action="store_true")
+    plan.add_argument("--stop-services", action="store_true", help="deprecated, now the default")
+    plan.add_argument("--keep-services", action="store_true", help="plan a run with --keep-services")
     plan.add_argument("--json", action="store_true")
 
     fl = sub.add_parser("fleet", help="roll up many nodes' result.json into fleet.html/.csv/.json, and turn "
@@ -192,8 +197,11 @@ def _run(args: argparse.Namespace) -> int:
         argv.append(f"--gpusoak-seed={args.seed}")
     if args.gates is not None:
         argv.append(f"--gpusoak-gates={args.gates.resolve()}")
-    if args.stop_services:
-        argv.append("--gpusoak-stop-services")
+    if args.stop_services and args.keep_services:
+        print("gpusoak: --stop-services and --keep-services contradict each other", file=sys.stderr)
+        return EXIT_USAGE
+    if args.keep_services:
+        argv.append("--gpusoak-keep-services")
     if args.no_ladder:
         argv.append("--gpusoak-no-ladder")
     if args.lock_file is not None:
@@ -254,7 +262,7 @@ def _plan(args: argparse.Namespace) -> int:
     from gpusoak.soak import SoakOptions
 
     options = SoakOptions(cycles=args.cycles, actions=tuple(a for a in args.actions.split(",") if a),
-                          stop_services=args.stop_services)
+                          keep_services=args.keep_services)
     node = open_node(args.backend, None)
     try:
         wanted = model.parse_addresses(args.gpus)

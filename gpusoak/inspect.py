@@ -97,7 +97,8 @@ def _nvml(node: Node, bdf: PciAddress) -> dict[str, Any]:
 
 
 def _can_run(node: Node, action, bdf: PciAddress) -> dict[str, Any]:
-    refusals = action.refusals(node, None if action.scope == "node" else bdf, Context())
+    # As a destructive run would see it: the GPU services it stops before its first cycle do not count.
+    refusals = action.refusals(node, None if action.scope == "node" else bdf, Context(stop_services=True))
     return {"can_run": not refusals, "why_not": [f"{f.reason}: {f.detail}" for f in refusals]}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpusoak.actions import ACTIONS, NODE_ACTIONS
+from gpusoak.actions import ACTIONS, NODE_ACTIONS, services
 from gpusoak.host.node import Node
 from gpusoak.model import PciAddress
 from gpusoak.soak import SoakOptions
@@ -18,7 +18,7 @@ def make(node: Node, gpus: list[PciAddress], options: SoakOptions) -> dict[str, 
         "node": node.hostname, "backend": node.backend, "cycles": options.cycles,
         "destructive_allowed": node.simulated or options.destructive,
         "order": [f"{a}: each cycle on every GPU" for a in per_gpu] + [f"{a}: each cycle node-wide" for a in per_node],
-        "gpus": [], "node_actions": [],
+        "gpus": [], "node_actions": [], "services": _services(node, ctx),
     }
     for bdf in gpus:
         entry: dict[str, Any] = {"bdf": str(bdf), "actions": {}}
@@ -37,11 +37,30 @@ def make(node: Node, gpus: list[PciAddress], options: SoakOptions) -> dict[str, 
     return out
 
 
+def _services(node: Node, ctx) -> dict[str, list[str]]:
+    """The GPU services the run stops once before its first cycle and starts again after its last
+    (the action steps below assume them stopped), the ones it keeps, and the fabric's, never stopped."""
+    running = services.active(node, services.STOPPABLE, ctx.command_timeout_s)
+    return {"stop_before_first_cycle": running if ctx.stop_services else [],
+            "start_after_last_cycle": list(reversed(running)) if ctx.stop_services else [],
+            "kept_running": [] if ctx.stop_services else running,
+            "never_stopped": services.active(node, services.NEVER_STOPPED, ctx.command_timeout_s)}
+
+
 def render(plan: dict[str, Any]) -> str:
     lines = [f"plan for {plan['node']} ({plan['backend']}): {plan['cycles']} cycles of",
              *[f"  {o}" for o in plan["order"]]]
     if not plan["destructive_allowed"]:
         lines.append("  read-only: a real node is reset only with --destructive; this plan shows what that would do")
+    svc = plan.get("services") or {}
+    for key, what in (("stop_before_first_cycle", "before the first cycle"), ("start_after_last_cycle", "after the last cycle")):
+        if svc.get(key):
+            verb = "stop" if key.startswith("stop") else "start"
+            lines.append(f"{what}: " + "; ".join(f"systemctl {verb} {u}" for u in svc[key]))
+    if svc.get("kept_running"):
+        lines.append(f"kept running (--keep-services): {', '.join(svc['kept_running'])}; the actions they block are refused")
+    if svc.get("never_stopped"):
+        lines.append(f"never stopped (the fabric needs them): {', '.join(svc['never_stopped'])}")
     lines.append("after a failed cycle: the recovery ladder flr -> rebind -> bus_reset -> module_reload")
     for g in plan["gpus"]:
         lines.append("")

@@ -64,8 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gpusoak-history", default=None, metavar="DIR",
                 help="folder of earlier result.json files to compare with; this run's is added (trends)")
     g.addoption("--gpusoak-stop-services", action="store_true", default=False,
-                help="allow stopping GPU services (persistenced, fabricmanager, DCGM) for a module reload; "
-                "they are started again afterwards")
+                help="deprecated, now the default: a destructive run stops the GPU services (persistenced, "
+                "DCGM, NVSM, vGPU manager) before its first cycle and starts them again at the end")
+    g.addoption("--gpusoak-keep-services", action="store_true", default=False,
+                help="keep the GPU services running: every action they would block is refused (service_active), "
+                "naming them. nvidia-fabricmanager and nvidia-imex are never stopped")
     g.addoption("--gpusoak-no-ladder", action="store_true", default=False,
                 help="do not climb the recovery ladder after a failed cycle")
     g.addoption("--gpusoak-lock-file", default=None,
@@ -170,7 +173,7 @@ class SoakRun:
         options = SoakOptions(cycles=opt("gpusoak_cycles") or 20, actions=actions,
                               recovery_deadline_s=opt("gpusoak_recovery_deadline"),
                               write_timeout_s=opt("gpusoak_write_timeout"),
-                              destructive=destructive, stop_services=opt("gpusoak_stop_services"),
+                              destructive=destructive, keep_services=opt("gpusoak_keep_services"),
                               ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")),
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),

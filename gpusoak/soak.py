@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gpusoak import gates as health_gates
 from gpusoak import ladder, verify
 from gpusoak import state as node_state
-from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release
+from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release, services
 from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
 from gpusoak.errors import GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
@@ -56,7 +56,10 @@ class SoakOptions:
     write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
     command_timeout_s: float = 180.0
     destructive: bool = False  # required on a real node; the simulator needs no opt-in
-    stop_services: bool = False  # may GPU services be stopped (and restarted) for a module reload?
+    # A destructive run stops the GPU services once, before its first cycle, and starts them again
+    # at the end (also after a failure; after a crash, `gpusoak restore`). True: keep them running,
+    # and an active one refuses every action (gpusoak/actions/services.py).
+    keep_services: bool = False
     ladder: bool = True  # climb the recovery ladder after a failed cycle
     ladder_module_reload: bool = True  # may the ladder reload the driver (affects every GPU)?
     gates: GateLimits = field(default_factory=GateLimits)
@@ -75,11 +78,11 @@ class SoakOptions:
 
     @property
     def context(self) -> Context:
-        return Context(self.write_timeout_s, self.command_timeout_s, self.stop_services)
+        return Context(self.write_timeout_s, self.command_timeout_s, not self.keep_services)
 
     def context_for(self, devices: list[PciAddress]) -> Context:
         """The context of a run over these functions (node-scope actions act for them)."""
-        return Context(self.write_timeout_s, self.command_timeout_s, self.stop_services, tuple(devices))
+        return Context(self.write_timeout_s, self.command_timeout_s, not self.keep_services, tuple(devices))
 
 
 def new_run_id() -> str:
@@ -156,6 +159,34 @@ class Soak:
             if state_path is not None:
                 node_state.save(self.saved_state, state_path)
         self.journal = Journal(journal_path, self.header())
+        if self.saved_state is not None:
+            self._stop_services(state_path)
+
+    def _stop_services(self, state_path: Path | None) -> None:
+        """Stop the active GPU services once for the whole run, not per cycle: started again they
+        re-attach every GPU the driver drives, which in a parallel run would hold other GPUs in the
+        middle of their cycles; and every cycle then compares like with like. state.json names each
+        unit before it is stopped. From here on no holder is excused: each cycle checks them again."""
+        self.ctx = replace(self.ctx, services_stopped=True)
+        if not self.ctx.stop_services or not any(self.node.sysfs.function(b).vendor == NVIDIA_VENDOR
+                                                 for b in self.gpus):
+            return
+        stopped: list[str] = []
+        failed: list[str] = []
+        for unit in services.active(self.node, services.STOPPABLE, self.ctx.command_timeout_s):
+            self.saved_state = replace(self.saved_state, stopped_services=[*stopped, unit])
+            if state_path is not None:
+                node_state.save(self.saved_state, state_path)
+            r = self.node.runner.run(["systemctl", "stop", unit], timeout_s=self.ctx.command_timeout_s)
+            if r.ok:
+                stopped.append(unit)
+            else:
+                failed.append(f"{unit}: systemctl stop exited {r.returncode}: {(r.stderr or r.stdout).strip()}")
+        self.saved_state = replace(self.saved_state, stopped_services=stopped)
+        if state_path is not None:
+            node_state.save(self.saved_state, state_path)
+        if stopped or failed:
+            self.journal.note({"type": "services", "stopped": stopped, "failed": failed})
 
     def finish(self) -> list[str]:
         """Put the node back as it was found; what was changed goes to the journal."""

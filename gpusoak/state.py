@@ -1,8 +1,9 @@
 """The node's state before a destructive run, saved and put back afterwards (also after a failure).
 
 Saved: each GPU function's driver binding, driver_override and runtime-PM setting; each GPU's
-persistence mode; which NVIDIA modules are loaded; which GPU services are active. ``gpusoak
-restore STATE`` re-applies a saved state after a crash.
+persistence mode; which NVIDIA modules are loaded; which GPU services are active, and which of them
+the run stopped (written before each stop, so a crash between the stop and the end still has them
+started again). ``gpusoak restore STATE`` re-applies a saved state after a crash.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gpusoak.actions import services
 from gpusoak.actions.base import (
-    GPU_SERVICES,
     Context,
     check,
     driver_path,
-    service_active,
     slot_functions,
     write,
 )
@@ -46,6 +46,7 @@ class NodeState:
     persistence: dict[str, bool | None] = field(default_factory=dict)  # graphics bdf -> mode
     modules: list[str] = field(default_factory=list)
     services: dict[str, bool] = field(default_factory=dict)  # unit -> was active
+    stopped_services: list[str] = field(default_factory=list)  # units this run stopped, in order
 
     def to_json(self) -> str:
         return json.dumps({"schema": STATE_SCHEMA, **asdict(self)}, indent=2) + "\n"
@@ -69,7 +70,8 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
         modules=ModuleReload().loaded(node, ctx),
-        services={u: service_active(node, u, ctx) for u in GPU_SERVICES})
+        services=dict.fromkeys(services.ALL, False) | dict.fromkeys(
+            services.active(node, services.ALL, ctx.command_timeout_s), True))
 
 
 def _persistence(node: Node, bdf: PciAddress) -> bool | None:
@@ -133,6 +135,14 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
             attempt(f"power/control of {f.bdf} -> {f.runtime_pm}",
                     lambda fn=fn, f=f: write(node, fn.path / "power" / "control", f.runtime_pm, ctx,
                                              "restoring runtime PM"))
+    if only is None:
+        # Before persistence mode: a started nvidia-persistenced sets it back itself (a legacy
+        # `nvidia-smi -pm 1` under a stopped daemon would be the deprecated mode instead).
+        was_active = [u for u, on in state.services.items() if on]
+        for unit in [*reversed(state.stopped_services), *(u for u in was_active if u not in state.stopped_services)]:
+            if not services.active(node, (unit,), ctx.command_timeout_s):
+                attempt(f"systemctl start {unit}", lambda u=unit: _ok(node.runner.run(
+                    ["systemctl", "start", u], timeout_s=ctx.command_timeout_s)))
     for bdf_text, mode in state.persistence.items():
         if (only is not None and bdf_text not in only) or mode is None:
             continue
@@ -140,11 +150,6 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
         if now is not None and now != mode:
             attempt(f"persistence mode of {bdf_text} -> {int(mode)}", lambda b=bdf_text, m=mode: _ok(node.runner.run(
                 ["nvidia-smi", "-i", PciAddress.parse(b).nvml_bus_id, "-pm", str(int(m))], timeout_s=ctx.command_timeout_s)))
-    if only is None:
-        for unit, was_active in state.services.items():
-            if was_active and not service_active(node, unit, ctx):
-                attempt(f"systemctl start {unit}", lambda u=unit: _ok(node.runner.run(
-                    ["systemctl", "start", u], timeout_s=ctx.command_timeout_s)))
     return done + [f"FAILED {e}" for e in errors]
 
 

@@ -5,7 +5,18 @@ from gpusoak.sim import open_sim_node
 
 @pytest.fixture
 def sim():
-    """The default simulated node (8x H100, one flaky under FLR)."""
+    """The default simulated node (8x H100, one flaky under FLR), with nvidia-persistenced stopped as
+    a destructive run stops it: running, it holds every GPU's device file, and an unbind or remove
+    then waits for it (nv_pci_remove), as on a real node. ``sim_services`` keeps it running."""
+    s = open_sim_node()
+    assert s.node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5).ok
+    yield s
+    s.node.close()
+
+
+@pytest.fixture
+def sim_services():
+    """The default simulated node as it boots: nvidia-persistenced active, holding every GPU."""
     s = open_sim_node()
     yield s
     s.node.close()

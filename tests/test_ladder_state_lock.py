@@ -62,12 +62,31 @@ def test_nothing_brings_back_a_stuck_gpu_so_it_needs_a_reboot(tmp_path, profile,
         s.node.close()
 
 
-def test_the_ladder_does_not_reload_the_driver_behind_active_services(tmp_path):
-    s, _, r = _first_failure(tmp_path, 'profile = "d3cold-stuck"\np = 1.0', services='nvidia-persistenced = "active"')
+def test_the_ladder_reloads_the_driver_with_the_services_the_run_stopped_still_stopped(tmp_path):
+    s, soak, r = _first_failure(tmp_path, 'profile = "d3cold-stuck"\np = 1.0', services='nvidia-persistenced = "active"')
     try:
-        assert r.ladder[-1].reason == "module_reload" and r.ladder[-1].detail.startswith("skipped: service_active")
+        assert r.ladder[-1].reason == "module_reload" and r.ladder[-1].detail.startswith("not recovered")
+        changing = [c for c in s.node.runner.calls if c[:2] == ("systemctl", "stop") or c[:2] == ("systemctl", "start")]
+        assert changing == [("systemctl", "stop", "nvidia-persistenced")]  # once, before the first cycle
+        assert ("rmmod", "nvidia") in s.node.runner.calls
+        soak.finish()
+        assert s.kernel.services["nvidia-persistenced"] == "active"
     finally:
         s.node.close()
+
+
+def test_restore_starts_the_units_a_crashed_run_stopped(tmp_path, sim_services):
+    sim = sim_services
+    soak = Soak(sim.node, "r", SoakOptions(ladder=False), sim.node.gpus())
+    soak.start(tmp_path / "j.jsonl", tmp_path / "state.json")
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["stopped_services"] == ["nvidia-persistenced"] and saved["services"]["nvidia-persistenced"] is True
+    assert sim.kernel.services["nvidia-persistenced"] == "inactive"
+    # The run dies here (no finish); `gpusoak restore state.json` starts what it stopped.
+    changes = node_state.restore(sim.node, node_state.load(tmp_path / "state.json"), Context())
+    assert "systemctl start nvidia-persistenced" in changes and sim.kernel.services["nvidia-persistenced"] == "active"
+    pid = sim.kernel.service_pids["nvidia-persistenced"]
+    assert sim.kernel.procs.holders(sim.kernel.procs.devices["nvidia0"]) == [pid]  # it holds the GPUs again
 
 
 def test_a_hanging_unbind_is_contained(tmp_path):
@@ -115,7 +134,8 @@ def test_saved_state_is_put_back_after_a_failure(tmp_path):
         s.node.close()
 
 
-def test_restore_puts_back_overrides_runtime_pm_modules_and_services(tmp_path, sim):
+def test_restore_puts_back_overrides_runtime_pm_modules_and_services(tmp_path, sim_services):
+    sim = sim_services
     ctx = Context(stop_services=True)
     saved = node_state.capture(sim.node, sim.node.gpus(), ctx)
     fn = sim.node.sysfs.function(GPU)

@@ -1,11 +1,13 @@
 """One cycle end to end on the simulated node: outcomes, reasons, windows, deadlines."""
 
+import json
 import threading
 
 import pytest
 
 from gpusoak.journal import read
 from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, PciAddress
+from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
 from gpusoak.verify import FAIL, SKIP, compare, snapshot
 from tests.conftest import after_reset
@@ -164,6 +166,79 @@ def test_nvml_is_not_asked_about_a_function_of_another_vendor(sim):
     assert nvml.status == SKIP and "not an NVIDIA GPU" in nvml.detail
 
 
+def _services_node(tmp_path, services):
+    path = tmp_path / "services.toml"
+    path.write_text("[services]\n" + "".join(f'{u} = "active"\n' for u in services)
+                    + '[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    return open_sim_node(str(path))
+
+
+def _service_calls(node):
+    return [c for c in node.runner.calls if c[:2] in (("systemctl", "stop"), ("systemctl", "start"))]
+
+
+def test_a_destructive_soak_stops_the_gpu_services_once_and_starts_them_at_the_end(tmp_path):
+    s = _services_node(tmp_path, ["nvidia-persistenced", "nvidia-dcgm"])
+    try:
+        gpus = s.node.gpus()
+        soak = Soak(s.node, "run-1", SoakOptions(ladder=False), gpus)
+        soak.start(tmp_path / "journal.jsonl", tmp_path / "state.json")
+        assert _service_calls(s.node) == [("systemctl", "stop", "nvidia-dcgm"), ("systemctl", "stop", "nvidia-persistenced")]
+        assert json.loads((tmp_path / "state.json").read_text())["stopped_services"] == ["nvidia-dcgm", "nvidia-persistenced"]
+        for c in (1, 2):
+            for g in gpus:
+                assert soak.run_cycle(g, "flr", c).outcome == RECOVERED
+        assert len(_service_calls(s.node)) == 2  # not restarted between cycles
+        # Started again behind the run's back: holders are checked again, and the cycle is refused.
+        s.node.runner.run(["systemctl", "start", "nvidia-dcgm"], timeout_s=5)
+        r = soak.run_cycle(gpus[0], "flr", 3)
+        assert r.outcome == REFUSED and {f.reason for f in r.findings} == {"service_active", "held_by_process"}
+        s.node.runner.run(["systemctl", "stop", "nvidia-dcgm"], timeout_s=5)
+        soak.finish()
+        assert _service_calls(s.node)[-2:] == [("systemctl", "start", "nvidia-persistenced"),  # the reverse order
+                                               ("systemctl", "start", "nvidia-dcgm")]
+        assert s.kernel.services["nvidia-persistenced"] == s.kernel.services["nvidia-dcgm"] == "active"
+        content = read(tmp_path / "journal.jsonl")
+        assert {"type": "services", "stopped": ["nvidia-dcgm", "nvidia-persistenced"], "failed": []} in content.notes
+        assert not content.problems
+    finally:
+        s.node.close()
+
+
+def test_keep_services_refuses_every_action_naming_the_units(tmp_path):
+    from gpusoak.actions import GPU_ACTIONS
+
+    s = _services_node(tmp_path, ["nvidia-persistenced", "dcgm"])
+    try:
+        soak = Soak(s.node, "run-1", SoakOptions(keep_services=True, ladder=False), s.node.gpus())
+        soak.start(tmp_path / "journal.jsonl", tmp_path / "state.json")
+        for action in GPU_ACTIONS:
+            r = soak.run_cycle(GPU, action, 1)
+            why = {f.reason: f.detail for f in r.findings}
+            assert r.outcome == REFUSED and why["service_active"].startswith("dcgm, nvidia-persistenced active"), action
+        (r, _) = soak.run_node_cycle("module_reload", 1)
+        assert r.outcome == REFUSED and "--keep-services" in {f.reason: f.detail for f in r.findings}["service_active"]
+        assert _service_calls(s.node) == []
+        assert soak.finish() == []
+    finally:
+        s.node.close()
+
+
+def test_fabric_manager_and_imex_are_never_stopped(tmp_path):
+    s = _services_node(tmp_path, ["nvidia-persistenced", "nvidia-fabricmanager", "nvidia-imex"])
+    try:
+        soak = Soak(s.node, "run-1", SoakOptions(actions=("flr", "module_reload"), ladder=False), s.node.gpus())
+        soak.start(tmp_path / "journal.jsonl", tmp_path / "state.json")
+        assert _service_calls(s.node) == [("systemctl", "stop", "nvidia-persistenced")]
+        assert soak.run_cycle(GPU, "flr", 1).outcome == RECOVERED  # they hold nvidiactl, no one GPU
+        (r, _) = soak.run_node_cycle("module_reload", 1)
+        detail = {f.reason: f.detail for f in r.findings}["service_active"]
+        assert r.outcome == REFUSED and detail.startswith("nvidia-fabricmanager, nvidia-imex active; gpusoak never stops")
+        soak.finish()
+        assert all(c[2] == "nvidia-persistenced" for c in _service_calls(s.node))
+        assert s.kernel.services["nvidia-fabricmanager"] == s.kernel.services["nvidia-imex"] == "active"
+    finally:
+        s.node.close()
 def _markers(sim, cursor=-1):
     return [(r.facility, r.message) for r in sim.node.kmsg.records_since(cursor) if r.message.startswith("gpusoak:")]
 

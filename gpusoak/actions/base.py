@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from gpusoak.actions import services
 from gpusoak.errors import CannotLook, Hung, WriteFailed
 from gpusoak.host import procs, usage
 from gpusoak.host.commands import CommandResult
@@ -43,18 +44,24 @@ CANNOT_LOOK = "cannot_look"  # a holder check could not read what it needs: refu
 NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h: minors 0..247 are the GPUs
 MISC_MAJOR = 10  # include/uapi/linux/major.h
 
-# Units that hold GPUs open or must not see them vanish (reference 4.4); stopped only when allowed.
-GPU_SERVICES = ("nvidia-persistenced", "nvidia-fabricmanager", "nvidia-dcgm", "dcgm")
+# Units that hold GPUs open (reference 4.4), stopped for a destructive run; never the fabric's
+# nvidia-fabricmanager and nvidia-imex (gpusoak/actions/services.py).
+GPU_SERVICES = services.STOPPABLE
 
 
 @dataclass(frozen=True)
 class Context:
     write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
     command_timeout_s: float = 180.0
-    stop_services: bool = False  # may GPU services be stopped (and restarted afterwards)?
+    # Does the run stop the GPU services (gpusoak/actions/services.py) before its first cycle? A
+    # destructive run does unless --keep-services; then an active one is a refusal that names it.
+    stop_services: bool = False
     # The functions this run soaks. A node-scope action acts for them: module_reload reloads the
     # NVIDIA stack for NVIDIA GPUs, or the modules of their drivers for other functions.
     devices: tuple[PciAddress, ...] = ()
+    # Has the run stopped them? Until then (plan, the choice of supported actions) their holds are
+    # excused, as they will be gone; from then on every holder counts, and an active one refuses.
+    services_stopped: bool = False
 
 
 class Step(NamedTuple):
@@ -117,14 +124,19 @@ def check(result: CommandResult, what: str, meanings: dict[int, str] | None = No
 
 
 def refusals_common(node: Node, bdf: PciAddress, ctx: Context | None = None) -> list[Finding]:
-    """Refusals every GPU action shares: not root, absent, a process holds the GPU, a display."""
+    """Refusals every GPU action shares: not root, absent, a GPU service that stays active, a
+    process holds the GPU, a display. Without ``ctx`` the services are not looked at."""
     out = []
     if not node.is_root:
         out.append(Finding(NOT_ROOT, "resets write sysfs control files: run as root"))
     if not node.sysfs.function(bdf).present:
         out.append(Finding(NOT_PRESENT, f"{bdf} is not in {node.sysfs.devices_dir}"))
         return out
-    out += holder_refusals(node, bdf, ctx or Context())
+    excused: frozenset[int] = frozenset()
+    if ctx is not None and node.sysfs.function(bdf).vendor == NVIDIA_VENDOR:
+        out += service_refusals(node, ctx)
+        excused = services.excused_pids(node, ctx.stop_services and not ctx.services_stopped, ctx.command_timeout_s)
+    out += holder_refusals(node, bdf, ctx or Context(), excused)
     display = display_attached(node, bdf)
     if display:
         out.append(Finding(DISPLAY, display))
@@ -156,7 +168,25 @@ def display_attached(node: Node, bdf: PciAddress) -> str | None:
     return None
 
 
-def holder_refusals(node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
+def service_refusals(node: Node, ctx: Context) -> list[Finding]:
+    """An active GPU service refuses a GPU action when the run keeps it (--keep-services), or when
+    it is active although the run has stopped the services (the stop failed, or it was started
+    again); while the stop is still to come it is no refusal (its holds are excused)."""
+    running = services.active(node, services.STOPPABLE, ctx.command_timeout_s)
+    if not running:
+        return []
+    if not ctx.stop_services:
+        return [Finding(SERVICE_ACTIVE, f"{', '.join(running)} active; they hold the GPUs, and --keep-services keeps "
+                        "them running (without it a destructive run stops them before its first cycle and "
+                        "starts them again at the end)")]
+    if ctx.services_stopped:
+        return [Finding(SERVICE_ACTIVE, f"{', '.join(running)} active although this run stopped the GPU services "
+                        "before its first cycle (the stop failed, or something started them again)")]
+    return []
+
+
+def holder_refusals(node: Node, bdf: PciAddress | None, ctx: Context,
+                    excused: frozenset[int] = frozenset()) -> list[Finding]:
     """Who holds what the action takes away, looked at now (and again right before ``perform``).
 
     A function (``bdf``): bound to nvidia, its /dev/nvidia<minor>, its MIG capability nodes and
@@ -166,7 +196,8 @@ def holder_refusals(node: Node, bdf: PciAddress | None, ctx: Context) -> list[Fi
     nvidiactl, nvidia-modeset), nvidia-uvm, nvidia-caps and /dev/iommu, plus what the node keeps on
     each other function it names. nvidiactl and nvidia-uvm are shared by every CUDA process, so
     they block only the node: one GPU's load child must not block another GPU's reset.
-    Anything that could not be read is a ``cannot_look`` refusal, never a pass.
+    Anything that could not be read is a ``cannot_look`` refusal, never a pass. ``excused``: the
+    processes of the GPU services the run stops before its first cycle (what ``plan`` sees).
     """
     look = _Look(node)
     if bdf is not None:
@@ -177,7 +208,7 @@ def holder_refusals(node: Node, bdf: PciAddress | None, ctx: Context) -> list[Fi
         for d in ctx.devices:
             if node.sysfs.function(d).vendor != NVIDIA_VENDOR:
                 look.function(d, ctx)
-    return look.findings(bdf)
+    return look.findings(bdf, excused)
 
 
 class _Look:
@@ -285,7 +316,7 @@ class _Look:
             return
         self.wanted[(major, minor)] = label
 
-    def findings(self, bdf: PciAddress | None) -> list[Finding]:
+    def findings(self, bdf: PciAddress | None, excused: frozenset[int] = frozenset()) -> list[Finding]:
         out = []
         found = dict(self.pids)
         if self.wanted:
@@ -300,6 +331,7 @@ class _Look:
                     shown = ", ".join(scan.unreadable[:3]) + (" ..." if len(scan.unreadable) > 3 else "")
                     self.blind.append(f"cannot read the descriptors of {len(scan.unreadable)} process(es) "
                                       f"({shown}): a holder there is not ruled out")
+        found = {pid: what for pid, what in found.items() if pid not in excused}
         if found:
             held = ", ".join(found[pid] for pid in sorted(found))
             out.append(Finding(HELD, f"processes hold the GPU ({held}); a held GPU blocks or breaks a reset"

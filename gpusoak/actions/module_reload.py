@@ -3,9 +3,11 @@
 For NVIDIA GPUs (the default selection): unload the modules that hold nvidia, as
 /sys/module/*/holders/ says (nvidia_drm before nvidia_modeset; nvidia_uvm, nvidia_peermem), then
 nvidia, and load them back in reverse (reference 4.3). Nothing is unloaded unless every module can
-be loaded back, as the same driver, and nothing else holds it (``module_guard``). GPU services
-are stopped first only when the user allows it, and are started again afterwards, also after a
-failure; so are the modules that were unloaded.
+be loaded back, as the same driver, and nothing else holds it (``module_guard``). The modules that
+were unloaded are loaded back, also after a failure. The GPU services are not this action's: a
+destructive run has stopped them before its first cycle and starts them at its end
+(gpusoak/actions/services.py, gpusoak/soak.py); one still active refuses. nvidia-fabricmanager
+and nvidia-imex hold the driver and are never stopped: while one is active, the reload is refused.
 
 For any other function named with ``--devices``: the module of its driver, found through sysfs
 (``/sys/bus/pci/drivers/DRIVER/module``), unloaded and loaded back. A driver built into the kernel
@@ -14,7 +16,7 @@ has no module and is refused; so is a module with users (its ``refcnt``), which 
 
 from __future__ import annotations
 
-from gpusoak.actions import module_guard
+from gpusoak.actions import module_guard, services
 from gpusoak.actions.base import (
     DISPLAY,
     DRIVER_SHARED,
@@ -33,7 +35,6 @@ from gpusoak.actions.base import (
     driver_module,
     holder_refusals,
     run,
-    service_active,
 )
 from gpusoak.errors import GpusoakError, WriteFailed
 from gpusoak.host.node import Node
@@ -78,7 +79,7 @@ class ModuleReload(Action):
     def active_services(self, node: Node, ctx: Context) -> list[str]:
         if not self.for_nvidia(node, ctx):
             return []
-        return [u for u in GPU_SERVICES if service_active(node, u, ctx)]
+        return services.active(node, GPU_SERVICES, ctx.command_timeout_s)
 
     def refusals(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Finding]:
         out = []
@@ -106,16 +107,23 @@ class ModuleReload(Action):
             out.append(Finding(MODULE_NOT_LOADED, "the nvidia module is not loaded"))
             return out
         out += module_guard.nvidia_stack(node)[1]
-        out += holder_refusals(node, None, ctx)
+        pending = ctx.stop_services and not ctx.services_stopped
+        out += holder_refusals(node, None, ctx, services.excused_pids(node, pending, ctx.command_timeout_s))
         for g in node.gpus():
             if why_display := display_attached(node, g):
                 out.append(Finding(DISPLAY, f"{g}: {why_display}"))
         active = self.active_services(node, ctx)
-        if not active and (why_used := self.in_use(node)):
+        if not (active and pending) and (why_used := self.in_use(node)):
             out.append(Finding(MODULE_IN_USE, why_used))
         if active and not ctx.stop_services:
-            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active; they hold the driver: allow "
-                               "gpusoak to stop and restart them with --stop-services"))
+            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active; they hold the driver, and "
+                               "--keep-services keeps them running"))
+        elif active and ctx.services_stopped:
+            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active although this run stopped the GPU "
+                               "services before its first cycle (the stop failed, or something started them again)"))
+        if fabric := services.active(node, services.NEVER_STOPPED, ctx.command_timeout_s):
+            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(fabric)} active; gpusoak never stops them (the NVSwitch "
+                               "fabric and the IMEX domain need them) and rmmod nvidia fails while they hold the driver"))
         if ctx.devices and (left := [str(g) for g in node.gpus() if g not in set(ctx.devices)]):
             out.append(Finding(DRIVER_SHARED, f"reloading nvidia would also unbind {', '.join(left)}, which "
                                "this run does not soak"))
@@ -165,22 +173,14 @@ class ModuleReload(Action):
         return None
 
     def steps(self, node: Node, bdf: PciAddress | None, ctx: Context) -> list[Step]:
-        services = self.active_services(node, ctx)
         modules = self.loaded(node, ctx)
-        return ([Step("service", u, "stop") for u in services]
-                + [Step("command", f"rmmod {m}") for m in modules]
-                + [Step("command", f"modprobe {m}") for m in reversed(modules)]
-                + [Step("service", u, "start") for u in services])
+        return ([Step("command", f"rmmod {m}") for m in modules]
+                + [Step("command", f"modprobe {m}") for m in reversed(modules)])
 
     def perform(self, node: Node, bdf: PciAddress | None, ctx: Context) -> None:
-        services = self.active_services(node, ctx)
         modules = self.loaded(node, ctx)
-        stopped: list[str] = []
         unloaded: list[str] = []
         try:
-            for unit in services:
-                check(run(node, ["systemctl", "stop", unit], ctx, f"stopping {unit}"), f"stopping {unit}")
-                stopped.append(unit)
             for m in modules:
                 result = run(node, ["rmmod", m], ctx, f"unloading {m}")
                 in_use = not result.ok and "in use" in (result.stderr + result.stdout)
@@ -191,11 +191,6 @@ class ModuleReload(Action):
             for m in reversed(unloaded):
                 try:
                     check(run(node, ["modprobe", m], ctx, f"loading {m}"), f"loading {m}")
-                except GpusoakError as err:
-                    errors.append(str(err))
-            for unit in stopped:
-                try:
-                    check(run(node, ["systemctl", "start", unit], ctx, f"starting {unit}"), f"starting {unit}")
                 except GpusoakError as err:
                     errors.append(str(err))
         if errors:

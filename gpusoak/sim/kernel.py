@@ -20,6 +20,7 @@ from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim import driver_reset, profiles
+from gpusoak.sim import services as sim_services
 from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
 from gpusoak.sim.published import Published
 from gpusoak.sim.scenario import GpuSpec, Scenario
@@ -82,7 +83,8 @@ class SimKernel:
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
         self.modules: set[str] = set(scenario.modules)
-        self.services: dict[str, str] = dict(scenario.services)
+        self.services: dict[str, str] = dict(scenario.services)  # unit -> active / inactive
+        self.service_pids: dict[str, int] = {}  # the process of each active unit that holds devices
         self.event_sets: list = []  # simulated NVML event sets registered for XIDs
         self.blocked: list[threading.Event] = []  # writes blocked "forever"; tests may release them
         self._waiting: dict[threading.Event, tuple] = {}  # removes waiting for a device file to close
@@ -94,6 +96,7 @@ class SimKernel:
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
         for g in scenario.gpus:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
+        sim_services.boot(self)  # persistenced and DCGM hold every GPU from boot on
 
     # -- kernel log --------------------------------------------------------------------------
     def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:

@@ -128,12 +128,17 @@ class SimProcesses:
         return StatResult(0o020600, makedev(*number))  # S_IFCHR | 0600
 
     # -- processes -----------------------------------------------------------------------------
-    def spawn(self, comm: str, pid: int | None = None) -> int:
-        """A new process; its ``comm`` is what ps shows (never used to find holders)."""
+    def spawn(self, comm: str, pid: int | None = None, unit: str | None = None) -> int:
+        """A new process; its ``comm`` is what ps shows (never used to find holders). ``unit``: the
+        systemd service it runs in, named by ``/proc/<pid>/cgroup`` as cgroup v2 writes it
+        (``0::/system.slice/<unit>.service``; Documentation/admin-guide/cgroup-v2.rst); others sit
+        in a login session's scope."""
         with self._lock:
             pid = next(self._pids) if pid is None else pid
             (self.proc_root / str(pid) / "fd").mkdir(parents=True, exist_ok=True)
             (self.proc_root / str(pid) / "comm").write_text(comm + "\n")
+            cgroup = f"/system.slice/{unit}.service" if unit else "/user.slice/user-0.slice/session-1.scope"
+            (self.proc_root / str(pid) / "cgroup").write_text(f"0::{cgroup}\n")
             self._fds[pid] = itertools.count(3)
         return pid
 
@@ -169,6 +174,7 @@ class SimProcesses:
             if (base / "fd").is_dir():
                 (base / "fd").rmdir()
             (base / "comm").unlink(missing_ok=True)
+            (base / "cgroup").unlink(missing_ok=True)
             if base.is_dir():
                 base.rmdir()
         self._notify()

@@ -18,6 +18,7 @@ from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
 from gpusoak.sim import driver_reset, modules
+from gpusoak.sim import services as sim_services
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
 from gpusoak.sim.procs import (
@@ -71,6 +72,9 @@ class SimRunner:
             return self._show_depends(tuple(a for a in args if a not in ("--show-depends", "-D")))
         if name == "modinfo":
             return self._modinfo(args)
+        if name == "systemctl" and args[:1] == ("is-active",) and len(args) > 2:
+            answers = [self._systemctl("is-active", u) for u in args[1:]]  # one state a line, in order
+            return min(a[0] for a in answers), "".join(a[1] for a in answers), ""
         if name == "systemctl" and len(args) == 2:
             return self._systemctl(*args)
         if args[:2] == ("-m", "gpusoak.load"):
@@ -276,6 +280,7 @@ class SimRunner:
         if name not in services:
             return 5, "", f"Failed to {verb} {name}.service: Unit {name}.service not loaded.\n"
         if verb in ("stop", "start"):
-            services[name] = "inactive" if verb == "stop" else "active"
+            # A GPU service's process closes (stop) or opens (start) its device files.
+            (sim_services.stop if verb == "stop" else sim_services.start)(self._kernel, name)
             return 0, "", ""
         return 1, "", f"Unknown command verb {verb}.\n"

@@ -90,6 +90,8 @@ def test_bus_reset_of_a_multifunction_gpu_goes_through_the_bridge(multi):
 def test_refusals_carry_reasons(tmp_path):
     s = _node(tmp_path, """
 nvswitches = 2
+[services]
+nvidia-persistenced = "inactive"
 [holders]
 4242 = "/dev/nvidia1"
 [[gpu]]
@@ -128,6 +130,7 @@ upstream = ["0000:37:01.0"]
 
 def test_more_refusals(sim):
     node, gpu = sim.node, GPU
+    node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)  # it holds every GPU
     sim.kernel.tree.unbind(gpu)
     assert [f.reason for f in ACTIONS["rebind"].refusals(node, gpu, CTX)] == [NOT_BOUND]
     sim.kernel.tree.bind(gpu, "nvidia")
@@ -142,20 +145,21 @@ def test_more_refusals(sim):
     assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, Context(stop_services=True))] == [MODULE_NOT_LOADED]
 
 
-def test_module_reload_stops_and_restarts_services_only_when_allowed(sim):
+def test_module_reload_leaves_the_services_to_the_run_and_refuses_one_kept_running(sim_services):
+    sim = sim_services
     node = sim.node
-    assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, CTX)] == [SERVICE_ACTIVE]
-    ctx = Context(stop_services=True)
+    assert [f.reason for f in ACTIONS["module_reload"].refusals(node, None, CTX)] == [HELD, SERVICE_ACTIVE]
+    ctx = Context(stop_services=True)  # its holds are excused: the run stops it before its first cycle
     assert ACTIONS["module_reload"].refusals(node, None, ctx) == []
+    node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)  # what the run does
     calls = node.runner.calls
     calls.clear()
-    ACTIONS["module_reload"].perform(node, None, ctx)
+    ACTIONS["module_reload"].perform(node, None, Context(stop_services=True, services_stopped=True))
     changing = [c for c in calls if c[:2] != ("systemctl", "is-active")]
-    assert changing == [("systemctl", "stop", "nvidia-persistenced"), ("rmmod", "nvidia_drm"), ("rmmod", "nvidia_modeset"),
-                        ("rmmod", "nvidia_uvm"), ("rmmod", "nvidia"), ("modprobe", "nvidia"), ("modprobe", "nvidia_uvm"),
-                        ("modprobe", "nvidia_modeset"), ("modprobe", "nvidia_drm"),
-                        ("systemctl", "start", "nvidia-persistenced")]
-    assert sim.kernel.services["nvidia-persistenced"] == "active" and node.sysfs.function(GPU).driver == "nvidia"
+    assert changing == [("rmmod", "nvidia_drm"), ("rmmod", "nvidia_modeset"), ("rmmod", "nvidia_uvm"), ("rmmod", "nvidia"),
+                        ("modprobe", "nvidia"), ("modprobe", "nvidia_uvm"), ("modprobe", "nvidia_modeset"),
+                        ("modprobe", "nvidia_drm")]
+    assert node.sysfs.function(GPU).driver == "nvidia"
 
 
 def test_a_module_in_use_is_refused_when_no_service_explains_it(tmp_path):

@@ -2,6 +2,7 @@ import pytest
 
 from gpusoak import plan
 from gpusoak.actions import ACTIONS, Context
+from gpusoak.actions.base import HELD, NOT_PRESENT, NOT_ROOT, SERVICE_ACTIVE, UNSUPPORTED
 from gpusoak.actions.release import BIND_BACK_FAILED, DRIVER_OVERRIDE_MISMATCH
 from gpusoak.errors import GpusoakError, WriteFailed
 from gpusoak.host.nvml import OK
@@ -23,7 +24,7 @@ DRV = "bus/pci/drivers"
 def multi(tmp_path):
     """One GPU with an audio function, both bound (nvidia, snd_hda_intel)."""
     path = tmp_path / "multi.toml"
-    path.write_text(f'[[gpu]]\nbdf = "{GPU}"\nfunctions = ["audio"]\n')
+    path.write_text(f'[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "{GPU}"\nfunctions = ["audio"]\n')
     s = open_sim_node(str(path))
     yield s
     s.node.close()
@@ -66,7 +67,7 @@ def test_the_slot_is_bound_back_after_a_failed_reset(multi):
 
 def _dead_after_flr(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('[[gpu]]\nbdf = "0000:9a:00.0"\nprofile = "flaky-flr"\np = 1.0\n')
+    path.write_text('[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:9a:00.0"\nprofile = "flaky-flr"\np = 1.0\n')
     return open_sim_node(str(path))
 
 
@@ -132,3 +133,38 @@ def test_plan_shows_the_unbind_and_the_bind(multi):
         steps = made["gpus"][0]["actions"][action]["steps"]
         assert steps[:2] == unbind and steps[-2:] == bind, action
         assert all(f"    {s}" in text for s in steps)
+
+
+def test_an_flr_under_an_active_persistenced_is_refused_held_by_process(sim_services):
+    sim = sim_services
+    # nvidia-persistenced holds every GPU's device file; today's code kept it running for an FLR.
+    pid = sim.kernel.service_pids["nvidia-persistenced"]
+    reasons = {f.reason: f.detail for f in flr.refusals(sim.node, GPU, CTX)}
+    assert set(reasons) == {SERVICE_ACTIVE, HELD}
+    assert f"pid {pid} (/dev/nvidia0 open)" in reasons[HELD] and reasons[SERVICE_ACTIVE].startswith("nvidia-persistenced")
+
+
+def test_refusals_carry_reasons(sim):
+    node = sim.node
+    assert flr.refusals(node, GPU, CTX) == []
+    node.is_root = False
+    assert [f.reason for f in flr.refusals(node, GPU, CTX)] == [NOT_ROOT]
+    node.is_root = True
+    gone = PciAddress.parse("0000:01:00.0")
+    assert [f.reason for f in flr.refusals(node, gone, CTX)] == [NOT_PRESENT]
+    sim.kernel.write(node.sysfs.function(GPU).path / "reset_method", "bus")
+    (refusal,) = flr.refusals(node, GPU, CTX)
+    assert refusal.reason == UNSUPPORTED and "(bus)" in refusal.detail
+
+
+def test_a_process_holding_the_gpu_refuses_the_reset(tmp_path):
+    # pid 4242 has /dev/nvidia0 open: found through /proc/<pid>/fd, never by its name.
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[services]\nnvidia-persistenced = "inactive"\n[holders]\n4242 = "/dev/nvidia0"\n[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    s = open_sim_node(str(scenario))
+    try:
+        (refusal,) = flr.refusals(s.node, GPU, CTX)
+        assert refusal.reason == HELD and "pid 4242 (/dev/nvidia0 open)" in refusal.detail
+        assert flr.refusals(s.node, PciAddress.parse("0000:2a:00.0"), CTX) == []  # that one is /dev/nvidia1
+    finally:
+        s.node.close()

@@ -2,8 +2,10 @@
 kubernetes-validate package carries them), the CI files and the systemd unit parsed and checked."""
 
 import configparser
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -55,10 +57,11 @@ def test_the_pods_get_what_destructive_resets_need_and_write_results():
     assert "--profile nightly" in " ".join(ds["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
-def test_the_role_allows_exactly_labelling_and_tainting_nodes():
+def test_the_role_allows_exactly_labelling_and_tainting_nodes_and_reading_pods():
     docs = {d["kind"]: d for d in _docs(DEPLOY / "k8s" / "rbac.yaml")}
-    (rule,) = docs["ClusterRole"]["rules"]
-    assert rule == {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
+    nodes, pods = docs["ClusterRole"]["rules"]
+    assert nodes == {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
+    assert pods == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
     assert docs["ClusterRoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"]
 
 
@@ -109,3 +112,99 @@ def test_the_slurm_scripts_are_executable_and_parse(script):
     path = DEPLOY / "slurm" / script
     assert os.access(path, os.X_OK)
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+
+
+OPERAND_LABELS = ["device-plugin", "dcgm", "dcgm-exporter", "gpu-feature-discovery", "node-status-exporter",
+                  "mig-manager"]
+FAKE_KUBECTL = """\
+import json, re, sys
+state_path = sys.argv[1]
+args = sys.argv[2:]
+state = json.load(open(state_path))
+state["calls"].append(args)
+node = state["node"]
+if args[:2] == ["get", "node"]:
+    kind, key = re.match(r'go-template=\\{\\{index \\.metadata\\.(\\w+) "([^"]+)"\\}\\}', args[4]).groups()
+    print(node[kind].get(key, "<no value>"))
+elif args[:2] == ["get", "pods"]:
+    print("\\n".join(state["pods"]))
+elif args[0] in ("label", "annotate"):
+    kind = "labels" if args[0] == "label" else "annotations"
+    for a in args[3:]:
+        if a == "--overwrite":
+            continue
+        if a.endswith("-") and "=" not in a:
+            node[kind].pop(a[:-1], None)
+        else:
+            k, v = a.split("=", 1)
+            node[kind][k] = v
+json.dump(state, open(state_path, "w"))
+"""
+
+
+def _operands(tmp_path, labels, pods=()):
+    script = _docs(DEPLOY / "k8s" / "configmap-operands.yaml")[0]["data"]["gpu-operator-operands.sh"]
+    (tmp_path / "operands.sh").write_text(script)
+    (tmp_path / "fake_kubectl.py").write_text(FAKE_KUBECTL)
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"node": {"labels": dict(labels), "annotations": {}}, "pods": list(pods), "calls": []}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "fake_kubectl.py"} {state} "$@"\n')
+    (bin_dir / "kubectl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPUSOAK_OPERANDS_TIMEOUT_S": "0"}
+
+    def run(cmd):
+        done = subprocess.run(["sh", str(tmp_path / "operands.sh"), cmd, "gpu-node-1"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        return done, json.loads(state.read_text())
+    return run
+
+
+def test_the_gpu_operator_operands_are_disabled_on_the_node_for_the_run_and_put_back_after(tmp_path):
+    # An admin's own value (dcgm-exporter off) and a label the node lacks both come back as they were.
+    before = {"nvidia.com/gpu.deploy.device-plugin": "true", "nvidia.com/gpu.deploy.dcgm-exporter": "false",
+              "nvidia.com/gpu.deploy.driver": "true", "kubernetes.io/hostname": "gpu-node-1"}
+    run = _operands(tmp_path, before)
+    done, state = run("disable")
+    assert done.returncode == 0, done.stderr
+    labels = state["node"]["labels"]
+    assert all(labels[f"nvidia.com/gpu.deploy.{k}"] == "false" for k in OPERAND_LABELS)
+    assert labels["nvidia.com/gpu.deploy.driver"] == "true"  # never the driver: that would unload it
+    assert "device-plugin=true" in state["node"]["annotations"]["gpusoak.io/operand-labels"]
+    done, state = run("restore")
+    assert done.returncode == 0, done.stderr
+    assert state["node"]["labels"] == before and state["node"]["annotations"] == {}
+    done, again = run("restore")  # nothing saved: nothing to do
+    assert done.returncode == 0 and again["node"] == state["node"]
+
+
+def test_a_run_killed_before_it_restored_the_operands_leaves_what_the_next_needs(tmp_path):
+    before = {"nvidia.com/gpu.deploy.device-plugin": "true"}
+    run = _operands(tmp_path, before)
+    run("disable")
+    done, state = run("disable")  # the next pod: the saved values are the admin's, not "false"
+    assert done.returncode == 0, done.stderr
+    assert "device-plugin=true" in state["node"]["annotations"]["gpusoak.io/operand-labels"]
+    assert run("restore")[1]["node"]["labels"] == before
+
+
+def test_operand_pods_that_do_not_leave_fail_the_disable(tmp_path):
+    run = _operands(tmp_path, {}, pods=["pod/nvidia-device-plugin-daemonset-x7k2p"])
+    done, _ = run("disable")
+    assert done.returncode != 0 and "operand pods still on gpu-node-1" in done.stderr
+
+
+def test_the_pods_disable_the_operands_around_the_run_and_pass_a_stop_on_to_gpusoak():
+    job = _docs(DEPLOY / "k8s" / "job-acceptance.yaml")[0]
+    ds = _docs(DEPLOY / "k8s" / "daemonset-nightly.yaml")[0]
+    for pod in (job["spec"]["template"]["spec"], ds["spec"]["template"]["spec"]):
+        c = pod["containers"][0]
+        script = " ".join(c["args"])
+        disable = script.index('gpu-operator-operands.sh disable "$NODE_NAME"')
+        restore = script.rindex('gpu-operator-operands.sh restore "$NODE_NAME"')
+        assert disable < script.index("gpusoak run") < script.index("gpusoak restore") < restore
+        assert "trap 'kill -INT $pid" in script  # pytest turns SIGINT into its orderly end: finish() runs
+        assert {"name": "scripts", "mountPath": "/scripts", "readOnly": True} in c["volumeMounts"]
+        assert {"name": "scripts", "configMap": {"name": "gpusoak-scripts", "defaultMode": 0o555}} in pod["volumes"]
+        assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0

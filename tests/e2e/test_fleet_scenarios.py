@@ -44,12 +44,17 @@ def test_plan_lists_the_exact_writes_and_does_nothing():
     assert flr[0].endswith("/bus/pci/drivers/nvidia/unbind") and flr[-1].endswith("/bus/pci/drivers/nvidia/bind")
     assert flr[2].endswith("/bus/pci/devices/0000:18:00.0/reset")
     assert plan["gpus"][0]["actions"]["vfio_cycle"]["steps"][0].endswith("0000:18:00.0/driver_override")
+    # The run stops nvidia-persistenced once, before its first cycle, and starts it after its last.
+    assert plan["services"]["stop_before_first_cycle"] == plan["services"]["start_after_last_cycle"] == ["nvidia-persistenced"]
     (node_action,) = plan["node_actions"]
-    assert node_action["refused"][0].startswith("service_active")
-    done = gpusoak("plan", "--actions", "module_reload", "--stop-services")
-    steps = json.loads(gpusoak("plan", "--actions", "module_reload", "--stop-services", "--json").stdout)["node_actions"][0]["steps"]
-    assert steps[0] == "systemctl stop nvidia-persistenced" and steps[-1] == "systemctl start nvidia-persistenced"
+    assert node_action["refused"][0].startswith("driver_shared")  # one GPU of eight: the reload is everyone's
+    steps = json.loads(gpusoak("plan", "--actions", "module_reload", "--json").stdout)["node_actions"][0]["steps"]
     assert "run rmmod nvidia_drm" in steps and steps.index("run rmmod nvidia") < steps.index("run modprobe nvidia")
+    text = gpusoak("plan", "--actions", "module_reload").stdout
+    assert "before the first cycle: systemctl stop nvidia-persistenced" in text
+    kept = json.loads(gpusoak("plan", "--actions", "flr,module_reload", "--keep-services", "--json").stdout)
+    assert kept["node_actions"][0]["refused"][-1].startswith("service_active: nvidia-persistenced active")
+    assert kept["gpus"][0]["actions"]["flr"]["refused"][0].startswith("service_active: nvidia-persistenced active")
 
 
 def test_restore_from_a_saved_state(tmp_path):

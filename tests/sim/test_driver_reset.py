@@ -17,7 +17,8 @@ def node_of(tmp_path):
 
     def make(arch, functions=()):
         path = tmp_path / f"{arch}.toml"
-        path.write_text(f'[[gpu]]\nbdf = "{GPU}"\narch = "{arch}"\nfunctions = {list(functions)!r}\n'.replace("'", '"'))
+        # persistenced off: it would hold the GPU, and an unbind waits for its holders (nv_pci_remove).
+        path.write_text('[services]\nnvidia-persistenced = "inactive"\n' + f'[[gpu]]\nbdf = "{GPU}"\narch = "{arch}"\nfunctions = {list(functions)!r}\n'.replace("'", '"'))
         s = open_sim_node(str(path))
         opened.append(s)
         return s

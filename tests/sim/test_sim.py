@@ -135,6 +135,7 @@ def test_same_seed_same_node_behaviour(tmp_path):
 
 def test_commands_never_reach_this_machine(sim):
     # nvidia-smi -r is answered by the simulated GPU (its reset count moves), not by a program.
+    sim.node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)  # it holds every GPU
     r = sim.node.runner.run(["nvidia-smi", "-r", "-i", "0000:18:00.0"], timeout_s=5)
     assert r.returncode == 0 and r.stdout == "GPU 00000000:18:00.0 was successfully reset.\nAll done.\n"
     assert sim.kernel.gpus[HEALTHY].resets == 1
@@ -146,6 +147,7 @@ def test_commands_never_reach_this_machine(sim):
 def test_modules_and_services(sim):
     run = sim.node.runner.run
     assert run(["rmmod", "nvidia"], timeout_s=5).stderr.startswith("rmmod: ERROR: Module nvidia is in use by:")
+    assert run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5).returncode == 0  # it holds nvidiactl
     for m in ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"):
         assert run(["rmmod", m], timeout_s=5).returncode == 0, m
     assert sim.node.sysfs.function(HEALTHY).driver is None
@@ -153,6 +155,7 @@ def test_modules_and_services(sim):
     assert run(["rmmod", "nvidia"], timeout_s=5).stderr == "rmmod: ERROR: Module nvidia is not currently loaded\n"
     assert run(["modprobe", "nvidia_drm"], timeout_s=5).returncode == 0  # pulls in nvidia_modeset and nvidia
     assert sim.node.sysfs.function(HEALTHY).driver == "nvidia" and sim.kernel.modules >= {"nvidia", "nvidia_modeset"}
+    assert run(["systemctl", "start", "nvidia-persistenced"], timeout_s=5).returncode == 0
     r = run(["systemctl", "is-active", "nvidia-persistenced"], timeout_s=5)
     assert (r.returncode, r.stdout) == (0, "active\n")
     assert run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5).returncode == 0
@@ -197,9 +200,49 @@ def test_health_overrides_and_full_nvml_read(tmp_path):
         scenarios.load(str(path))
 
 
+def _holders(sim, name):
+    return sim.kernel.procs.holders(sim.kernel.procs.devices[name])
+
+
+def test_an_active_persistenced_holds_every_gpu_until_it_is_stopped(sim_services):
+    sim = sim_services
+    # nvidia-persistenced keeps each GPU initialised by holding its device file open (NVIDIA's
+    # persistence-daemon doc): every /dev/nvidiaN and /dev/nvidiactl, by one process of its unit.
+    pid = sim.kernel.service_pids["nvidia-persistenced"]
+    assert (sim.node.proc_root / str(pid) / "cgroup").read_text() == "0::/system.slice/nvidia-persistenced.service\n"
+    for name in ["nvidiactl"] + [f"nvidia{m}" for m in range(8)]:
+        assert _holders(sim, name) == [pid], name
+    run = sim.node.runner.run
+    assert run(["nvidia-smi", "-r", "-i", "0000:18:00.0"], timeout_s=5).returncode == 255  # in use
+    assert run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5).returncode == 0
+    assert all(_holders(sim, f"nvidia{m}") == [] for m in range(8)) and _holders(sim, "nvidiactl") == []
+    assert not (sim.node.proc_root / str(pid)).exists()
+    # Started again it opens the GPUs the driver drives at that time, and only those.
+    sim.node.sysfs.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/unbind", "0000:18:00.0", timeout_s=5,
+                         what="unbind")
+    assert run(["systemctl", "start", "nvidia-persistenced"], timeout_s=5).returncode == 0
+    pid = sim.kernel.service_pids["nvidia-persistenced"]
+    assert _holders(sim, "nvidia0") == [] and all(_holders(sim, f"nvidia{m}") == [pid] for m in range(1, 8))
+
+
+def test_dcgm_holds_the_gpus_and_fabric_services_hold_the_driver(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[services]\nnvidia-persistenced = "inactive"\nnvidia-dcgm = "active"\ndcgm-exporter = "active"\n'
+                    'nvidia-fabricmanager = "active"\n[[gpu]]\nbdf = "0000:18:00.0"\n')
+    s = open_sim_node(str(path))
+    try:
+        pids = s.kernel.service_pids
+        assert _holders(s, "nvidia0") == sorted([pids["nvidia-dcgm"], pids["dcgm-exporter"]])
+        assert pids["nvidia-fabricmanager"] in _holders(s, "nvidiactl")
+        run = s.node.runner.run
+        for m in ("nvidia_drm", "nvidia_modeset", "nvidia_uvm"):
+            assert run(["rmmod", m], timeout_s=5).returncode == 0
+        assert run(["rmmod", "nvidia"], timeout_s=5).stderr == "rmmod: ERROR: Module nvidia is in use\n"
+    finally:
+        s.node.close()
 def test_kmod_answers_from_the_simulated_lib_modules(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('driver_on_disk = "575.51.02"\n[[gpu]]\nbdf = "0000:18:00.0"\n')
+    path.write_text('driver_on_disk = "575.51.02"\n[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\n')
     s = open_sim_node(str(path))
     try:
         run, rel = s.node.runner.run, s.node.kernel
