@@ -36,6 +36,7 @@ class FunctionState:
     driver: str | None
     driver_override: str | None
     runtime_pm: str | None
+    upstream_port: str | None = None  # where a rescan brings the function back (its port's bus)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
     for bdf in gpus:
         for f in slot_functions(node, bdf) if node.sysfs.function(bdf).present else []:
             fn = node.sysfs.function(f)
-            functions.append(FunctionState(str(f), fn.driver, fn.driver_override, fn.runtime_pm))
+            port = fn.upstream_port
+            functions.append(FunctionState(str(f), fn.driver, fn.driver_override, fn.runtime_pm,
+                                           None if port is None else str(port)))
         persistence[str(bdf)] = _persistence(node, bdf)
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
@@ -108,13 +111,16 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
     if only is None:
         for m in reversed([m for m in state.modules if not (node.sysfs.root / "module" / m).is_dir()]):
             attempt(f"modprobe {m}", lambda m=m: _ok(node.runner.run(["modprobe", m], timeout_s=ctx.command_timeout_s)))
-    for f in state.functions:
-        if only is not None and f.bdf not in only:
-            continue
+    wanted = [f for f in state.functions if only is None or f.bdf in only]
+    for rescan in _rescans_for_missing(node, wanted):
+        attempt(f"rescan {rescan.parent.name} below {rescan.parents[2].name}",
+                lambda r=rescan: write(node, r, "1", ctx, "rescanning the port's bus"))
+    for f in wanted:
         bdf = PciAddress.parse(f.bdf)
         fn = node.sysfs.function(bdf)
         if not fn.present:
-            errors.append(f"{f.bdf}: not present (a rescan or a reboot may bring it back)")
+            errors.append(f"{f.bdf}: not present (a rescan of its port's bus did not bring it back, or "
+                          "no port was saved; a reboot may)")
             continue
         if fn.driver_override != f.driver_override:
             attempt(f"driver_override of {f.bdf} -> {f.driver_override or '(none)'}",
@@ -146,6 +152,21 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
                 attempt(f"systemctl start {unit}", lambda u=unit: _ok(node.runner.run(
                     ["systemctl", "start", u], timeout_s=ctx.command_timeout_s)))
     return done + [f"FAILED {e}" for e in errors]
+
+
+def _rescans_for_missing(node: Node, functions: list[FunctionState]) -> list[Path]:
+    """One rescan per port whose saved functions are gone: the port's secondary bus only, never
+    /sys/bus/pci/rescan, which would re-add devices an operator removed on purpose."""
+    out: list[Path] = []
+    for f in functions:
+        bdf = PciAddress.parse(f.bdf)
+        if f.upstream_port is None or node.sysfs.function(bdf).present:
+            continue
+        port = PciAddress.parse(f.upstream_port)
+        path = node.sysfs.bus_rescan_file(port, bdf)
+        if node.sysfs.function(port).present and path not in out:
+            out.append(path)
+    return out
 
 
 def _ok(result) -> None:

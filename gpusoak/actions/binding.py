@@ -128,19 +128,39 @@ class VfioCycle(Action):
 
 
 class RemoveRescan(Action):
+    """Remove the GPU's functions, then rescan only the bus they sat on (its upstream port's
+    secondary bus): the global /sys/bus/pci/rescan would also re-add every device an operator
+    removed on purpose (drivers/pci/pci-sysfs.c, bus_rescan_store; see PciFunction.bus_rescan_file)."""
+
     name = "remove_rescan"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf)
+        out = refusals_common(node, bdf)
+        if out:
+            return out
+        rescan = node.sysfs.function(bdf).bus_rescan_file()
+        if rescan is None:
+            out.append(Finding(UNSUPPORTED, f"{bdf} sits on a root bus (no upstream port): the only rescans "
+                               "that would bring it back also re-add devices removed from that bus on purpose"))
+        elif not rescan.exists():
+            out.append(Finding(UNSUPPORTED, f"{rescan} does not exist: nothing could rescan the port's bus alone"))
+        return out
+
+    def _plan(self, node: Node, bdf: PciAddress):
+        funcs = list(reversed(slot_functions(node, bdf)))
+        rescan = node.sysfs.function(bdf).bus_rescan_file()
+        if rescan is None:
+            raise WriteFailed(f"{bdf} sits on a root bus: no port-scoped rescan to bring it back")
+        return funcs, rescan
 
     def steps(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Step]:
-        funcs = list(reversed(slot_functions(node, bdf)))
+        funcs, rescan = self._plan(node, bdf)
         return [Step("write", str(node.sysfs.function(f).path / REMOVE), "1") for f in funcs] + \
-            [Step("write", str(node.sysfs.root / "bus" / "pci" / "rescan"), "1")]
+            [Step("write", str(rescan), "1")]
 
     def perform(self, node: Node, bdf: PciAddress, ctx: Context) -> None:
-        funcs = list(reversed(slot_functions(node, bdf)))
+        funcs, rescan = self._plan(node, bdf)  # the port is found before its functions are gone
         paths = [node.sysfs.function(f).path / REMOVE for f in funcs]
         for f, path in zip(funcs, paths, strict=True):
             write(node, path, "1", ctx, f"remove {f}")
-        write(node, node.sysfs.root / "bus" / "pci" / "rescan", "1", ctx, "rescan the PCI bus")
+        write(node, rescan, "1", ctx, f"rescan bus {rescan.parent.name} below {rescan.parents[2].name}")

@@ -109,6 +109,10 @@ class Sysfs:
     def function(self, bdf: PciAddress) -> PciFunction:
         return PciFunction(self, bdf)
 
+    def bus_rescan_file(self, port: PciAddress, bdf: PciAddress) -> Path:
+        """The rescan file of the bus ``bdf`` sits on, below ``port`` (see PciFunction.bus_rescan_file)."""
+        return self.devices_dir / str(port) / "pci_bus" / f"{bdf.domain:04x}:{bdf.bus:02x}" / "rescan"
+
     def nvidia_gpus(self) -> list[PciAddress]:
         """NVIDIA display-class functions (graphics function of each GPU), in address order."""
         gpus = []
@@ -302,6 +306,22 @@ class PciFunction:
                     continue
             dirnames[:] = [d for d in dirnames if _looks_like_bdf(d)]
         return sorted(set(below))
+
+    def bus_rescan_file(self) -> Path | None:
+        """The ``rescan`` file of the bus this function sits on, under its upstream port:
+        ``/sys/bus/pci/devices/<port>/pci_bus/DDDD:BB/rescan``; None on a root bus (no port).
+
+        Three rescans exist (drivers/pci/pci-sysfs.c): ``/sys/bus/pci/rescan`` (``bus_rescan_store``)
+        rescans every bus, re-adding every device anyone removed, on purpose or not; a device's own
+        ``rescan`` (``dev_rescan_store``) rescans the bus that device sits on, for a root port nearly
+        the whole tree; the pci_bus class device's ``rescan`` (``dev_bus_rescan_store``) rescans that
+        bus alone, and the buses below it (``pci_rescan_bus``, drivers/pci/probe.c: "Scan a PCI bus
+        and child buses"). The class device is named ``%04x:%02x`` (``pci_alloc_child_bus``) and is
+        kept while the bridge exists, also when nothing is left on the bus.
+        Read this before the function is removed: afterwards it has no directory to find the port by.
+        """
+        port = self.upstream_port
+        return None if port is None else self.sysfs.bus_rescan_file(port, self.bdf)
 
     def sibling_functions(self) -> list[PciAddress]:
         """Other functions of the same slot (a GPU's audio or USB-C function)."""

@@ -168,7 +168,8 @@ class SimKernel:
         if parts == ("bus", "pci", "drivers_probe"):
             return self._probe(_bdf(data.strip(), path, errno.ENODEV), path)
         if parts == ("bus", "pci", "rescan"):
-            return self._rescan(data, path)
+            # bus_rescan_store: every bus, so every removed device comes back, whoever removed it.
+            return self._rescan(data, path, below=None)
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     def _device_write(self, bdf: PciAddress, attr: str, data: str, path: Path) -> threading.Event | None:
@@ -177,7 +178,10 @@ class SimKernel:
         if attr == "reset_subordinate":
             return self._reset_subordinate(bdf, data, path)
         if attr == "rescan":
-            return self._rescan(data, path)
+            # dev_rescan_store: pci_rescan_bus(pdev->bus), the bus this device sits on and below.
+            return self._rescan(data, path, below=(bdf.domain, bdf.bus))
+        if attr.startswith("pci_bus/"):
+            return self._bus_write(bdf, attr, data, path)
         st = self.gpu_of(bdf)
         if st is None:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
@@ -412,10 +416,42 @@ class SimKernel:
             st.removed = True
         return None
 
-    def _rescan(self, data: str, path: Path) -> None:
-        if data.strip() in ("", "0"):
+    def _bus_write(self, bridge: PciAddress, attr: str, data: str, path: Path) -> None:
+        """A write under a bridge's pci_bus/DDDD:BB/ (the bus class device, drivers/pci/pci-sysfs.c):
+        only ``rescan`` is writable; dev_bus_rescan_store rescans that bus and the buses below it."""
+        parts = attr.split("/")
+        bus = self._bus_number(parts[1] if len(parts) == 3 else "")
+        if bus is None or self.tree.buses.get(bus) != self.tree.dev(bridge) / "pci_bus" / parts[1]:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        if parts[2] != "rescan":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return self._rescan(data, path, below=bus)
+
+    @staticmethod
+    def _bus_number(name: str) -> tuple[int, int] | None:
+        domain, _, number = name.partition(":")
+        try:
+            return int(domain, 16), int(number, 16)
+        except ValueError:
+            return None
+
+    def _buses_above(self, st: GpuState) -> set[tuple[int, int]]:
+        """The buses a rescan of which reaches this GPU: the one it sits on and every one above it."""
+        return {(p.domain, p.bus) for p in st.spec.upstream} | {(st.spec.bdf.domain, st.spec.bdf.bus)}
+
+    def _rescan(self, data: str, path: Path, below: tuple[int, int] | None) -> None:
+        """pci_rescan_bus (drivers/pci/probe.c): "Scan a PCI bus and child buses for new devices,
+        add them, and enable them". ``below`` is the bus scanned; None scans every bus."""
+        # kstrtoul, then a non-zero value rescans.
+        try:
+            value = int(data.strip(), 0)
+        except ValueError:
+            raise OSError(errno.EINVAL, "Invalid argument", str(path)) from None
+        if not value:
             return None
         for st in self.gpus.values():
+            if below is not None and below not in self._buses_above(st):
+                continue
             missing = [b for b, _ in gpu_functions(st.spec) if b not in self.tree.device_dirs]
             if not missing:
                 continue

@@ -188,3 +188,27 @@ def test_health_overrides_and_full_nvml_read(tmp_path):
     path.write_text(path.read_text().replace("recovery_action", "recovery_mood"))
     with pytest.raises(ScenarioError, match="unknown health field"):
         scenarios.load(str(path))
+
+
+def test_a_global_rescan_re_adds_every_removed_device_a_bus_rescan_only_those_below_it(tmp_path):
+    # drivers/pci/pci-sysfs.c: bus_rescan_store scans every bus; dev_bus_rescan_store one bus and
+    # the buses below it; dev_rescan_store the bus the device itself sits on.
+    s = open_sim_node(str(_scenario(tmp_path, [{"bdf": "0000:18:00.0"}, {"bdf": "0000:2a:00.0"}])))
+    try:
+        a, b = PciAddress.parse("0000:18:00.0"), PciAddress.parse("0000:2a:00.0")
+        fn = s.node.sysfs.function
+        root = s.node.sysfs.root
+        for gpu in (a, b):
+            s.kernel.write(fn(gpu).path / "remove", "1")
+        s.kernel.write(root / "bus/pci/devices/0000:17:01.0/pci_bus/0000:18/rescan", "1")
+        assert fn(a).present and not fn(b).present
+        s.kernel.write(fn(a).path / "remove", "1")
+        s.kernel.write(root / "bus/pci/devices/0000:17:01.0/rescan", "1")  # the port's own bus: 0000:17
+        assert fn(a).present and not fn(b).present
+        s.kernel.write(root / "bus/pci/rescan", "1")
+        assert fn(a).present and fn(b).present and fn(b).driver == "nvidia"
+        with pytest.raises(OSError) as err:
+            s.kernel.write(root / "bus/pci/devices/0000:17:01.0/pci_bus/0000:2a/rescan", "1")
+        assert err.value.errno == errno.ENOENT  # not this port's bus
+    finally:
+        s.node.close()
