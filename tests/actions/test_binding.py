@@ -41,3 +41,31 @@ def test_remove_rescan_is_refused_where_no_port_scoped_rescan_exists(tmp_path):
         assert why.reason == "method_unsupported" and "root bus" in why.detail
     finally:
         s.node.close()
+
+
+def test_vfio_detach_puts_back_a_saved_driver_override_and_binds_the_saved_driver_by_name(tmp_path):
+    s = _node(tmp_path)
+    try:
+        fn = s.node.sysfs.function
+        s.kernel.write(fn(AUDIO).path / "driver_override", "snd_hda_intel")  # the operator pinned it
+        seen = record(s)
+        ACTIONS["vfio_cycle"].perform(s.node, GPU, CTX)
+        assert fn(AUDIO).driver_override == "snd_hda_intel" and fn(AUDIO).driver == "snd_hda_intel"
+        assert fn(GPU).driver_override is None and fn(GPU).driver == "nvidia"
+        detach = seen[[p for p, _ in seen].index("bus/pci/drivers/vfio-pci/unbind"):]
+        assert ("bus/pci/drivers/nvidia/bind", str(GPU)) in detach
+        assert ("bus/pci/drivers/snd_hda_intel/bind", str(AUDIO)) in detach
+        assert not [p for p, _ in detach if p.endswith("drivers_probe")]  # probe may pick another driver
+    finally:
+        s.node.close()
+
+
+def test_vfio_detach_leaves_a_function_unbound_that_was_unbound_before(tmp_path):
+    s = _node(tmp_path)
+    try:
+        fn = s.node.sysfs.function
+        s.kernel.write(s.node.sysfs.root / "bus/pci/drivers/snd_hda_intel/unbind", str(AUDIO))
+        ACTIONS["vfio_cycle"].perform(s.node, GPU, CTX)
+        assert fn(GPU).driver == "nvidia" and fn(AUDIO).driver is None and fn(AUDIO).driver_override is None
+    finally:
+        s.node.close()
