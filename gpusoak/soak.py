@@ -234,8 +234,13 @@ class Soak:
         """The load before the reset; its child has exited before this returns. A GPU that cannot
         take its load is not reset: the cycle fails (or, without cupy, is refused) with the reason."""
         if self.options.load_seconds <= 0:
-            return None
-        summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction)
+            if self.options.post_check_seconds <= 0 or self.baselines[bdf].uuid:
+                return None
+            # The post-check could not run after the reset: refuse the cycle now, before any reset.
+            summary = run_load(self.node, bdf, self.options.post_check_seconds, self.options.load_fraction, None)
+        else:
+            summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction,
+                               self.baselines[bdf].uuid)
         if summary.ok:
             return asdict(summary)
         finding = Finding(summary.reason("load"), summary.detail())
@@ -245,7 +250,8 @@ class Soak:
     def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None]:
         if self.options.post_check_seconds <= 0:
             return None, None
-        summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5))
+        summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5),
+                           self.baselines[bdf].uuid)
         return asdict(summary), None if summary.ok else Finding(summary.reason("post_check"), summary.detail())
 
     def _node_cycle(self, action_name: str, cycle: int) -> list[CycleResult]:

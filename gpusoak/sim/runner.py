@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
@@ -23,21 +24,33 @@ from gpusoak.sim.tree import load_module, unload_module
 USED_BY = {"nvidia": ("nvidia_modeset", "nvidia_uvm", "nvidia_peermem"), "nvidia_modeset": ("nvidia_drm",)}
 
 
+@dataclass(frozen=True)
+class LoadChild:
+    """One simulated load child: its pid and the device nodes its CUDA init held open while it ran."""
+
+    pid: int
+    bdf: str
+    env: dict[str, str]
+    opened: tuple[str, ...]  # names under /dev
+
+
 class SimRunner:
     def __init__(self, kernel: SimKernel) -> None:
         self._kernel = kernel
         self.calls: list[tuple[str, ...]] = []
+        self.loads: list[LoadChild] = []  # every load child, in order (what tests look at)
 
-    def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], *, timeout_s: float,
+            env: Mapping[str, str] | None = None) -> CommandResult:
         if isinstance(argv, str) or not argv:
             raise TypeError("argv must be a non-empty list of strings, never a shell string")
         argv = tuple(argv)
         self.calls.append(argv)
         start = self._kernel.clock.monotonic()
-        code, out, err = self._answer(argv)
+        code, out, err = self._answer(argv, dict(env or {}))
         return CommandResult(argv, code, out, err, self._kernel.clock.monotonic() - start)
 
-    def _answer(self, argv: tuple[str, ...]) -> tuple[int, str, str]:
+    def _answer(self, argv: tuple[str, ...], env: dict[str, str]) -> tuple[int, str, str]:
         name, args = argv[0], argv[1:]
         if argv == ("uname", "-r"):
             return 0, self._kernel.scenario.kernel + "\n", ""
@@ -50,7 +63,7 @@ class SimRunner:
         if name == "systemctl" and len(args) == 2:
             return self._systemctl(*args)
         if args[:2] == ("-m", "gpusoak.load"):
-            return self._load(args[2:])
+            return self._load(args[2:], env)
         return 127, "", f"{name}: command not found (simulated node)"
 
     # -- nvidia-smi -r -------------------------------------------------------------------------
@@ -81,18 +94,59 @@ class SimRunner:
         return 255, "", f"GPU {bdf.nvml_bus_id}: Unknown Error\n"
 
     # -- load ----------------------------------------------------------------------------------
-    def _load(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+    def _load(self, args: tuple[str, ...], env: dict[str, str]) -> tuple[int, str, str]:
         """The load child: the real checking code runs, on numpy at a small size (this machine's CPU,
-        no device touched); the simulated GPU's state decides what it can see."""
+        no device touched); the simulated GPU's state decides what it can see. While it runs, the
+        child holds the device nodes CUDA's initialisation opened (see _cuda_init)."""
         k = self._kernel
         opts = dict(zip(args[::2], args[1::2], strict=False))
         try:
             bdf = PciAddress.parse(opts.get("--bdf", ""))
         except Exception:
             return 2, json.dumps({"error": "bad --bdf", "exit": 2}) + "\n", ""
+        pid = k.procs.spawn("python3")
+        try:
+            visible = self._cuda_init(pid, env)
+            self.loads.append(LoadChild(pid, str(bdf), dict(env), tuple(
+                name for name, number in k.procs.devices.items() if pid in k.procs.holders(number))))
+            return self._run_load(bdf, opts, visible)
+        finally:
+            k.procs.exit(pid)
+
+    def _cuda_init(self, pid: int, env: dict[str, str]) -> list[PciAddress]:
+        """What a CUDA process's initialisation opens: /dev/nvidiactl, /dev/nvidia-uvm, and the
+        /dev/nvidiaN of every GPU it can see, held for the process's life [I: observed with lsof on
+        CUDA processes; the documented part is which GPUs are visible, CUDA Programming Guide 5.2,
+        CUDA_VISIBLE_DEVICES]. Unset: every GPU. Set: the listed ones, by UUID (a unique prefix
+        will do) or index, up to the first entry that names none. Returns the visible GPUs in
+        CUDA's order."""
+        k = self._kernel
+        bound = [b for b in sorted(k.gpus) if k.gpus[b].alive and k.driver_of(b) == "nvidia"]
+        spec = env.get("CUDA_VISIBLE_DEVICES")
+        visible: list[PciAddress] = []
+        if spec is None:
+            visible = bound
+        else:
+            for entry in (e.strip() for e in spec.split(",")):
+                match = [b for b in bound if entry and k.gpus[b].spec.uuid.startswith(entry)]
+                if entry.isdigit() and int(entry) < len(bound):
+                    match = [bound[int(entry)]]
+                if len(match) != 1:
+                    break  # an entry that names no single GPU ends the list
+                visible.append(match[0])
+        if not visible:
+            return []
+        k.procs.open(pid, "nvidiactl")
+        k.procs.open(pid, "nvidia-uvm")
+        for b in visible:
+            k.procs.open(pid, f"nvidia{k.minor(b)}")
+        return visible
+
+    def _run_load(self, bdf: PciAddress, opts: dict[str, str], visible: list[PciAddress]) -> tuple[int, str, str]:
+        k = self._kernel
         st = k.gpus.get(bdf)
         seconds = float(opts.get("--seconds", "20"))
-        if st is None or not st.alive or k.driver_of(bdf) != "nvidia":
+        if st is None or not st.alive or k.driver_of(bdf) != "nvidia" or bdf not in visible:
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if st and not st.alive else "no CUDA device at that bus id"
             return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",

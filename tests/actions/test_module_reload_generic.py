@@ -35,7 +35,7 @@ class Runner:
     def __init__(self):
         self.calls = []
 
-    def run(self, argv, *, timeout_s):
+    def run(self, argv, *, timeout_s, env=None):
         self.calls.append(tuple(argv))
         return CommandResult(tuple(argv), 0, "", "", 0.01)
 
