@@ -1,6 +1,7 @@
 """The node's state before a destructive run, saved and put back afterwards (also after a failure).
 
-Saved: each GPU function's driver binding, driver_override and runtime-PM setting; each GPU's
+Saved: each GPU function's driver binding, driver_override, runtime-PM setting, reset_method and
+upstream port (whose bus a rescan brings it back by); each GPU's
 persistence mode; which NVIDIA modules are loaded; which GPU services are active. ``gpusoak
 restore STATE`` re-applies a saved state after a crash.
 """
@@ -8,6 +9,7 @@ restore STATE`` re-applies a saved state after a crash.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from gpusoak.actions.module_reload import ModuleReload
 from gpusoak.errors import GpusoakError, UsageError
 from gpusoak.files import write_atomically
 from gpusoak.host.node import Node
-from gpusoak.host.sysfs import DRIVER_OVERRIDE
+from gpusoak.host.sysfs import DRIVER_OVERRIDE, RESET_METHOD
 from gpusoak.model import PciAddress
 
 STATE_SCHEMA = "gpusoak.state/1"
@@ -37,6 +39,7 @@ class FunctionState:
     driver_override: str | None
     runtime_pm: str | None
     upstream_port: str | None = None  # where a rescan brings the function back (its port's bus)
+    reset_method: str | None = None  # the enabled methods, in order; None where the kernel has no file
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,10 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
     for bdf in gpus:
         for f in slot_functions(node, bdf) if node.sysfs.function(bdf).present else []:
             fn = node.sysfs.function(f)
-            port = fn.upstream_port
+            port, methods = fn.upstream_port, fn.reset_methods
             functions.append(FunctionState(str(f), fn.driver, fn.driver_override, fn.runtime_pm,
-                                           None if port is None else str(port)))
+                                           None if port is None else str(port),
+                                           None if methods is None else " ".join(methods)))
         persistence[str(bdf)] = _persistence(node, bdf)
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
@@ -95,63 +99,102 @@ def load(path: Path) -> NodeState:
         raise UsageError(f"not a gpusoak state file: {err}", path=str(path)) from err
 
 
-def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = None) -> list[str]:
-    """Put the node back as saved. Returns what was changed; errors are collected, not raised, so one
-    stubborn device does not stop the others from being restored."""
-    done: list[str] = []
-    errors: list[str] = []
+# How long restore waits for a write still blocked in the kernel (it has already had its own
+# deadline) before it leaves that function alone and says so.
+RESTORE_WAIT_S = 10.0
 
-    def attempt(what: str, fn) -> None:
+
+class _Log:
+    """What restore changed, and what it could not (each with why)."""
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+        self.errors: list[str] = []
+
+    def attempt(self, what: str, fn) -> None:
         try:
             fn()
-            done.append(what)
+            self.done.append(what)
         except GpusoakError as err:
-            errors.append(f"{what}: {err}")
+            self.errors.append(f"{what}: {err}")
 
+    def result(self) -> list[str]:
+        return self.done + [f"FAILED {e}" for e in self.errors]
+
+
+def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = None,
+            wait_s: float = RESTORE_WAIT_S) -> list[str]:
+    """Put the node back as saved. Returns what was changed; errors are collected, not raised, so one
+    stubborn device does not stop the others from being restored. A function with a write still
+    blocked in the kernel (a hung reset, unbind or remove) is waited for up to ``wait_s``, then left
+    alone with the reason: writing to it while that write is in flight would race it."""
+    log = _Log()
     if only is None:
         for m in reversed([m for m in state.modules if not (node.sysfs.root / "module" / m).is_dir()]):
-            attempt(f"modprobe {m}", lambda m=m: _ok(node.runner.run(["modprobe", m], timeout_s=ctx.command_timeout_s)))
+            log.attempt(f"modprobe {m}", lambda m=m: _ok(node.runner.run(["modprobe", m], timeout_s=ctx.command_timeout_s)))
     wanted = [f for f in state.functions if only is None or f.bdf in only]
+    blocked = _still_blocked(node, wanted, wait_s, log)
+    wanted = [f for f in wanted if f.bdf not in blocked]
     for rescan in _rescans_for_missing(node, wanted):
-        attempt(f"rescan {rescan.parent.name} below {rescan.parents[2].name}",
-                lambda r=rescan: write(node, r, "1", ctx, "rescanning the port's bus"))
+        log.attempt(f"rescan {rescan.parent.name} below {rescan.parents[2].name}",
+                    lambda r=rescan: write(node, r, "1", ctx, "rescanning the port's bus"))
     for f in wanted:
-        bdf = PciAddress.parse(f.bdf)
-        fn = node.sysfs.function(bdf)
-        if not fn.present:
-            errors.append(f"{f.bdf}: not present (a rescan of its port's bus did not bring it back, or "
-                          "no port was saved; a reboot may)")
-            continue
-        if fn.driver_override != f.driver_override:
-            attempt(f"driver_override of {f.bdf} -> {f.driver_override or '(none)'}",
-                    lambda fn=fn, f=f: write(node, fn.path / DRIVER_OVERRIDE, f.driver_override or "\n", ctx,
-                                             "restoring driver_override"))
-        current = fn.driver
-        if current != f.driver:
-            if current is not None:
-                attempt(f"unbind {f.bdf} from {current}",
-                        lambda current=current, f=f: write(node, driver_path(node, current, "unbind"), f.bdf, ctx,
-                                                           "unbind"))
-            if f.driver is not None:
-                attempt(f"bind {f.bdf} to {f.driver}",
-                        lambda f=f: write(node, driver_path(node, f.driver, "bind"), f.bdf, ctx, "bind"))
-        if f.runtime_pm is not None and fn.present and fn.runtime_pm != f.runtime_pm:
-            attempt(f"power/control of {f.bdf} -> {f.runtime_pm}",
-                    lambda fn=fn, f=f: write(node, fn.path / "power" / "control", f.runtime_pm, ctx,
-                                             "restoring runtime PM"))
+        _restore_function(node, f, ctx, log)
     for bdf_text, mode in state.persistence.items():
-        if (only is not None and bdf_text not in only) or mode is None:
+        if (only is not None and bdf_text not in only) or mode is None or bdf_text in blocked:
             continue
         now = _persistence(node, PciAddress.parse(bdf_text))
         if now is not None and now != mode:
-            attempt(f"persistence mode of {bdf_text} -> {int(mode)}", lambda b=bdf_text, m=mode: _ok(node.runner.run(
+            log.attempt(f"persistence mode of {bdf_text} -> {int(mode)}", lambda b=bdf_text, m=mode: _ok(node.runner.run(
                 ["nvidia-smi", "-i", PciAddress.parse(b).nvml_bus_id, "-pm", str(int(m))], timeout_s=ctx.command_timeout_s)))
     if only is None:
         for unit, was_active in state.services.items():
             if was_active and not service_active(node, unit, ctx):
-                attempt(f"systemctl start {unit}", lambda u=unit: _ok(node.runner.run(
+                log.attempt(f"systemctl start {unit}", lambda u=unit: _ok(node.runner.run(
                     ["systemctl", "start", u], timeout_s=ctx.command_timeout_s)))
-    return done + [f"FAILED {e}" for e in errors]
+    return log.result()
+
+
+def _still_blocked(node: Node, functions: list[FunctionState], wait_s: float, log: _Log) -> set[str]:
+    blocked: set[str] = set()
+    for f in functions:
+        left = node.sysfs.wait_for_writes(PciAddress.parse(f.bdf), wait_s)
+        if left:
+            blocked.add(f.bdf)
+            what = "; ".join(f"{w.what} ({w.path.name} <- {w.data.strip()!r}, issued "
+                             f"{time.monotonic() - w.started_s:.0f} s ago)" for w in left)
+            log.errors.append(f"{f.bdf}: not restored: a write is still blocked in the kernel: {what}; "
+                              "writing to the device now would race it")
+    return blocked
+
+
+def _restore_function(node: Node, f: FunctionState, ctx: Context, log: _Log) -> None:
+    fn = node.sysfs.function(PciAddress.parse(f.bdf))
+    if not fn.present:
+        log.errors.append(f"{f.bdf}: not present (a rescan of its port's bus did not bring it back, or "
+                          "no port was saved; a reboot may)")
+        return
+    if fn.driver_override != f.driver_override:
+        log.attempt(f"driver_override of {f.bdf} -> {f.driver_override or '(none)'}",
+                    lambda: write(node, fn.path / DRIVER_OVERRIDE, f.driver_override or "\n", ctx,
+                                  "restoring driver_override"))
+    current = fn.driver
+    if current != f.driver:
+        if current is not None:
+            log.attempt(f"unbind {f.bdf} from {current}",
+                        lambda: write(node, driver_path(node, current, "unbind"), f.bdf, ctx, "unbind"))
+        if f.driver is not None:
+            log.attempt(f"bind {f.bdf} to {f.driver}",
+                        lambda: write(node, driver_path(node, f.driver, "bind"), f.bdf, ctx, "bind"))
+    if f.runtime_pm is not None and fn.present and fn.runtime_pm != f.runtime_pm:
+        log.attempt(f"power/control of {f.bdf} -> {f.runtime_pm}",
+                    lambda: write(node, fn.path / "power" / "control", f.runtime_pm, ctx, "restoring runtime PM"))
+    now = fn.reset_methods
+    if f.reset_method is not None and now is not None and " ".join(now) != f.reset_method:
+        # flr and bus_reset narrow reset_method to the one method they test (reset_method, 5.15+).
+        log.attempt(f"reset_method of {f.bdf} -> {f.reset_method or '(none)'}",
+                    lambda: write(node, fn.path / RESET_METHOD, f.reset_method or "\n", ctx,
+                                  "restoring reset_method"))
 
 
 def _rescans_for_missing(node: Node, functions: list[FunctionState]) -> list[Path]:
