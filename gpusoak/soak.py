@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpusoak import gates as health_gates
-from gpusoak import ladder, verify
+from gpusoak import gpu_settings, ladder, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTIONS, Context
 from gpusoak.actions.base import NOT_AUTHORISED
@@ -186,7 +186,22 @@ class Soak:
             raise
         for r in results:
             self.journal.append(r)
+        self._put_back_settings(results)
         return results
+
+    def _put_back_settings(self, results: list[CycleResult]) -> None:
+        """Put back the GPU settings a reset, rebind or reload wiped (gpusoak.gpu_settings), after
+        every cycle that touched the GPU; what was put back (or could not be) goes to the journal."""
+        if self.saved_state is None:
+            return
+        for r in results:
+            saved = self.saved_state.settings.get(r.bdf)
+            if saved is None or r.outcome in (REFUSED, SKIPPED, HUNG):
+                continue  # nothing was done to it, or a write to it is still in the kernel
+            changes = gpu_settings.put_back(self.node, gpu_settings.GpuSettings.from_dict(saved), self.ctx)
+            if changes and self.journal is not None:
+                self.journal.note({"type": "settings", "bdf": r.bdf, "action": r.action, "cycle": r.cycle,
+                                   "changes": [asdict(c) for c in changes]})
 
     def _base(self, bdf: PciAddress, action_name: str, cycle: int) -> dict:
         return dict(run_id=self.run_id, bdf=str(bdf), uuid=self.baselines[bdf].uuid, action=action_name,

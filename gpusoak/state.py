@@ -1,8 +1,9 @@
 """The node's state before a destructive run, saved and put back afterwards (also after a failure).
 
 Saved: each GPU function's driver binding, driver_override, runtime-PM setting, reset_method and
-upstream port (whose bus a rescan brings it back by); each GPU's
-persistence mode; which NVIDIA modules are loaded; which GPU services are active. ``gpusoak
+upstream port (whose bus a rescan brings it back by); each GPU's settings that a reset or rebind
+wipes (compute mode, power limit, application clocks, accounting and persistence mode, read with
+nvidia-smi: gpusoak.gpu_settings); which NVIDIA modules are loaded; which GPU services are active. ``gpusoak
 restore STATE`` re-applies a saved state after a crash.
 """
 
@@ -13,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gpusoak import gpu_settings
 from gpusoak.actions.base import (
     GPU_SERVICES,
     Context,
@@ -26,7 +28,7 @@ from gpusoak.actions.module_reload import ModuleReload
 from gpusoak.errors import GpusoakError, UsageError
 from gpusoak.files import write_atomically
 from gpusoak.host.node import Node
-from gpusoak.host.sysfs import DRIVER_OVERRIDE, RESET_METHOD
+from gpusoak.host.sysfs import DRIVER_OVERRIDE, NVIDIA_VENDOR, RESET_METHOD
 from gpusoak.model import PciAddress
 
 STATE_SCHEMA = "gpusoak.state/1"
@@ -50,6 +52,9 @@ class NodeState:
     persistence: dict[str, bool | None] = field(default_factory=dict)  # graphics bdf -> mode
     modules: list[str] = field(default_factory=list)
     services: dict[str, bool] = field(default_factory=dict)  # unit -> was active
+    # graphics bdf -> GpuSettings.to_dict(): what nvidia-smi read before the first action, put back
+    # after each cycle and at the end (gpusoak.gpu_settings)
+    settings: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"schema": STATE_SCHEMA, **asdict(self)}, indent=2) + "\n"
@@ -64,7 +69,7 @@ class NodeState:
 
 
 def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
-    functions, persistence = [], {}
+    functions, persistence, settings = [], {}, {}
     for bdf in gpus:
         for f in slot_functions(node, bdf) if node.sysfs.function(bdf).present else []:
             fn = node.sysfs.function(f)
@@ -72,9 +77,13 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
             functions.append(FunctionState(str(f), fn.driver, fn.driver_override, fn.runtime_pm,
                                            None if port is None else str(port),
                                            None if methods is None else " ".join(methods)))
-        persistence[str(bdf)] = _persistence(node, bdf)
+        if node.sysfs.function(bdf).vendor == NVIDIA_VENDOR:
+            saved = gpu_settings.read(node, bdf, ctx)
+            settings[str(bdf)] = saved.to_dict()
+            persistence[str(bdf)] = saved.persistence_mode
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
+        settings=settings,
         modules=ModuleReload().loaded(node, ctx),
         services={u: service_active(node, u, ctx) for u in GPU_SERVICES})
 
@@ -140,8 +149,13 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
                     lambda r=rescan: write(node, r, "1", ctx, "rescanning the port's bus"))
     for f in wanted:
         _restore_function(node, f, ctx, log)
+    for bdf_text, saved in state.settings.items():
+        if (only is None or bdf_text in only) and bdf_text not in blocked:
+            for change in gpu_settings.put_back(node, gpu_settings.GpuSettings.from_dict(saved), ctx):
+                (log.done if change.status == gpu_settings.PUT_BACK else log.errors).append(str(change))
     for bdf_text, mode in state.persistence.items():
-        if (only is not None and bdf_text not in only) or mode is None or bdf_text in blocked:
+        if (only is not None and bdf_text not in only) or mode is None or bdf_text in blocked \
+                or bdf_text in state.settings:  # a state file from before settings were saved
             continue
         now = _persistence(node, PciAddress.parse(bdf_text))
         if now is not None and now != mode:

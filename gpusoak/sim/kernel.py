@@ -56,6 +56,7 @@ class GpuState:
     corrupt: bool = False  # memory reads back wrong until the next reset
     aer_corrected: int = 0
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
+    settings: dict = field(default_factory=dict)  # what nvidia-smi reads and sets (scenario.SETTINGS_DEFAULTS keys)
 
 
 class SimKernel:
@@ -73,7 +74,8 @@ class SimKernel:
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
-            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health))
+            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health),
+                            settings=dict(g.settings))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
         self.modules: set[str] = set(scenario.modules)
@@ -259,12 +261,21 @@ class SimKernel:
         if not ok:
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
 
+    def wipe_settings(self, st: GpuState) -> None:
+        """The GPU's driver state starts over: compute mode, power limit, application clocks and
+        accounting back to their defaults, legacy persistence mode off [I: the driver
+        re-initialises the GPU's RM state when it probes the GPU and after a reset; nothing in
+        the open modules carries these across, and nvidia-smi sets them for the running driver]."""
+        st.settings = dict(st.spec.settings)
+        st.health["persistence_mode"] = False
+
     def apply_reset(self, st: GpuState, kind: str) -> bool:
         """One reset of a GPU by its profile; True when the GPU answered afterwards."""
         bdf = st.spec.bdf
         if st.removed:
             return False
         st.resets += 1
+        self.wipe_settings(st)
         outcome = st.spec.profile.reset(st.rng, kind, st.resets, st.loaded)
         st.loaded = False
         st.corrupt = st.spec.profile.corrupts(st.rng)
@@ -371,6 +382,7 @@ class SimKernel:
                          f"{self.minor(bdf)}")
                 self.log(KERN_WARNING, f"nvidia: probe of {bdf} failed with error -1")
                 raise OSError(errno.ENODEV, "No such device", str(path))
+            self.wipe_settings(st)
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True

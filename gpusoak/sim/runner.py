@@ -1,6 +1,7 @@
 """The simulated node's command runner: answers like the real programs, never runs anything.
 
 Covered: ``nvidia-smi -r -i BDF`` (exit codes from the nvidia-smi documentation, reference 4.1),
+``nvidia-smi --query-gpu=...`` for the settings a reset wipes and ``-c/-pl/-ac/-am/-pm`` to set them,
 ``rmmod`` and ``modprobe`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
 A command the simulated node does not know answers as a shell does for a missing program (127),
 so nothing a test asks for can reach this machine's own devices.
@@ -18,10 +19,47 @@ from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.procs import CTL_MINOR, NVIDIA_MAJOR, DeviceNumber
+from gpusoak.sim.scenario import SETTINGS_DEFAULTS
 from gpusoak.sim.tree import load_module, unload_module
 
 # Which module holds which (lsmod's "Used by"): unloading needs these gone first.
 USED_BY = {"nvidia": ("nvidia_modeset", "nvidia_uvm", "nvidia_peermem"), "nvidia_modeset": ("nvidia_drm",)}
+
+
+def _same_bus_id(target: str, bdf: PciAddress) -> bool:
+    try:
+        return PciAddress.parse(target.lower()) == bdf
+    except Exception:
+        return False
+
+
+def _not_available(text: str) -> bool:
+    return text.startswith("[")
+
+
+_MODES = {"0": "Default", "DEFAULT": "Default", "1": "Exclusive_Thread", "EXCLUSIVE_THREAD": "Exclusive_Thread",
+          "2": "Prohibited", "PROHIBITED": "Prohibited", "3": "Exclusive_Process", "EXCLUSIVE_PROCESS": "Exclusive_Process"}
+_ON_OFF = {"0": False, "DISABLED": False, "1": True, "ENABLED": True}
+
+
+def _watts(text: str) -> str:
+    w = float(text)
+    if not 200.0 <= w <= 700.0:  # an H100 SXM's range [U]; outside it nvidia-smi refuses
+        raise ValueError(text)
+    return f"{w:.2f}"
+
+
+def _clocks(text: str) -> tuple[str, str]:
+    mem, gfx = text.split(",")
+    return str(int(mem)), str(int(gfx))
+
+
+# nvidia-smi --help: -c 0/DEFAULT..3/EXCLUSIVE_PROCESS, -pl watts, -ac <memory,graphics>,
+# -am 0/DISABLED 1/ENABLED, -pm 0/DISABLED 1/ENABLED. Option -> (what it sets, how it reads the value).
+SETTERS = {"-c": ("compute_mode", lambda v: _MODES[v.upper()]), "-pl": ("power.limit", _watts),
+           "-ac": ("ac", _clocks), "-am": ("accounting.mode", lambda v: "Enabled" if _ON_OFF[v.upper()] else "Disabled"),
+           "-pm": ("persistence_mode", lambda v: _ON_OFF[v.upper()])}
+SMI_FIELDS = (*SETTINGS_DEFAULTS, "persistence_mode")
 
 
 @dataclass(frozen=True)
@@ -56,6 +94,10 @@ class SimRunner:
             return 0, self._kernel.scenario.kernel + "\n", ""
         if name == "nvidia-smi" and args[:1] in (("-r",), ("--gpu-reset",)):
             return self._gpu_reset(args)
+        if name == "nvidia-smi" and any(a.startswith("--query-gpu=") for a in args):
+            return self._smi_query(args)
+        if name == "nvidia-smi" and set(args) & set(SETTERS):
+            return self._smi_set(args)
         if name == "rmmod" and len(args) == 1:
             return self._rmmod(args[0])
         if name == "modprobe" and len(args) == 1:
@@ -92,6 +134,68 @@ class SimRunner:
         if k.apply_reset(st, "gpu_reset"):
             return 0, f"GPU {bdf.nvml_bus_id} was successfully reset.\nAll done.\n", ""
         return 255, "", f"GPU {bdf.nvml_bus_id}: Unknown Error\n"
+
+    # -- nvidia-smi --query-gpu and the settings it sets ----------------------------------------
+    def _smi_gpus(self, args: tuple[str, ...]) -> tuple[list, tuple[int, str, str] | None]:
+        """The GPUs ``-i`` names (a bus id, a UUID or an index; all without it), or the error
+        nvidia-smi answers with (exit codes from the nvidia-smi documentation, reference 4.1)."""
+        k = self._kernel
+        if "nvidia" not in k.modules:
+            return [], (9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+                        "Make sure that the latest NVIDIA driver is installed and running.\n")
+        bound = [st for b, st in sorted(k.gpus.items()) if k.driver_of(b) == "nvidia"]
+        if "-i" not in args:
+            return bound, None
+        target = args[args.index("-i") + 1] if args.index("-i") + 1 < len(args) else ""
+        match = [st for i, st in enumerate(bound)
+                 if target in (st.spec.uuid, str(i)) or _same_bus_id(target, st.spec.bdf)]
+        if not match:
+            return [], (6, "", f"No devices were found matching {target}.\n")  # [U] wording
+        if not match[0].alive:
+            return [], (15, "", f"Unable to determine the device handle for GPU {match[0].spec.bdf.nvml_bus_id}: "
+                        "GPU is lost.  Reboot the system to recover this GPU\n")
+        return match, None
+
+    def _smi_query(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        query = next(a for a in args if a.startswith("--query-gpu=")).split("=", 1)[1].split(",")
+        unknown = [q for q in query if q != "pci.bus_id" and q not in SMI_FIELDS]
+        if unknown:
+            return 2, "", f'Field "{unknown[0]}" is not a valid field to query.\n\n'
+        gpus, error = self._smi_gpus(args)
+        if error is not None:
+            return error
+        rows = []
+        for st in gpus:
+            values = {"pci.bus_id": st.spec.bdf.nvml_bus_id, **st.settings,
+                      "persistence_mode": "Enabled" if st.health["persistence_mode"] else "Disabled"}
+            rows.append(", ".join(values[q] for q in query))
+        return 0, "".join(r + "\n" for r in rows), ""
+
+    def _smi_set(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        if "-i" not in args:
+            return 2, "", "This simulated node sets GPU settings one GPU at a time; pass -i.\n"
+        gpus, error = self._smi_gpus(args)
+        if error is not None:
+            return error
+        st = gpus[0]
+        (option,) = set(args) & set(SETTERS)
+        value = args[args.index(option) + 1] if args.index(option) + 1 < len(args) else ""
+        key, parse = SETTERS[option]
+        bus_id = st.spec.bdf.nvml_bus_id
+        field = "clocks.applications.graphics" if key == "ac" else key
+        if field in st.settings and _not_available(st.settings[field]):
+            return 3, "", f"Setting {key} is not supported for GPU {bus_id}.\nTreating as warning and moving on.\n"
+        try:
+            parsed = parse(value)
+        except (ValueError, KeyError, IndexError):
+            return 2, "", 'Invalid combination of input arguments. Please run "nvidia-smi -h" for help.\n'
+        if key == "persistence_mode":
+            st.health["persistence_mode"] = parsed
+        elif key == "ac":
+            st.settings["clocks.applications.memory"], st.settings["clocks.applications.graphics"] = parsed
+        else:
+            st.settings[key] = parsed
+        return 0, f"Set {key} to {value} for GPU {bus_id}.\nAll done.\n", ""  # wording [U]
 
     # -- load ----------------------------------------------------------------------------------
     def _load(self, args: tuple[str, ...], env: dict[str, str]) -> tuple[int, str, str]:

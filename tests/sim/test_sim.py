@@ -212,3 +212,24 @@ def test_a_global_rescan_re_adds_every_removed_device_a_bus_rescan_only_those_be
         assert err.value.errno == errno.ENOENT  # not this port's bus
     finally:
         s.node.close()
+
+
+def test_a_reset_or_a_rebind_puts_the_gpu_settings_back_to_the_drivers_defaults(sim):
+    gpu = PciAddress.parse("0000:18:00.0")
+    smi = ["nvidia-smi", "-i", gpu.nvml_bus_id]
+    query = [*smi, "--query-gpu=pci.bus_id,compute_mode,power.limit,clocks.applications.graphics,"
+             "clocks.applications.memory,accounting.mode,persistence_mode", "--format=csv,noheader,nounits"]
+    run = sim.node.runner.run
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Enabled\n"
+    for args in (["-c", "3"], ["-pl", "450"], ["-ac", "2619,1410"], ["-am", "1"]):
+        assert run([*smi, *args], timeout_s=5).returncode == 0
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Exclusive_Process, 450.00, 1410, 2619, Enabled, Enabled\n"
+    assert run([*smi, "-pl", "9000"], timeout_s=5).returncode == 2  # outside the card's range
+    fn = sim.node.sysfs.function(gpu)
+    sim.kernel.write(fn.path / "reset", "1")
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Disabled\n"
+    run([*smi, "-c", "2"], timeout_s=5)
+    sim.kernel.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/unbind", str(gpu))
+    assert run(query, timeout_s=5).returncode == 6  # no nvidia-bound GPU there
+    sim.kernel.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/bind", str(gpu))
+    assert run(query, timeout_s=5).stdout.split(", ")[1] == "Default"
