@@ -184,6 +184,10 @@ def build(root: Path, scenario: Scenario) -> Tree:
         for port, first in zip(gpu.upstream, below, strict=True):
             if port in tree.device_dirs:
                 parent = tree.device_dirs[port]
+                # A scenario may put two GPUs on different buses behind one port (a bridge has
+                # one secondary bus; the bundled VM-host nodes model a shared reset domain so):
+                # each GPU's bus gets its class device, so each can be rescanned alone.
+                _bus(tree, parent, first.domain, first.bus)
                 continue
             parent = _function(tree, port, parent, {
                 "vendor": "0x8086", "device": "0x352a", "class": "0x060400",
