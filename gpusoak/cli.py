@@ -218,8 +218,23 @@ def _run(args: argparse.Namespace) -> int:
     argv += args.pytest_args
     import pytest  # only the soak and the report need it; `events` starts faster without
 
+    _stop_on_sigterm()
     code = pytest.main(argv)
     return _finish(code, report_dir, args.strict)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a pod deleted, a job cancelled, systemctl stop) stops the run the way Ctrl-C does:
+    pytest ends the session and the plugin puts the node back within the grace period. Python's
+    default for SIGTERM ends the process at once, with the node half-reset; SIGINT cannot be used
+    instead, since a shell starts background commands with SIGINT ignored (POSIX, "Asynchronous
+    Lists") and Python then installs no handler for it."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _finish(code: int, report_dir: Path, strict: bool) -> int:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gpusoak import gates as health_gates
-from gpusoak import ladder, verify
+from gpusoak import gpu_settings, ladder, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release, services
 from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
@@ -219,7 +219,22 @@ class Soak:
             raise
         for r in results:
             self.journal.append(r)
+        self._put_back_settings(results)
         return results
+
+    def _put_back_settings(self, results: list[CycleResult]) -> None:
+        """Put back the GPU settings a reset, rebind or reload wiped (gpusoak.gpu_settings), after
+        every cycle that touched the GPU; what was put back (or could not be) goes to the journal."""
+        if self.saved_state is None:
+            return
+        for r in results:
+            saved = self.saved_state.settings.get(r.bdf)
+            if saved is None or r.outcome in (REFUSED, SKIPPED, HUNG):
+                continue  # nothing was done to it, or a write to it is still in the kernel
+            changes = gpu_settings.put_back(self.node, gpu_settings.GpuSettings.from_dict(saved), self.ctx)
+            if changes and self.journal is not None:
+                self.journal.note({"type": "settings", "bdf": r.bdf, "action": r.action, "cycle": r.cycle,
+                                   "changes": [asdict(c) for c in changes]})
 
     def _base(self, bdf: PciAddress, action_name: str, cycle: int) -> dict:
         return dict(run_id=self.run_id, bdf=str(bdf), uuid=self.baselines[bdf].uuid, action=action_name,
@@ -281,8 +296,13 @@ class Soak:
         """The load before the reset; its child has exited before this returns. A GPU that cannot
         take its load is not reset: the cycle fails (or, without cupy, is refused) with the reason."""
         if self.options.load_seconds <= 0:
-            return None
-        summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction)
+            if self.options.post_check_seconds <= 0 or self.baselines[bdf].uuid:
+                return None
+            # The post-check could not run after the reset: refuse the cycle now, before any reset.
+            summary = run_load(self.node, bdf, self.options.post_check_seconds, self.options.load_fraction, None)
+        else:
+            summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction,
+                               self.baselines[bdf].uuid)
         if summary.ok:
             return asdict(summary)
         finding = Finding(summary.reason("load"), summary.detail())
@@ -292,7 +312,8 @@ class Soak:
     def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None]:
         if self.options.post_check_seconds <= 0:
             return None, None
-        summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5))
+        summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5),
+                           self.baselines[bdf].uuid)
         return asdict(summary), None if summary.ok else Finding(summary.reason("post_check"), summary.detail())
 
     def _node_cycle(self, action_name: str, cycle: int) -> list[CycleResult]:

@@ -17,7 +17,7 @@ import contextlib
 
 from gpusoak.actions import release
 from gpusoak.actions.base import UNSUPPORTED, Action, Context, Step, refusals_common, write
-from gpusoak.errors import GpusoakError
+from gpusoak.errors import GpusoakError, Hung
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import RESET, RESET_METHOD
 from gpusoak.model import Finding, PciAddress
@@ -60,6 +60,10 @@ class MethodReset(Action):
         write(node, fn.path / RESET_METHOD, self.method, ctx, f"selecting {self.method}")
         try:
             write(node, fn.path / RESET, "1", ctx, f"{self.method} reset")
+        except Hung:
+            # The reset is still running in the kernel: a reset_method write now would race it.
+            # state.restore puts the saved list back once the writer has returned.
+            raise
         except BaseException:
             # The reset's own error is the finding; a failed restore must not hide it.
             with contextlib.suppress(GpusoakError):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,20 +28,24 @@ class CommandResult:
 
 
 class Runner(Protocol):
-    def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult: ...
+    def run(self, argv: Sequence[str], *, timeout_s: float,
+            env: Mapping[str, str] | None = None) -> CommandResult: ...
 
 
 class SubprocessRunner:
-    """Runs programs for real. A missing program answers like a shell does: exit 127."""
+    """Runs programs for real. A missing program answers like a shell does: exit 127. ``env``
+    holds variables added to this process's environment for the child (CUDA_VISIBLE_DEVICES)."""
 
-    def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], *, timeout_s: float,
+            env: Mapping[str, str] | None = None) -> CommandResult:
         if isinstance(argv, str) or not argv:
             raise TypeError("argv must be a non-empty list of strings, never a shell string")
         argv = tuple(str(a) for a in argv)
         start = time.monotonic()
+        child_env = None if env is None else {**os.environ, **{str(k): str(v) for k, v in env.items()}}
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                                  stdin=subprocess.DEVNULL, check=False)
+                                  stdin=subprocess.DEVNULL, check=False, env=child_env)
         except subprocess.TimeoutExpired as err:
             return CommandResult(argv, None, _text(err.stdout), _text(err.stderr),
                                  time.monotonic() - start)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,22 @@ def real_write(path: Path, data: str) -> None:
         os.write(fd, data.encode())
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A write that has not returned yet: still blocked in the kernel after its deadline (``Hung``)."""
+
+    path: Path
+    data: str
+    what: str
+    started_s: float  # time.monotonic() when it was issued
+
+    def concerns(self, function_dir: Path, bdf: PciAddress) -> bool:
+        """Under the function's directory (reset, reset_method, remove, driver_override), or a
+        driver or bus control file given its address (bind, unbind, drivers_probe)."""
+        return self.path.parent == function_dir or function_dir in self.path.parents \
+            or self.data.strip() == str(bdf)
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,9 @@ class Sysfs:
         # Real seconds waited per second of deadline. The simulator's writes take simulated time,
         # so a simulated hang is caught after a small fraction of the deadline in real time.
         self.timeout_scale = timeout_scale
+        # Writes whose thread is still in the kernel, until they return (which a hung one may never).
+        self._in_flight: dict[int, tuple[InFlight, threading.Thread]] = {}
+        self._in_flight_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, path: Path) -> str | None:
@@ -109,6 +129,10 @@ class Sysfs:
     def function(self, bdf: PciAddress) -> PciFunction:
         return PciFunction(self, bdf)
 
+    def bus_rescan_file(self, port: PciAddress, bdf: PciAddress) -> Path:
+        """The rescan file of the bus ``bdf`` sits on, below ``port`` (see PciFunction.bus_rescan_file)."""
+        return self.devices_dir / str(port) / "pci_bus" / f"{bdf.domain:04x}:{bdf.bus:02x}" / "rescan"
+
     def nvidia_gpus(self) -> list[PciAddress]:
         """NVIDIA display-class functions (graphics function of each GPU), in address order."""
         gpus = []
@@ -127,6 +151,7 @@ class Sysfs:
         ``Hung`` here instead of freezing the run (the thread itself stays blocked in the kernel).
         """
         outcome: list[BaseException | None] = []
+        record = InFlight(Path(path), data, what, time.monotonic())
 
         def work() -> None:
             try:
@@ -134,11 +159,16 @@ class Sysfs:
                 outcome.append(None)
             except BaseException as err:  # handed to the caller below
                 outcome.append(err)
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight.pop(threading.get_ident(), None)
 
         # In a copy of this context: on the simulator, the write's time is this worker's time.
         context = contextvars.copy_context()
         worker = threading.Thread(target=context.run, args=(work,), name=f"sysfs-write {path.name}", daemon=True)
-        worker.start()
+        with self._in_flight_lock:  # registered before it runs, so it cannot finish unregistered
+            worker.start()
+            self._in_flight[worker.ident] = (record, worker)
         worker.join(timeout_s * self.timeout_scale)
         if worker.is_alive():
             raise Hung(f"{what}: write did not return within {timeout_s:g} s", path=str(path))
@@ -148,6 +178,26 @@ class Sysfs:
         if isinstance(err, OSError):
             raise from_oserror(err, what, path=str(path)) from err
         raise err
+
+
+    def in_flight(self, bdf: PciAddress) -> list[InFlight]:
+        """Writes concerning this function that have not returned (see ``InFlight.concerns``)."""
+        fn_dir = self.devices_dir / str(bdf)
+        with self._in_flight_lock:
+            return [r for r, _ in self._in_flight.values() if r.concerns(fn_dir, bdf)]
+
+    def wait_for_writes(self, bdf: PciAddress, timeout_s: float) -> list[InFlight]:
+        """Wait up to ``timeout_s`` (scaled like a write's deadline) for this function's writes
+        still in the kernel to return; what is still in flight afterwards. Anything else written
+        to the device meanwhile would race the blocked write (a reset_method put back while the
+        reset it belongs to still runs, a bind while the unbind is stuck)."""
+        fn_dir = self.devices_dir / str(bdf)
+        deadline = time.monotonic() + timeout_s * self.timeout_scale
+        with self._in_flight_lock:
+            threads = [t for r, t in self._in_flight.values() if r.concerns(fn_dir, bdf)]
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return self.in_flight(bdf)
 
 
 class PciFunction:
@@ -302,6 +352,22 @@ class PciFunction:
                     continue
             dirnames[:] = [d for d in dirnames if _looks_like_bdf(d)]
         return sorted(set(below))
+
+    def bus_rescan_file(self) -> Path | None:
+        """The ``rescan`` file of the bus this function sits on, under its upstream port:
+        ``/sys/bus/pci/devices/<port>/pci_bus/DDDD:BB/rescan``; None on a root bus (no port).
+
+        Three rescans exist (drivers/pci/pci-sysfs.c): ``/sys/bus/pci/rescan`` (``bus_rescan_store``)
+        rescans every bus, re-adding every device anyone removed, on purpose or not; a device's own
+        ``rescan`` (``dev_rescan_store``) rescans the bus that device sits on, for a root port nearly
+        the whole tree; the pci_bus class device's ``rescan`` (``dev_bus_rescan_store``) rescans that
+        bus alone, and the buses below it (``pci_rescan_bus``, drivers/pci/probe.c: "Scan a PCI bus
+        and child buses"). The class device is named ``%04x:%02x`` (``pci_alloc_child_bus``) and is
+        kept while the bridge exists, also when nothing is left on the bus.
+        Read this before the function is removed: afterwards it has no directory to find the port by.
+        """
+        port = self.upstream_port
+        return None if port is None else self.sysfs.bus_rescan_file(port, self.bdf)
 
     def sibling_functions(self) -> list[PciAddress]:
         """Other functions of the same slot (a GPU's audio or USB-C function)."""

@@ -28,6 +28,7 @@ class LoadSummary:
     vram_bytes: int = 0
     mismatched_words: int = 0
     backed_off: bool = False
+    refusal: str | None = None  # why the load was not started at all (a reason suffix)
 
     @property
     def ok(self) -> bool:
@@ -35,6 +36,8 @@ class LoadSummary:
 
     def reason(self, phase: str) -> str:
         """``load_...`` before the reset, ``post_check_...`` after it."""
+        if self.refusal is not None:
+            return f"{phase}_{self.refusal}"
         if self.exit is None:
             return f"{phase}_hung"
         if self.exit == 1:
@@ -48,10 +51,30 @@ class LoadSummary:
                 f"{self.vram_bytes} bytes")
 
 
-def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float) -> LoadSummary:
+NO_UUID = "no_gpu_uuid"
+EXIT_UNAVAILABLE = 3  # python -m gpusoak.load's "cannot load here": the cycle is refused, not failed
+
+
+def load_env(uuid: str) -> dict[str, str]:
+    """The child sees its own GPU alone. CUDA enumerates, and its driver opens, every GPU that is
+    visible; CUDA_VISIBLE_DEVICES takes "UUID strings ... in the same format as given by
+    nvidia-smi" (CUDA Programming Guide, 5.2 CUDA Environment Variables, CUDA_VISIBLE_DEVICES).
+    Without it, a load child holds /dev/nvidiaN of every GPU, and in a parallel run each child
+    would hold every other GPU's reset up [I]. CUDA_DEVICE_ORDER=PCI_BUS_ID (same section) keeps
+    indices in bus order should anything in the child print or use one."""
+    return {"CUDA_VISIBLE_DEVICES": uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid: str | None) -> LoadSummary:
+    """The load child for the GPU whose UUID is ``uuid`` (the baseline's); without one it is
+    refused with the reason rather than run with every GPU visible."""
+    if not uuid:
+        return LoadSummary(EXIT_UNAVAILABLE, refusal=NO_UUID, error=(
+            f"no UUID for {bdf} in the baseline (NVML could not say): a load child without "
+            "CUDA_VISIBLE_DEVICES=<its UUID> would open every GPU on the node"))
     argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--seconds", f"{seconds:g}",
             "--fraction", f"{fraction:g}"]
-    result = node.runner.run(argv, timeout_s=2 * seconds + 120)
+    result = node.runner.run(argv, timeout_s=2 * seconds + 120, env=load_env(uuid))
     if result.timed_out:
         return LoadSummary(None, error=f"the load did not finish within {2 * seconds + 120:g} s")
     doc = _last_json(result.stdout)

@@ -62,6 +62,7 @@ class GpuState:
     aer_corrected: int = 0
     generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
+    settings: dict = field(default_factory=dict)  # what nvidia-smi reads and sets (scenario.SETTINGS_DEFAULTS keys)
 
 
 class SimKernel:
@@ -79,7 +80,8 @@ class SimKernel:
         self._lock = threading.RLock()  # RLock: a close inside a write re-checks waiting removes
         self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
-            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health))
+            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health),
+                            settings=dict(g.settings))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
         self.modules: set[str] = set(scenario.modules)
@@ -192,7 +194,8 @@ class SimKernel:
         if parts == ("bus", "pci", "drivers_probe"):
             return self._probe(_bdf(data.strip(), path, errno.ENODEV), path)
         if parts == ("bus", "pci", "rescan"):
-            return self._rescan(data, path)
+            # bus_rescan_store: every bus, so every removed device comes back, whoever removed it.
+            return self._rescan(data, path, below=None)
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     def _device_write(self, bdf: PciAddress, attr: str, data: str, path: Path) -> threading.Event | None:
@@ -201,7 +204,10 @@ class SimKernel:
         if attr == "reset_subordinate":
             return self._reset_subordinate(bdf, data, path)
         if attr == "rescan":
-            return self._rescan(data, path)
+            # dev_rescan_store: pci_rescan_bus(pdev->bus), the bus this device sits on and below.
+            return self._rescan(data, path, below=(bdf.domain, bdf.bus))
+        if attr.startswith("pci_bus/"):
+            return self._bus_write(bdf, attr, data, path)
         st = self.gpu_of(bdf)
         if st is None:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
@@ -282,6 +288,14 @@ class SimKernel:
         if not ok:
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
 
+    def wipe_settings(self, st: GpuState) -> None:
+        """The GPU's driver state starts over: compute mode, power limit, application clocks and
+        accounting back to their defaults, legacy persistence mode off [I: the driver
+        re-initialises the GPU's RM state when it probes the GPU and after a reset; nothing in
+        the open modules carries these across, and nvidia-smi sets them for the running driver]."""
+        st.settings = dict(st.spec.settings)
+        st.health["persistence_mode"] = False
+
     def apply_reset(self, st: GpuState, kind: str, unaware: bool = False) -> bool:
         """One reset of a GPU by its profile; True when the GPU answered afterwards. ``unaware``:
         the reset came from the PCI core while ``nvidia`` was bound (sim.driver_reset)."""
@@ -289,6 +303,7 @@ class SimKernel:
         if st.removed:
             return False
         st.resets += 1
+        self.wipe_settings(st)
         outcome = st.spec.profile.reset(st.rng, kind, st.resets, st.loaded)
         st.loaded = False
         st.corrupt = st.spec.profile.corrupts(st.rng)
@@ -416,6 +431,7 @@ class SimKernel:
                          f"{self.minor(bdf)}")
                 self.log(KERN_WARNING, f"nvidia: probe of {bdf} failed with error -1")
                 raise OSError(errno.ENODEV, "No such device", str(path))
+            self.wipe_settings(st)
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True
@@ -454,10 +470,42 @@ class SimKernel:
             st.removed = True
         return None
 
-    def _rescan(self, data: str, path: Path) -> None:
-        if data.strip() in ("", "0"):
+    def _bus_write(self, bridge: PciAddress, attr: str, data: str, path: Path) -> None:
+        """A write under a bridge's pci_bus/DDDD:BB/ (the bus class device, drivers/pci/pci-sysfs.c):
+        only ``rescan`` is writable; dev_bus_rescan_store rescans that bus and the buses below it."""
+        parts = attr.split("/")
+        bus = self._bus_number(parts[1] if len(parts) == 3 else "")
+        if bus is None or self.tree.buses.get(bus) != self.tree.dev(bridge) / "pci_bus" / parts[1]:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        if parts[2] != "rescan":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return self._rescan(data, path, below=bus)
+
+    @staticmethod
+    def _bus_number(name: str) -> tuple[int, int] | None:
+        domain, _, number = name.partition(":")
+        try:
+            return int(domain, 16), int(number, 16)
+        except ValueError:
+            return None
+
+    def _buses_above(self, st: GpuState) -> set[tuple[int, int]]:
+        """The buses a rescan of which reaches this GPU: the one it sits on and every one above it."""
+        return {(p.domain, p.bus) for p in st.spec.upstream} | {(st.spec.bdf.domain, st.spec.bdf.bus)}
+
+    def _rescan(self, data: str, path: Path, below: tuple[int, int] | None) -> None:
+        """pci_rescan_bus (drivers/pci/probe.c): "Scan a PCI bus and child buses for new devices,
+        add them, and enable them". ``below`` is the bus scanned; None scans every bus."""
+        # kstrtoul, then a non-zero value rescans.
+        try:
+            value = int(data.strip(), 0)
+        except ValueError:
+            raise OSError(errno.EINVAL, "Invalid argument", str(path)) from None
+        if not value:
             return None
         for st in self.gpus.values():
+            if below is not None and below not in self._buses_above(st):
+                continue
             missing = [b for b, _ in gpu_functions(st.spec) if b not in self.tree.device_dirs]
             if not missing:
                 continue

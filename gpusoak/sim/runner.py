@@ -1,6 +1,7 @@
 """The simulated node's command runner: answers like the real programs, never runs anything.
 
 Covered: ``nvidia-smi -r -i BDF`` (exit codes from the nvidia-smi documentation, reference 4.1),
+``nvidia-smi --query-gpu=...`` for the settings a reset wipes and ``-c/-pl/-ac/-am/-pm`` to set them,
 ``rmmod``, ``modprobe``, ``modprobe --show-depends`` and ``modinfo`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
 A command the simulated node does not know answers as a shell does for a missing program (127),
 so nothing a test asks for can reach this machine's own devices.
@@ -11,7 +12,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from gpusoak.host import nvml_child
@@ -28,6 +30,7 @@ from gpusoak.sim.procs import (
     UVM_MAJOR,
     DeviceNumber,
 )
+from gpusoak.sim.scenario import SETTINGS_DEFAULTS
 from gpusoak.sim.tree import load_module, module_holders, unload_module
 
 
@@ -44,26 +47,78 @@ def _options(args: tuple[str, ...], with_value: set[str]) -> tuple[dict[str, str
     return opts, names
 
 
+def _same_bus_id(target: str, bdf: PciAddress) -> bool:
+    try:
+        return PciAddress.parse(target.lower()) == bdf
+    except Exception:
+        return False
+
+
+def _not_available(text: str) -> bool:
+    return text.startswith("[")
+
+
+_MODES = {"0": "Default", "DEFAULT": "Default", "1": "Exclusive_Thread", "EXCLUSIVE_THREAD": "Exclusive_Thread",
+          "2": "Prohibited", "PROHIBITED": "Prohibited", "3": "Exclusive_Process", "EXCLUSIVE_PROCESS": "Exclusive_Process"}
+_ON_OFF = {"0": False, "DISABLED": False, "1": True, "ENABLED": True}
+
+
+def _watts(text: str) -> str:
+    w = float(text)
+    if not 200.0 <= w <= 700.0:  # an H100 SXM's range [U]; outside it nvidia-smi refuses
+        raise ValueError(text)
+    return f"{w:.2f}"
+
+
+def _clocks(text: str) -> tuple[str, str]:
+    mem, gfx = text.split(",")
+    return str(int(mem)), str(int(gfx))
+
+
+# nvidia-smi --help: -c 0/DEFAULT..3/EXCLUSIVE_PROCESS, -pl watts, -ac <memory,graphics>,
+# -am 0/DISABLED 1/ENABLED, -pm 0/DISABLED 1/ENABLED. Option -> (what it sets, how it reads the value).
+SETTERS = {"-c": ("compute_mode", lambda v: _MODES[v.upper()]), "-pl": ("power.limit", _watts),
+           "-ac": ("ac", _clocks), "-am": ("accounting.mode", lambda v: "Enabled" if _ON_OFF[v.upper()] else "Disabled"),
+           "-pm": ("persistence_mode", lambda v: _ON_OFF[v.upper()])}
+SMI_FIELDS = (*SETTINGS_DEFAULTS, "persistence_mode")
+
+
+@dataclass(frozen=True)
+class LoadChild:
+    """One simulated load child: its pid and the device nodes its CUDA init held open while it ran."""
+
+    pid: int
+    bdf: str
+    env: dict[str, str]
+    opened: tuple[str, ...]  # names under /dev
+
+
 class SimRunner:
     def __init__(self, kernel: SimKernel) -> None:
         self._kernel = kernel
         self.calls: list[tuple[str, ...]] = []
+        self.loads: list[LoadChild] = []  # every load child, in order (what tests look at)
 
-    def run(self, argv: Sequence[str], *, timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], *, timeout_s: float,
+            env: Mapping[str, str] | None = None) -> CommandResult:
         if isinstance(argv, str) or not argv:
             raise TypeError("argv must be a non-empty list of strings, never a shell string")
         argv = tuple(argv)
         self.calls.append(argv)
         start = self._kernel.clock.monotonic()
-        code, out, err = self._answer(argv)
+        code, out, err = self._answer(argv, dict(env or {}))
         return CommandResult(argv, code, out, err, self._kernel.clock.monotonic() - start)
 
-    def _answer(self, argv: tuple[str, ...]) -> tuple[int, str, str]:
+    def _answer(self, argv: tuple[str, ...], env: dict[str, str]) -> tuple[int, str, str]:
         name, args = argv[0], argv[1:]
         if argv == ("uname", "-r"):
             return 0, self._kernel.scenario.kernel + "\n", ""
         if name == "nvidia-smi" and args[:1] in (("-r",), ("--gpu-reset",)):
             return self._gpu_reset(args)
+        if name == "nvidia-smi" and any(a.startswith("--query-gpu=") for a in args):
+            return self._smi_query(args)
+        if name == "nvidia-smi" and set(args) & set(SETTERS):
+            return self._smi_set(args)
         if name == "rmmod" and len(args) == 1:
             return self._rmmod(args[0])
         if name == "modprobe" and len(args) == 1:
@@ -78,7 +133,7 @@ class SimRunner:
         if name == "systemctl" and len(args) == 2:
             return self._systemctl(*args)
         if args[:2] == ("-m", "gpusoak.load"):
-            return self._load(args[2:])
+            return self._load(args[2:], env)
         if args[:2] == ("-m", nvml_child.__name__):
             return self._nvml_child(args[2:])
         return 127, "", f"{name}: command not found (simulated node)"
@@ -124,20 +179,123 @@ class SimRunner:
             procs.exit(pid)
         return 0, json.dumps(doc, default=str) + "\n", ""
 
+    # -- nvidia-smi --query-gpu and the settings it sets ----------------------------------------
+    def _smi_gpus(self, args: tuple[str, ...]) -> tuple[list, tuple[int, str, str] | None]:
+        """The GPUs ``-i`` names (a bus id, a UUID or an index; all without it), or the error
+        nvidia-smi answers with (exit codes from the nvidia-smi documentation, reference 4.1)."""
+        k = self._kernel
+        if "nvidia" not in k.modules:
+            return [], (9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+                        "Make sure that the latest NVIDIA driver is installed and running.\n")
+        bound = [st for b, st in sorted(k.gpus.items()) if k.driver_of(b) == "nvidia"]
+        if "-i" not in args:
+            return bound, None
+        target = args[args.index("-i") + 1] if args.index("-i") + 1 < len(args) else ""
+        match = [st for i, st in enumerate(bound)
+                 if target in (st.spec.uuid, str(i)) or _same_bus_id(target, st.spec.bdf)]
+        if not match:
+            return [], (6, "", f"No devices were found matching {target}.\n")  # [U] wording
+        if not match[0].alive:
+            return [], (15, "", f"Unable to determine the device handle for GPU {match[0].spec.bdf.nvml_bus_id}: "
+                        "GPU is lost.  Reboot the system to recover this GPU\n")
+        return match, None
+
+    def _smi_query(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        query = next(a for a in args if a.startswith("--query-gpu=")).split("=", 1)[1].split(",")
+        unknown = [q for q in query if q != "pci.bus_id" and q not in SMI_FIELDS]
+        if unknown:
+            return 2, "", f'Field "{unknown[0]}" is not a valid field to query.\n\n'
+        gpus, error = self._smi_gpus(args)
+        if error is not None:
+            return error
+        rows = []
+        for st in gpus:
+            values = {"pci.bus_id": st.spec.bdf.nvml_bus_id, **st.settings,
+                      "persistence_mode": "Enabled" if st.health["persistence_mode"] else "Disabled"}
+            rows.append(", ".join(values[q] for q in query))
+        return 0, "".join(r + "\n" for r in rows), ""
+
+    def _smi_set(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        if "-i" not in args:
+            return 2, "", "This simulated node sets GPU settings one GPU at a time; pass -i.\n"
+        gpus, error = self._smi_gpus(args)
+        if error is not None:
+            return error
+        st = gpus[0]
+        (option,) = set(args) & set(SETTERS)
+        value = args[args.index(option) + 1] if args.index(option) + 1 < len(args) else ""
+        key, parse = SETTERS[option]
+        bus_id = st.spec.bdf.nvml_bus_id
+        field = "clocks.applications.graphics" if key == "ac" else key
+        if field in st.settings and _not_available(st.settings[field]):
+            return 3, "", f"Setting {key} is not supported for GPU {bus_id}.\nTreating as warning and moving on.\n"
+        try:
+            parsed = parse(value)
+        except (ValueError, KeyError, IndexError):
+            return 2, "", 'Invalid combination of input arguments. Please run "nvidia-smi -h" for help.\n'
+        if key == "persistence_mode":
+            st.health["persistence_mode"] = parsed
+        elif key == "ac":
+            st.settings["clocks.applications.memory"], st.settings["clocks.applications.graphics"] = parsed
+        else:
+            st.settings[key] = parsed
+        return 0, f"Set {key} to {value} for GPU {bus_id}.\nAll done.\n", ""  # wording [U]
+
     # -- load ----------------------------------------------------------------------------------
-    def _load(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+    def _load(self, args: tuple[str, ...], env: dict[str, str]) -> tuple[int, str, str]:
         """The load child: the real checking code runs, on numpy at a small size (this machine's CPU,
-        no device touched); the simulated GPU's state decides what it can see."""
+        no device touched); the simulated GPU's state decides what it can see. While it runs, the
+        child holds the device nodes CUDA's initialisation opened (see _cuda_init)."""
         k = self._kernel
         opts = dict(zip(args[::2], args[1::2], strict=False))
         try:
             bdf = PciAddress.parse(opts.get("--bdf", ""))
         except Exception:
             return 2, json.dumps({"error": "bad --bdf", "exit": 2}) + "\n", ""
+        pid = k.procs.spawn("python3")
+        try:
+            visible = self._cuda_init(pid, env)
+            self.loads.append(LoadChild(pid, str(bdf), dict(env), tuple(
+                name for name, number in k.procs.devices.items() if pid in k.procs.holders(number))))
+            return self._run_load(bdf, opts, visible)
+        finally:
+            k.procs.exit(pid)
+
+    def _cuda_init(self, pid: int, env: dict[str, str]) -> list[PciAddress]:
+        """What a CUDA process's initialisation opens: /dev/nvidiactl, /dev/nvidia-uvm, and the
+        /dev/nvidiaN of every GPU it can see, held for the process's life [I: observed with lsof on
+        CUDA processes; the documented part is which GPUs are visible, CUDA Programming Guide 5.2,
+        CUDA_VISIBLE_DEVICES]. Unset: every GPU. Set: the listed ones, by UUID (a unique prefix
+        will do) or index, up to the first entry that names none. Returns the visible GPUs in
+        CUDA's order."""
+        k = self._kernel
+        bound = [b for b in sorted(k.gpus) if k.gpus[b].alive and k.driver_of(b) == "nvidia"]
+        spec = env.get("CUDA_VISIBLE_DEVICES")
+        visible: list[PciAddress] = []
+        if spec is None:
+            visible = bound
+        else:
+            for entry in (e.strip() for e in spec.split(",")):
+                match = [b for b in bound if entry and k.gpus[b].spec.uuid.startswith(entry)]
+                if entry.isdigit() and int(entry) < len(bound):
+                    match = [bound[int(entry)]]
+                if len(match) != 1:
+                    break  # an entry that names no single GPU ends the list
+                visible.append(match[0])
+        if not visible:
+            return []
+        k.procs.open(pid, "nvidiactl")
+        k.procs.open(pid, "nvidia-uvm")
+        for b in visible:
+            k.procs.open(pid, f"nvidia{k.minor(b)}")
+        return visible
+
+    def _run_load(self, bdf: PciAddress, opts: dict[str, str], visible: list[PciAddress]) -> tuple[int, str, str]:
+        k = self._kernel
         st = k.gpus.get(bdf)
         seconds = float(opts.get("--seconds", "20"))
         bound = st is not None and k.driver_of(bdf) == "nvidia"
-        if st is None or not st.alive or not bound or not driver_reset.use(k, st):
+        if st is None or not st.alive or not bound or bdf not in visible or not driver_reset.use(k, st):
             lost = st is not None and (not st.alive or (bound and st.rm_lost))
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if lost else "no CUDA device at that bus id"
             return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""

@@ -33,6 +33,11 @@ else:  # pragma: no cover
 DEFAULT_SCENARIO = "h100-8gpu"
 DEFAULT_SERVICES = {"nvidia-persistenced": "active", "nvidia-fabricmanager": "inactive", "nvidia-dcgm": "inactive"}
 FUNCTION_KINDS = ("audio", "usb")
+# What nvidia-smi --query-gpu prints (csv, nounits) for the settings a driver re-initialises, on a
+# GPU the driver has just probed: the defaults a reset or rebind puts back. Illustrative H100 SXM
+# values [U]; "[N/A]" or "[Not Supported]" models a GPU that lacks the setting.
+SETTINGS_DEFAULTS = {"compute_mode": "Default", "power.limit": "700.00", "clocks.applications.graphics": "1980",
+                     "clocks.applications.memory": "2619", "accounting.mode": "Disabled"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class GpuSpec:
     functions: tuple[str, ...] = ()  # extra functions beside graphics: "audio", "usb"
     arch: str = "hopper"  # NVML architecture (sim.driver_reset.ARCHS): decides GSP or not
     display: bool = False  # boot VGA with a connected display (a console is on it)
+    settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         functions=_functions(spec.get("functions", ())),
         arch=arch,
         display=bool(spec.get("display", False)),
+        settings=_settings(spec.get("settings", {})),
     )
 
 
@@ -207,6 +214,13 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
     if value not in allowed:
         raise ScenarioError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return str(value)
+
+
+def _settings(raw: dict[str, Any]) -> dict[str, str]:
+    unknown = sorted(set(raw) - set(SETTINGS_DEFAULTS))
+    if unknown:
+        raise ScenarioError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS_DEFAULTS)}")
+    return {**SETTINGS_DEFAULTS, **{k: str(v) for k, v in raw.items()}}
 
 
 def _functions(raw) -> tuple[str, ...]:

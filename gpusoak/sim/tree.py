@@ -52,6 +52,7 @@ class Tree:
         self.device_dirs: dict[PciAddress, Path] = {}
         self.gpu_parents: dict[PciAddress, Path] = {}  # each GPU's upstream port directory (for rescans)
         self.groups: dict[PciAddress, int] = {}  # each GPU's IOMMU group
+        self.buses: dict[tuple[int, int], Path] = {}  # (domain, bus) -> its pci_bus class directory
 
     def bus_link(self, bdf: PciAddress) -> Path:
         return self.root / "bus" / "pci" / "devices" / str(bdf)
@@ -160,6 +161,15 @@ def remove_function(tree: Tree, bdf: PciAddress) -> None:
     shutil.rmtree(d, ignore_errors=True)
 
 
+def _bus(tree: Tree, parent: Path, domain: int, number: int) -> None:
+    """The pci_bus class device of a bus, a child of the bridge above it (or of the host bridge
+    for a root bus): drivers/pci/probe.c pci_alloc_child_bus names it "%04x:%02x" and sets its
+    parent to the bridge; pci-sysfs.c gives it a write-only ``rescan`` (dev_bus_rescan_store)."""
+    d = parent / "pci_bus" / f"{domain:04x}:{number:02x}"
+    put(d / "rescan", "", 0o200)
+    tree.buses.setdefault((domain, number), d)
+
+
 def build(root: Path, scenario: Scenario) -> Tree:
     tree = Tree(root)
     for control in ("rescan", "drivers_probe"):
@@ -171,9 +181,15 @@ def build(root: Path, scenario: Scenario) -> Tree:
                     tuple(u for u in USES.get(module, ()) if u in scenario.modules))
     for group, gpu in enumerate(scenario.gpus, start=10):
         parent = root / "devices" / f"pci{gpu.bdf.domain:04x}:{(gpu.upstream[0].bus if gpu.upstream else gpu.bdf.bus):02x}"
-        for port in gpu.upstream:
+        _bus(tree, parent, gpu.bdf.domain, gpu.upstream[0].bus if gpu.upstream else gpu.bdf.bus)
+        below = [*gpu.upstream[1:], gpu.bdf][:len(gpu.upstream)]  # what sits on each port's secondary bus
+        for port, first in zip(gpu.upstream, below, strict=True):
             if port in tree.device_dirs:
                 parent = tree.device_dirs[port]
+                # A scenario may put two GPUs on different buses behind one port (a bridge has
+                # one secondary bus; the bundled VM-host nodes model a shared reset domain so):
+                # each GPU's bus gets its class device, so each can be rescanned alone.
+                _bus(tree, parent, first.domain, first.bus)
                 continue
             parent = _function(tree, port, parent, {
                 "vendor": "0x8086", "device": "0x352a", "class": "0x060400",
@@ -182,6 +198,7 @@ def build(root: Path, scenario: Scenario) -> Tree:
                 "power_state": "D0", "power/control": "on", "reset_method": "pm", **_aer_files(),
             })
             put(parent / "reset_subordinate", "", 0o200)
+            _bus(tree, parent, first.domain, first.bus)
             tree.bind(port, "pcieport")
         tree.gpu_parents[gpu.bdf] = parent
         tree.groups[gpu.bdf] = group

@@ -40,7 +40,7 @@ class Runner:
         self.calls = []
         self.modules_dir = modules_dir
 
-    def run(self, argv, *, timeout_s):
+    def run(self, argv, *, timeout_s, env=None):
         self.calls.append(tuple(argv))
         if "--show-depends" in argv:
             return CommandResult(tuple(argv), 0, f"insmod {self.modules_dir / 'kernel' / (argv[-1] + '.ko.xz')} \n", "", 0.01)

@@ -57,12 +57,151 @@ def test_the_pods_get_what_destructive_resets_need_and_write_results():
     assert "--profile nightly" in " ".join(ds["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
-def test_the_role_allows_exactly_labelling_and_tainting_nodes_and_reading_pods():
+def test_the_role_allows_exactly_cordoning_labelling_tainting_and_draining_nodes():
     docs = {d["kind"]: d for d in _docs(DEPLOY / "k8s" / "rbac.yaml")}
-    nodes, pods = docs["ClusterRole"]["rules"]
-    assert nodes == {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
-    assert pods == {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
+    rules = {(g, r): sorted(rule["verbs"]) for rule in docs["ClusterRole"]["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    assert rules == {("", "nodes"): ["get", "patch"], ("", "pods"): ["get", "list"],
+                     ("", "pods/eviction"): ["create"], ("apps", "daemonsets"): ["get"]}
     assert docs["ClusterRoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"]
+
+
+def _pods():
+    job = _docs(DEPLOY / "k8s" / "job-acceptance.yaml")[0]
+    ds = _docs(DEPLOY / "k8s" / "daemonset-nightly.yaml")[0]
+    return {"acceptance": job["spec"]["template"]["spec"], "nightly": ds["spec"]["template"]["spec"]}
+
+
+def test_the_grace_period_covers_a_write_deadline_a_driver_reload_and_putting_the_node_back():
+    from gpusoak.soak import SoakOptions
+
+    defaults = SoakOptions()
+    for pod in _pods().values():
+        assert pod["terminationGracePeriodSeconds"] >= defaults.write_timeout_s + defaults.command_timeout_s + 30
+
+
+def _stubs(tmp_path):
+    """kubectl, gpusoak and sleep that log their arguments: the pods' scripts run offline."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    stubs = {
+        "kubectl": 'echo "kubectl $*" >> "$LOG"\ncase "$1" in get) printf %s "$UNSCHEDULABLE" ;; '
+                   'drain) exit "${DRAIN_EXIT:-0}" ;; esac\n',
+        "gpusoak": 'echo "gpusoak $*" >> "$LOG"\n'
+                   'if [ "$1" = run ] && [ -n "${HOLD:-}" ]; then\n'
+                   '  trap \'echo "gpusoak stopping: putting the node back" >> "$LOG"; kill $! 2>/dev/null; exit 130\' TERM\n'
+                   '  echo "gpusoak running" >> "$LOG"; /bin/sleep 30 & wait $!\nfi\n',
+        # The nightly loop's second sleep (the hour after a run) ends the test's run of it.
+        "sleep": 'echo "sleep $*" >> "$LOG"\n[ "$1" = 3600 ] && kill -KILL "$PPID"\nexit 0\n',
+    }
+    for name, body in stubs.items():
+        (bin_ / name).write_text("#!/bin/sh\n" + body)
+        (bin_ / name).chmod(0o755)
+    return bin_
+
+
+def _run_pod(tmp_path, which, **env):
+    import os
+    import shutil
+
+    pod = _pods()[which]
+    c = pod["containers"][0]
+    log = tmp_path / f"{which}.log"
+    log.write_text("")
+    base = {"PATH": f"{_stubs(tmp_path) if not (tmp_path / 'bin').exists() else tmp_path / 'bin'}:/usr/bin:/bin",
+            "LOG": str(log), "NODE_NAME": "gpu-7", "RUN": "acceptance", "NIGHT_HOUR": "2", "BUDGET": "1h"}
+    assert c["command"][:2] == ["/bin/sh", "-c"] and shutil.which("sh")
+    # The GPU Operator's operand script (configmap-operands.yaml, tested on its own below) stands
+    # in here as a stub that only says what it was asked.
+    scripts = tmp_path / "scripts"
+    scripts.mkdir(exist_ok=True)
+    (scripts / "gpu-operator-operands.sh").write_text('echo "operands $*" >> "$LOG"\n')
+    script = c["args"][0].replace("/scripts/", f"{scripts}/")
+    proc = subprocess.Popen(["sh", "-c", script], env={**base, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, log, os
+
+
+def test_the_acceptance_pod_cordons_and_drains_before_resets_and_gives_the_node_back(tmp_path):
+    proc, log, _ = _run_pod(tmp_path, "acceptance", UNSCHEDULABLE="")
+    assert proc.wait(30) == 0, proc.stderr.read()
+    steps = [line.split()[:2] for line in log.read_text().splitlines()]
+    assert steps == [["kubectl", "get"], ["kubectl", "cordon"], ["kubectl", "drain"], ["operands", "disable"],
+                     ["gpusoak", "run"], ["gpusoak", "fleet"], ["operands", "restore"], ["kubectl", "uncordon"]]
+    assert "--destructive" in log.read_text().splitlines()[4]
+    assert "--ignore-daemonsets" in log.read_text().splitlines()[2]
+
+
+def test_the_acceptance_pod_leaves_a_node_it_did_not_cordon_cordoned(tmp_path):
+    proc, log, _ = _run_pod(tmp_path, "acceptance", UNSCHEDULABLE="true")
+    assert proc.wait(30) == 0, proc.stderr.read()
+    assert [line.split()[1] for line in log.read_text().splitlines() if line.startswith("kubectl")] == ["get", "drain"]
+
+
+def test_the_acceptance_pod_runs_nothing_destructive_when_the_drain_fails(tmp_path):
+    proc, log, _ = _run_pod(tmp_path, "acceptance", UNSCHEDULABLE="", DRAIN_EXIT="1")
+    assert proc.wait(30) == 1
+    assert "did not drain" in proc.stderr.read()
+    assert not [line for line in log.read_text().splitlines() if line.startswith("gpusoak")]
+    assert log.read_text().splitlines()[-1].startswith("kubectl uncordon")
+
+
+def test_a_stopped_acceptance_pod_lets_gpusoak_put_the_node_back_before_it_exits(tmp_path):
+    import signal
+    import time
+
+    proc, log, _ = _run_pod(tmp_path, "acceptance", UNSCHEDULABLE="", HOLD="1")
+    deadline = time.monotonic() + 20
+    while "gpusoak running" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what the kubelet sends the container's main process
+    proc.wait(30)
+    lines = log.read_text().splitlines()
+    assert "gpusoak stopping: putting the node back" in lines, lines
+    assert lines[-1].startswith("kubectl uncordon")
+
+
+@pytest.mark.parametrize("cordoned", [True, False])
+def test_the_nightly_pod_resets_only_on_a_node_someone_cordoned(tmp_path, cordoned):
+    proc, log, _ = _run_pod(tmp_path, "nightly", UNSCHEDULABLE="true" if cordoned else "false")
+    proc.wait(30)
+    (run,) = [line for line in log.read_text().splitlines() if line.startswith("gpusoak run")]
+    assert ("--destructive" in run) is cordoned
+    assert not [line for line in log.read_text().splitlines() if line.split()[1:2] in (["cordon"], ["drain"])]
+    if not cordoned:
+        assert "read-only" in proc.stderr.read()
+
+
+def _submit(tmp_path, gres_lines, **env):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    (tmp_path / "gres").write_text(gres_lines)
+    (bin_ / "sinfo").write_text('#!/bin/sh\ncase "$*" in *"%N %G"*) cat "$GRES" ;; '
+                                '*) sed "s/ .*/ idle/" "$GRES" ;; esac\n')
+    (bin_ / "sbatch").write_text('#!/bin/sh\necho "$@" > "$ARGS"\necho 42\n')
+    for name in ("sinfo", "sbatch"):
+        (bin_ / name).chmod(0o755)
+    done = subprocess.run([str(DEPLOY / "slurm" / "submit"), "-w", "n[1-2]"], capture_output=True, text=True,
+                          env={"PATH": f"{bin_}:/usr/bin:/bin", "GRES": str(tmp_path / "gres"),
+                               "ARGS": str(tmp_path / "args"), "GPUSOAK_RESULTS": str(tmp_path / "r"), **env})
+    args = (tmp_path / "args").read_text().split() if (tmp_path / "args").exists() else []
+    return done, args
+
+
+def test_the_slurm_job_requests_the_nodes_gpus_and_the_whole_node(tmp_path):
+    assert "#SBATCH --exclusive" in (DEPLOY / "slurm" / "gpusoak.sbatch").read_text()
+    done, args = _submit(tmp_path, "n1 gpu:h100:8(S:0-1)\nn2 gpu:h100:8(S:0-1),nic:2\n")
+    assert done.returncode == 0, done.stderr
+    assert "--gres=gpu:8" in args
+
+
+def test_the_slurm_job_refuses_nodes_with_different_gpu_counts_and_says_when_none_are_configured(tmp_path):
+    done, args = _submit(tmp_path, "n1 gpu:8\nn2 gpu:a100:4\n")
+    assert done.returncode == 2 and "different GPU counts" in done.stderr and args == []
+    done, args = _submit(tmp_path, "n1 (null)\nn2 (null)\n")
+    assert done.returncode == 0 and "no GPU GRES" in done.stderr and not [a for a in args if a.startswith("--gres")]
+    done, args = _submit(tmp_path, "n1 gpu:8\nn2 gpu:a100:4\n", GPUSOAK_GPUS_PER_NODE="4")
+    assert done.returncode == 0 and "--gres=gpu:4" in args
 
 
 def test_github_workflow_runs_nightly_and_publishes_junit_and_html():
@@ -202,9 +341,12 @@ def test_the_pods_disable_the_operands_around_the_run_and_pass_a_stop_on_to_gpus
         c = pod["containers"][0]
         script = " ".join(c["args"])
         disable = script.index('gpu-operator-operands.sh disable "$NODE_NAME"')
-        restore = script.rindex('gpu-operator-operands.sh restore "$NODE_NAME"')
+        # The operands come back after gpusoak has put the node back: directly, or through
+        # give_back(), which the acceptance pod calls last.
+        restore = max(script.rindex('gpu-operator-operands.sh restore "$NODE_NAME"'),
+                      script.rindex("give_back") if "give_back" in script else -1)
         assert disable < script.index("gpusoak run") < script.index("gpusoak restore") < restore
-        assert "trap 'kill -INT $pid" in script  # pytest turns SIGINT into its orderly end: finish() runs
+        assert 'kill -TERM "$child"' in script  # gpusoak stops on SIGTERM as on Ctrl-C: finish() runs
         assert {"name": "scripts", "mountPath": "/scripts", "readOnly": True} in c["volumeMounts"]
         assert {"name": "scripts", "configMap": {"name": "gpusoak-scripts", "defaultMode": 0o555}} in pod["volumes"]
         assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0

@@ -61,7 +61,9 @@ def test_restore_from_a_saved_state(tmp_path):
     done = gpusoak("run", "--cycles", "1", "--gpus", "0000:18:00.0", "--report-dir", tmp_path, "-q")
     assert done.returncode == 0
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert saved["functions"][0] == {"bdf": "0000:18:00.0", "driver": "nvidia", "driver_override": None, "runtime_pm": "on"}
+    assert saved["functions"][0] == {"bdf": "0000:18:00.0", "driver": "nvidia", "driver_override": None, "runtime_pm": "on",
+                                     "upstream_port": "0000:17:01.0", "reset_method": "flr bus"}
+    assert saved["settings"]["0000:18:00.0"]["compute_mode"] == "Default"
     done = gpusoak("restore", tmp_path / "state.json", "--backend", "sim")
     assert done.returncode == 0 and "nothing to change" in done.stdout
     done = gpusoak("restore", tmp_path / "nothing.json", "--backend", "sim")

@@ -200,6 +200,49 @@ def test_health_overrides_and_full_nvml_read(tmp_path):
         scenarios.load(str(path))
 
 
+def test_a_global_rescan_re_adds_every_removed_device_a_bus_rescan_only_those_below_it(tmp_path):
+    # drivers/pci/pci-sysfs.c: bus_rescan_store scans every bus; dev_bus_rescan_store one bus and
+    # the buses below it; dev_rescan_store the bus the device itself sits on.
+    s = open_sim_node(str(_scenario(tmp_path, [{"bdf": "0000:18:00.0"}, {"bdf": "0000:2a:00.0"}])))
+    try:
+        a, b = PciAddress.parse("0000:18:00.0"), PciAddress.parse("0000:2a:00.0")
+        fn = s.node.sysfs.function
+        root = s.node.sysfs.root
+        for gpu in (a, b):
+            s.kernel.write(fn(gpu).path / "remove", "1")
+        s.kernel.write(root / "bus/pci/devices/0000:17:01.0/pci_bus/0000:18/rescan", "1")
+        assert fn(a).present and not fn(b).present
+        s.kernel.write(fn(a).path / "remove", "1")
+        s.kernel.write(root / "bus/pci/devices/0000:17:01.0/rescan", "1")  # the port's own bus: 0000:17
+        assert fn(a).present and not fn(b).present
+        s.kernel.write(root / "bus/pci/rescan", "1")
+        assert fn(a).present and fn(b).present and fn(b).driver == "nvidia"
+        with pytest.raises(OSError) as err:
+            s.kernel.write(root / "bus/pci/devices/0000:17:01.0/pci_bus/0000:2a/rescan", "1")
+        assert err.value.errno == errno.ENOENT  # not this port's bus
+    finally:
+        s.node.close()
+
+
+def test_a_reset_or_a_rebind_puts_the_gpu_settings_back_to_the_drivers_defaults(sim):
+    gpu = PciAddress.parse("0000:18:00.0")
+    smi = ["nvidia-smi", "-i", gpu.nvml_bus_id]
+    query = [*smi, "--query-gpu=pci.bus_id,compute_mode,power.limit,clocks.applications.graphics,"
+             "clocks.applications.memory,accounting.mode,persistence_mode", "--format=csv,noheader,nounits"]
+    run = sim.node.runner.run
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Enabled\n"
+    for args in (["-c", "3"], ["-pl", "450"], ["-ac", "2619,1410"], ["-am", "1"]):
+        assert run([*smi, *args], timeout_s=5).returncode == 0
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Exclusive_Process, 450.00, 1410, 2619, Enabled, Enabled\n"
+    assert run([*smi, "-pl", "9000"], timeout_s=5).returncode == 2  # outside the card's range
+    fn = sim.node.sysfs.function(gpu)
+    sim.kernel.write(fn.path / "reset", "1")
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Disabled\n"
+    run([*smi, "-c", "2"], timeout_s=5)
+    sim.kernel.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/unbind", str(gpu))
+    assert run(query, timeout_s=5).returncode == 6  # no nvidia-bound GPU there
+    sim.kernel.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/bind", str(gpu))
+    assert run(query, timeout_s=5).stdout.split(", ")[1] == "Default"
 def _holders(sim, name):
     return sim.kernel.procs.holders(sim.kernel.procs.devices[name])
 
