@@ -34,7 +34,6 @@ from gpusoak.model import (
     Check,
     CycleResult,
     Finding,
-    KernelEvent,
     PciAddress,
     Snapshot,
 )
@@ -269,20 +268,23 @@ class Soak:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
-        self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))  # never fails the cycle
+        # The markers bracket the action and its recovery (the ladder included): what the driver
+        # logs in between is gpusoak's doing, for other health tools too. Never fails the cycle.
+        self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))
         try:
-            action.perform(self.node, bdf, self.ctx)
-            error = None
-        except Hung as err:
-            self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
-            return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
-                               findings=(Finding("hung", str(err)),),
-                               events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
-        except GpusoakError as err:
-            error = err
+            try:
+                action.perform(self.node, bdf, self.ctx)
+                error = None
+            except Hung as err:
+                self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
+                return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
+                                   findings=(Finding("hung", str(err)),),
+                                   events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
+            except GpusoakError as err:
+                error = err
+            return self._judge(bdf, base, cursor, start, error)
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "end"))
-        return self._judge(bdf, base, cursor, start, error)
 
     def _self_held(self, base: dict) -> CycleResult | None:
         """Refused when gpusoak's own process holds an NVIDIA device file: an NVML session or CUDA
@@ -351,20 +353,21 @@ class Soak:
         error = None
         self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "begin"))
         try:
-            action.perform(self.node, None, self.ctx)
-        except Hung as err:
+            try:
+                action.perform(self.node, None, self.ctx)
+            except Hung as err:
+                for b in live:
+                    self.out_of_service[b] = f"{OUT_OF_SERVICE}: {action_name} hung in cycle {cycle}: {err}"
+                    out[b] = CycleResult(outcome=HUNG, duration_s=self.options.command_timeout_s,
+                                         findings=(Finding("hung", str(err)),), **bases[b])
+                return [out[b] for b in self.gpus]
+            except GpusoakError as err:
+                error = err
             for b in live:
-                self.out_of_service[b] = f"{OUT_OF_SERVICE}: {action_name} hung in cycle {cycle}: {err}"
-                out[b] = CycleResult(outcome=HUNG, duration_s=self.options.command_timeout_s,
-                                     findings=(Finding("hung", str(err)),), **bases[b])
+                out[b] = self._judge(b, bases[b], cursor, start, error)
             return [out[b] for b in self.gpus]
-        except GpusoakError as err:
-            error = err
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "end"))
-        for b in live:
-            out[b] = self._judge(b, bases[b], cursor, start, error)
-        return [out[b] for b in self.gpus]
 
     def _judge(self, bdf: PciAddress, base: dict, cursor: int, start: float,
                error: GpusoakError | None) -> CycleResult:
@@ -378,15 +381,14 @@ class Soak:
         checks = poll.checks + gate_checks
         events = poll.events
         recovery_s = poll.at_s - start
-        fatal_nvml: list[KernelEvent] = []
         post, wrong = self._post_check(bdf) if poll.recovered and error is None else (None, None)
         base = {**base, "post_check": post}
         duration = self.node.clock.monotonic() - start
-        if poll.recovered and error is None and not fatal_nvml and wrong is None \
+        if poll.recovered and error is None and wrong is None \
                 and all(c.status != verify.FAIL for c in gate_checks):
             return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=recovery_s,
                                checks=checks, events=events, **base)
-        findings = tuple(_findings(poll, error, fatal_nvml, gate_checks, [wrong] if wrong else []))
+        findings = tuple(_findings(poll, error, gate_checks, [wrong] if wrong else []))
         rungs, recovered_by = (), None
         if self.options.ladder and not poll.recovered:  # the ladder is for a GPU that did not come back
             rungs, recovered_by = ladder.climb(self, bdf)
@@ -423,11 +425,11 @@ class Soak:
         }
 
 
-def _findings(poll: verify.Poll, error: GpusoakError | None, fatal_nvml: list[KernelEvent],
-              gate_checks: tuple[Check, ...], extra: list[Finding]) -> list[Finding]:
-    """Named reasons, most specific first: fatal kernel events (log, then NVML), the action's error,
-    failed checks, failed gates, then ``extra`` (a wrong post-check). One finding per reason: two sources of one XID are one reason."""
-    out = [Finding(verify.event_reason(e), e.text) for e in [*poll.fatal, *fatal_nvml]]
+def _findings(poll: verify.Poll, error: GpusoakError | None, gate_checks: tuple[Check, ...],
+              extra: list[Finding]) -> list[Finding]:
+    """Named reasons, most specific first: fatal kernel events, the action's error, failed checks,
+    failed gates, then ``extra`` (a wrong post-check). One finding per reason."""
+    out = [Finding(verify.event_reason(e), e.text) for e in poll.fatal]
     if error is not None:
         out.append(Finding(error.reason or RESET_WRITE_FAILED, str(error)))
         out += release.bind_back_findings(error)  # a reset that failed and then could not bind back
