@@ -179,6 +179,22 @@ class SimProcesses:
                 base.rmdir()
         self._notify()
 
+    def held_by(self, pid: int) -> tuple[str, ...]:
+        """The simulated device nodes ``pid`` has open, by name under the simulated /dev."""
+        out = []
+        try:
+            fds = sorted((self.proc_root / str(pid) / "fd").iterdir())
+        except OSError:
+            return ()
+        for fd in fds:
+            try:
+                rel = Path(os.readlink(fd)).relative_to(self.dev_root)
+            except (OSError, ValueError):
+                continue
+            if str(rel) in self.devices:
+                out.append(str(rel))
+        return tuple(out)
+
     def holders(self, number: DeviceNumber) -> list[int]:
         """PIDs with that device open: what the kernel's open count for it says. A minor of
         ``ANY_MINOR`` counts every device of that major (a module's whole cdev region)."""

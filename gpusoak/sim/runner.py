@@ -255,8 +255,7 @@ class SimRunner:
         pid = k.procs.spawn("python3")
         try:
             visible = self._cuda_init(pid, env)
-            self.loads.append(LoadChild(pid, str(bdf), dict(env), tuple(
-                name for name, number in k.procs.devices.items() if pid in k.procs.holders(number))))
+            self.loads.append(LoadChild(pid, str(bdf), dict(env), k.procs.held_by(pid)))
             return self._run_load(bdf, opts, visible)
         finally:
             k.procs.exit(pid)
@@ -304,17 +303,9 @@ class SimRunner:
                 "--chunk-bytes", str(1 << 18)]
         if st.corrupt:
             argv += ["--inject-corruption", "4"]
-        # While it runs, the child holds what a CUDA process opens: nvidiactl and its GPU's node
-        # (an attached client, reference section 6) and nvidia-uvm (CUDA's managed memory goes
-        # through the nvidia_uvm module's device) [I]. It is a process of the node, found by /proc.
-        pid = k.procs.spawn("python3")
-        for device in (f"nvidia{k.minor(bdf)}", "nvidiactl", "nvidia-uvm"):
-            k.procs.open(pid, device)
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-            k.clock.advance(seconds)  # on a GPU the load takes the time it was given
-        finally:
-            k.procs.exit(pid)
+        # The child (``_load``'s process) holds what CUDA's initialisation opened while this runs.
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        k.clock.advance(seconds)  # on a GPU the load takes the time it was given
         st.loaded = True
         return done.returncode, done.stdout, done.stderr
 

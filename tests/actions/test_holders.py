@@ -161,8 +161,8 @@ def test_a_holder_that_comes_during_the_load_refuses_the_cycle_before_the_reset(
     class HolderAfterLoad:
         """The node's runner; after the load child exits, a monitoring agent opens GPU0."""
 
-        def run(self, argv, *, timeout_s):
-            result = inner.run(argv, timeout_s=timeout_s)
+        def run(self, argv, *, timeout_s, env=None):
+            result = inner.run(argv, timeout_s=timeout_s, env=env)
             if list(argv[1:3]) == ["-m", "gpusoak.load"]:
                 agent = s.kernel.procs.spawn("dcgm-exporter")
                 s.kernel.procs.open(agent, "nvidia0")

@@ -205,6 +205,7 @@ def test_a_global_rescan_re_adds_every_removed_device_a_bus_rescan_only_those_be
     # the buses below it; dev_rescan_store the bus the device itself sits on.
     s = open_sim_node(str(_scenario(tmp_path, [{"bdf": "0000:18:00.0"}, {"bdf": "0000:2a:00.0"}])))
     try:
+        s.node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)  # else a remove waits for it
         a, b = PciAddress.parse("0000:18:00.0"), PciAddress.parse("0000:2a:00.0")
         fn = s.node.sysfs.function
         root = s.node.sysfs.root
@@ -236,12 +237,15 @@ def test_a_reset_or_a_rebind_puts_the_gpu_settings_back_to_the_drivers_defaults(
     assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Exclusive_Process, 450.00, 1410, 2619, Enabled, Enabled\n"
     assert run([*smi, "-pl", "9000"], timeout_s=5).returncode == 2  # outside the card's range
     fn = sim.node.sysfs.function(gpu)
+    drivers = sim.node.sysfs.root / "bus/pci/drivers/nvidia"
+    sim.kernel.write(drivers / "unbind", str(gpu))  # reset unbound, as gpusoak's flr does it
+    assert run(query, timeout_s=5).returncode == 6  # no nvidia-bound GPU there
     sim.kernel.write(fn.path / "reset", "1")
+    sim.kernel.write(drivers / "bind", str(gpu))
     assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Disabled\n"
     run([*smi, "-c", "2"], timeout_s=5)
-    sim.kernel.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/unbind", str(gpu))
-    assert run(query, timeout_s=5).returncode == 6  # no nvidia-bound GPU there
-    sim.kernel.write(sim.node.sysfs.root / "bus/pci/drivers/nvidia/bind", str(gpu))
+    sim.kernel.write(drivers / "unbind", str(gpu))
+    sim.kernel.write(drivers / "bind", str(gpu))  # a rebind alone wipes them too
     assert run(query, timeout_s=5).stdout.split(", ")[1] == "Default"
 def _holders(sim, name):
     return sim.kernel.procs.holders(sim.kernel.procs.devices[name])
