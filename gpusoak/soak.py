@@ -308,15 +308,18 @@ class Soak:
         if summary.ok:
             return asdict(summary)
         finding = Finding(summary.reason("load"), summary.detail())
-        outcome = REFUSED if summary.exit == 3 else FAILED
+        outcome = REFUSED if summary.tool_error else FAILED  # gpusoak's own failure is never the GPU's
         return CycleResult(outcome=outcome, duration_s=0.0, findings=(finding,), **{**base, "load": asdict(summary)})
 
-    def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None]:
+    def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None, bool]:
+        """(summary, what was wrong, whether that was gpusoak's own failure rather than the GPU's)."""
         if self.options.post_check_seconds <= 0:
-            return None, None
+            return None, None, False
         summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5),
                            self.baselines[bdf].uuid)
-        return asdict(summary), None if summary.ok else Finding(summary.reason("post_check"), summary.detail())
+        if summary.ok:
+            return asdict(summary), None, False
+        return asdict(summary), Finding(summary.reason("post_check"), summary.detail()), summary.tool_error
 
     def _node_cycle(self, action_name: str, cycle: int) -> list[CycleResult]:
         action = ACTIONS[action_name]
@@ -381,13 +384,17 @@ class Soak:
         checks = poll.checks + gate_checks
         events = poll.events
         recovery_s = poll.at_s - start
-        post, wrong = self._post_check(bdf) if poll.recovered and error is None else (None, None)
+        post, wrong, tool = self._post_check(bdf) if poll.recovered and error is None else (None, None, False)
         base = {**base, "post_check": post}
         duration = self.node.clock.monotonic() - start
-        if poll.recovered and error is None and wrong is None \
-                and all(c.status != verify.FAIL for c in gate_checks):
+        gates_ok = all(c.status != verify.FAIL for c in gate_checks)
+        if poll.recovered and error is None and wrong is None and gates_ok:
             return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=recovery_s,
                                checks=checks, events=events, **base)
+        if poll.recovered and error is None and gates_ok and wrong is not None and tool:
+            # gpusoak's post-check child broke: the cycle was not judged, neither way.
+            return CycleResult(outcome=SKIPPED, duration_s=duration, findings=(wrong,), checks=checks,
+                               events=events, **base)
         findings = tuple(_findings(poll, error, gate_checks, [wrong] if wrong else []))
         rungs, recovered_by = (), None
         if self.options.ladder and not poll.recovered:  # the ladder is for a GPU that did not come back

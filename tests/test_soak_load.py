@@ -73,3 +73,48 @@ def test_wrong_data_after_a_reset_is_caught_by_the_post_check(tmp_path):
         assert r.post_check["mismatched_words"] > 0
     finally:
         s.node.close()
+
+
+class _BrokenLoadChild:
+    """The node's runner, except that gpusoak's load child dies as a missing numpy makes it die:
+    a traceback and Python's own exit 1, no report (the plain-install bug this guards)."""
+
+    def __init__(self, inner, after=0):
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def run(self, argv, *, timeout_s, env=None):
+        from gpusoak.host.commands import CommandResult
+
+        if list(argv[1:3]) == ["-m", "gpusoak.load"]:
+            self.calls += 1
+            if self.calls > self.after:
+                return CommandResult(tuple(argv), 1, "", "Traceback (most recent call last):\n"
+                                     "ModuleNotFoundError: No module named 'numpy'\n", 0.1)
+        return self.inner.run(argv, timeout_s=timeout_s, env=env)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_load_child_that_crashes_is_gpusoaks_failure_not_the_gpus(tmp_path):
+    s, soak = _soak(tmp_path, "", load_seconds=1.0, ladder=False)
+    try:
+        s.node.runner = _BrokenLoadChild(s.node.runner)
+        r = soak.run_cycle(GPU, "flr", 1)
+        assert r.outcome == "refused", r.explain()  # not "failed": nothing is known of the GPU
+        (f,) = r.findings
+        assert f.reason == "load_child_crashed" and "No module named 'numpy'" in f.detail
+        assert "mismatch" not in f.reason
+    finally:
+        s.node.close()
+
+
+def test_a_post_check_child_that_crashes_leaves_the_cycle_unjudged(tmp_path):
+    s, soak = _soak(tmp_path, "", load_seconds=1.0, post_check_seconds=0.5, ladder=False)
+    try:
+        s.node.runner = _BrokenLoadChild(s.node.runner, after=1)  # the load works, the post-check breaks
+        r = soak.run_cycle(GPU, "flr", 1)
+        assert r.outcome == "skipped" and not r.attempted, r.explain()  # neither recovered nor failed
+        assert [f.reason for f in r.findings] == ["post_check_child_crashed"]
+    finally:
+        s.node.close()

@@ -28,11 +28,17 @@ class LoadSummary:
     vram_bytes: int = 0
     mismatched_words: int = 0
     backed_off: bool = False
-    refusal: str | None = None  # why the load was not started at all (a reason suffix)
+    refusal: str | None = None  # why the load was not started, or gpusoak's child broke (a reason suffix)
 
     @property
     def ok(self) -> bool:
-        return self.exit == 0
+        return self.exit == 0 and self.refusal is None
+
+    @property
+    def tool_error(self) -> bool:
+        """gpusoak could not load the GPU (no child started, a child that crashed or printed no
+        report, a bad option, no cupy): never the GPU's failure."""
+        return self.refusal is not None or self.exit in (2, EXIT_UNAVAILABLE)
 
     def reason(self, phase: str) -> str:
         """``load_...`` before the reset, ``post_check_...`` after it."""
@@ -52,6 +58,7 @@ class LoadSummary:
 
 
 NO_UUID = "no_gpu_uuid"
+CHILD_CRASHED = "child_crashed"  # the child printed no report: an import error, a crash (exit 1 is Python's too)
 EXIT_UNAVAILABLE = 3  # python -m gpusoak.load's "cannot load here": the cycle is refused, not failed
 
 
@@ -78,8 +85,11 @@ def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid:
     if result.timed_out:
         return LoadSummary(None, error=f"the load did not finish within {2 * seconds + 120:g} s")
     doc = _last_json(result.stdout)
-    if doc is None:
-        return LoadSummary(result.returncode, error=(result.stderr.strip().splitlines() or ["no output"])[-1])
+    if doc is None or "bdf" not in doc:
+        # Its verdict is the document; an uncaught exception also exits 1, like a wrong result.
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return LoadSummary(result.returncode, refusal=CHILD_CRASHED,
+                           error=f"gpusoak's load child exited {result.returncode} without its report: {last}")
     gemm = {g["dtype"]: g for g in doc.get("gemm", [])}
     vram = doc.get("vram", {})
     return LoadSummary(
