@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -17,6 +18,7 @@ class CommandResult:
     stdout: str
     stderr: str
     duration_s: float
+    left_running: int | None = None  # the PID of a child that outlived its deadline and its kill
 
     @property
     def timed_out(self) -> bool:
@@ -34,7 +36,15 @@ class Runner(Protocol):
 
 class SubprocessRunner:
     """Runs programs for real. A missing program answers like a shell does: exit 127. ``env``
-    holds variables added to this process's environment for the child (CUDA_VISIBLE_DEVICES)."""
+    holds variables added to this process's environment for the child (CUDA_VISIBLE_DEVICES).
+
+    The deadline holds even for a child that does not die: ``subprocess.run`` kills a child past
+    its timeout and then waits for it, and for its output, without any limit, so a child stuck in
+    the kernel (an nvidia-smi or NVML query in a wedged driver, an rmmod in nv_pci_remove's wait)
+    or a grandchild that keeps its pipes open would hang gpusoak. Here the kill gets
+    ``kill_grace_s`` to take effect; after that the child is left behind, its PID in the result."""
+
+    kill_grace_s = 5.0
 
     def run(self, argv: Sequence[str], *, timeout_s: float,
             env: Mapping[str, str] | None = None) -> CommandResult:
@@ -44,14 +54,26 @@ class SubprocessRunner:
         start = time.monotonic()
         child_env = None if env is None else {**os.environ, **{str(k): str(v) for k, v in env.items()}}
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                                  stdin=subprocess.DEVNULL, check=False, env=child_env)
-        except subprocess.TimeoutExpired as err:
-            return CommandResult(argv, None, _text(err.stdout), _text(err.stderr),
-                                 time.monotonic() - start)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    stdin=subprocess.DEVNULL, env=child_env)
         except FileNotFoundError as err:
             return CommandResult(argv, 127, "", f"{argv[0]}: {err.strerror}", time.monotonic() - start)
-        return CommandResult(argv, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                out, err = proc.communicate(timeout=self.kill_grace_s)
+            except subprocess.TimeoutExpired as late:
+                # Still there (uninterruptible sleep) or its pipes held by a grandchild: give up on
+                # it rather than on the deadline.
+                for pipe in (proc.stdout, proc.stderr):
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+                return CommandResult(argv, None, _text(late.stdout), _text(late.stderr),
+                                     time.monotonic() - start, left_running=proc.pid)
+            return CommandResult(argv, None, out or "", err or "", time.monotonic() - start)
+        return CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
 
 
 def _text(data: str | bytes | None) -> str:
