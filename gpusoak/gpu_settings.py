@@ -26,10 +26,13 @@ from gpusoak.model import PciAddress
 # nvidia-smi --help-query-gpu names, in the order the query asks for them.
 QUERY = ("pci.bus_id", "compute_mode", "power.limit", "clocks.applications.graphics",
          "clocks.applications.memory", "accounting.mode", "persistence_mode")
-SETTINGS = {"compute_mode": "compute_mode", "power_limit_w": "power.limit",
+# Persistence first: on a GPU that is not persistent the driver tears its state down when the last
+# client closes (kernel-open/nvidia/nv.c nv_close_device -> nv_stop_device -> nv_shutdown_adapter),
+# so settings each nvidia-smi made before persistence was back on would be gone as it exits.
+SETTINGS = {"persistence_mode": "persistence_mode", "compute_mode": "compute_mode", "power_limit_w": "power.limit",
             "app_clock_graphics_mhz": "clocks.applications.graphics",
             "app_clock_memory_mhz": "clocks.applications.memory",
-            "accounting_mode": "accounting.mode", "persistence_mode": "persistence_mode"}
+            "accounting_mode": "accounting.mode"}
 # -c takes "0/DEFAULT, 1/EXCLUSIVE_THREAD (deprecated), 2/PROHIBITED, 3/EXCLUSIVE_PROCESS"
 # (nvidia-smi --help); the query prints the names below.
 COMPUTE_MODES = {"Default": "0", "Exclusive_Thread": "1", "Prohibited": "2", "Exclusive_Process": "3"}

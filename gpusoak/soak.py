@@ -44,6 +44,7 @@ HEALTH_GATE = "health_gate"
 GPUSOAK_ERROR = "gpusoak_error"
 RESET_WRITE_FAILED = "reset_write_failed"
 RECOVERY_TIMEOUT = "recovery_timeout"
+PERSISTENCED = "nvidia-persistenced"
 SELF_HELD = "gpusoak_holds_device"  # gpusoak's own process has an NVIDIA device file open: its bug, never the GPU's
 
 
@@ -225,6 +226,13 @@ class Soak:
         """Put back the GPU settings a reset, rebind or reload wiped (gpusoak.gpu_settings), after
         every cycle that touched the GPU; what was put back (or could not be) goes to the journal."""
         if self.saved_state is None:
+            return
+        if PERSISTENCED in self.saved_state.stopped_services:
+            # The run stopped nvidia-persistenced, which lets go of every GPU as it exits
+            # (nvidia-persistenced.c shutdown_daemon): the GPUs are not persistent until the end, so
+            # settings put back now would be torn down with the next close (nv_shutdown_adapter),
+            # and `-pm 1` would turn on the deprecated legacy mode instead. restore() puts them
+            # back once the daemon runs again.
             return
         for r in results:
             saved = self.saved_state.settings.get(r.bdf)

@@ -74,3 +74,26 @@ def test_a_setting_nvidia_smi_cannot_give_is_never_set_back(tmp_path):
         assert not [c for c in s.node.runner.calls if "-ac" in c]
     finally:
         s.node.close()
+
+
+def test_while_the_run_has_persistenced_stopped_settings_wait_for_the_end(tmp_path):
+    # Without the daemon the GPUs are not persistent: settings made now would be torn down with the
+    # next close, and -pm 1 would be the deprecated legacy mode. They come back after the daemon.
+    path = tmp_path / "s.toml"
+    path.write_text('[[gpu]]\nbdf = "0000:18:00.0"\n')
+    s = open_sim_node(str(path))
+    try:
+        _smi(s, "-c", "3")
+        wanted = gpu_settings.read(s.node, GPU, CTX)
+        soak = Soak(s.node, "r", SoakOptions(actions=("flr",), ladder=False), [GPU])
+        soak.start(tmp_path / "j.jsonl", tmp_path / "state.json")
+        assert s.kernel.services["nvidia-persistenced"] == "inactive"  # the run stopped it
+        before = len(s.node.runner.calls)
+        assert soak.run_cycle(GPU, "flr", 1).outcome == "recovered"
+        setters = [c for c in s.node.runner.calls[before:] if c[:1] == ("nvidia-smi",) and {"-c", "-pm"} & set(c)]
+        assert setters == [], setters  # nothing put back mid-run, no legacy -pm 1
+        soak.finish()
+        assert s.kernel.services["nvidia-persistenced"] == "active"
+        assert gpu_settings.read(s.node, GPU, CTX).compute_mode == wanted.compute_mode == "Exclusive_Process"
+    finally:
+        s.node.close()
