@@ -209,6 +209,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self.node_seconds = 0.0
         self.errors: list[BaseException] = []
+        self.stopping = threading.Event()  # set when the run is told to stop: no new cycle starts
         self.results: list[CycleResult] = []  # every cycle, as the workers journaled them
         soak.gate = self.gate
         for bdf in soak.gpus:
@@ -254,15 +255,24 @@ class Scheduler:
         threads = [threading.Thread(target=work, args=(b,), name=f"gpusoak {b}", daemon=True) for b in self.soak.gpus]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            # A stop (SIGTERM, Ctrl-C) reaches this thread only. The workers finish the cycle they
+            # are in (every write and command has its deadline) and start no other; only then may
+            # the run put the node back, or a restore would bind a driver under a worker's next reset.
+            self.stopping.set()
+            for t in threads:
+                t.join()
+            raise
         clock.merge(ends)
 
     def _gpu_worker(self, bdf: PciAddress, deadline: float | None) -> None:
         clock = self.soak.node.clock
         seqs = [self.sequences[(str(bdf), a)] for a in self.plan.gpu_actions]
         started = clock.monotonic()
-        while not self.errors:
+        while not self.errors and not self.stopping.is_set():
             pending = [s for s in seqs if not s.done(self.plan)]
             if not pending:
                 break

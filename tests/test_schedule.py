@@ -142,3 +142,28 @@ def test_a_gpu_taken_out_of_the_run_stops_its_worker(tmp_path):
     flr, rebind = sched.sequences[("0000:5d:00.0", "flr")], sched.sequences[("0000:5d:00.0", "rebind")]
     assert flr.outcome == "unreliable" and rebind.stopped == "out_of_service" and rebind.cycles < 150
     assert PciAddress.parse("0000:5d:00.0") in sched.soak.out_of_service
+
+
+def test_a_stop_lets_every_worker_finish_its_cycle_and_start_no_other(tmp_path):
+    # SIGTERM or Ctrl-C arrives in the main thread alone. Before the run may put the node back, the
+    # workers must be done: a restore that binds nvidia back while a worker's FLR is still to come
+    # would reset the GPU under the live driver.
+    import os
+    import signal
+
+    plan = Plan(actions=("flr",), cycles=100_000)  # far more than the run can do before the stop
+    sim, soak = _soak(tmp_path, None, plan.actions)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        sched = Scheduler(soak, plan)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sched.run()
+        assert [t for t in threading.enumerate() if t.name.startswith("gpusoak 0000:")] == []
+        done = {g: sum(s.cycles for (b, _), s in sched.sequences.items() if b == g) for g in map(str, soak.gpus)}
+        assert all(0 < n < 100_000 for n in done.values()), done  # stopped early, every GPU
+        assert sched.stopping.is_set()
+    finally:
+        timer.cancel()
+        soak.journal.close()
+        sim.node.close()
