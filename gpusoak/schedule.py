@@ -253,9 +253,9 @@ class Scheduler:
                 self.errors.append(err)
 
         threads = [threading.Thread(target=work, args=(b,), name=f"gpusoak {b}", daemon=True) for b in self.soak.gpus]
-        for t in threads:
-            t.start()
         try:
+            for t in threads:
+                t.start()
             for t in threads:
                 t.join()
         except BaseException:
@@ -264,7 +264,8 @@ class Scheduler:
             # the run put the node back, or a restore would bind a driver under a worker's next reset.
             self.stopping.set()
             for t in threads:
-                t.join()
+                if t.is_alive():
+                    t.join()
             raise
         clock.merge(ends)
 

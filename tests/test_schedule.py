@@ -153,9 +153,19 @@ def test_a_stop_lets_every_worker_finish_its_cycle_and_start_no_other(tmp_path):
 
     plan = Plan(actions=("flr",), cycles=100_000)  # far more than the run can do before the stop
     sim, soak = _soak(tmp_path, None, plan.actions)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    sched = Scheduler(soak, plan)
+    stop = threading.Event()
+
+    def interrupt_once_every_gpu_has_cycled():
+        while not stop.wait(0.01):
+            with sched._lock:
+                cycled = {r.bdf for r in sched.results}
+            if len(cycled) == len(soak.gpus):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    timer = threading.Thread(target=interrupt_once_every_gpu_has_cycled, daemon=True)
     try:
-        sched = Scheduler(soak, plan)
         timer.start()
         with pytest.raises(KeyboardInterrupt):
             sched.run()
@@ -164,6 +174,6 @@ def test_a_stop_lets_every_worker_finish_its_cycle_and_start_no_other(tmp_path):
         assert all(0 < n < 100_000 for n in done.values()), done  # stopped early, every GPU
         assert sched.stopping.is_set()
     finally:
-        timer.cancel()
+        stop.set()
         soak.journal.close()
         sim.node.close()
