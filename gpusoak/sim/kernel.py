@@ -95,6 +95,9 @@ class SimKernel:
         clock.on_advance(self._tick)
         self.update_refcnt()
         self.published.sync(self)
+        # "Linux version <release> ..." opens a real boot log; the rest of that line is the
+        # simulator's [I]. "NVRM: GPU at PCI:dddd:bb:dd: GPU-<uuid>": reference 1.1 (printed once
+        # per GPU before its first Xid; printing it at boot is the simulator's [I]).
         self.log(KERN_INFO, f"Linux version {scenario.kernel} (gpusoak simulated node)")
         for g in scenario.gpus:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
@@ -102,7 +105,11 @@ class SimKernel:
 
     # -- kernel log --------------------------------------------------------------------------
     def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:
-        """Append one record in /dev/kmsg format (facility 0, kernel, unless a user wrote it)."""
+        """Append one record in /dev/kmsg format (facility 0, kernel, unless a user wrote it).
+
+        Documentation/ABI/testing/dev-kmsg: "prio,seq,usec,flags;text\\n", the prefix carrying
+        facility and priority, flags '-' by default, then continuation lines starting with ' '
+        carrying key/value context (" SUBSYSTEM=", " DEVICE=+subsystem:devname")."""
         usec = int((BOOT_OFFSET_S + self.clock.monotonic()) * 1e6)
         with self._log_lock:  # parallel GPU workers log to one ring buffer
             record = f"{(facility << 3) | level},{self._seq},{usec},-;{message}\n"
@@ -120,7 +127,10 @@ class SimKernel:
         return DevKmsgWriter(self)
 
     def xid(self, bdf: PciAddress, number: int, text: str, pid: str = "'<unknown>'", name: str = "<unknown>") -> None:
-        """The driver reports an XID: the NVRM line in the kernel log, and an NVML event."""
+        """The driver reports an XID: the NVRM line in the kernel log, and an NVML event.
+
+        Line format: reference 1.1 (kernel_rc.c krcReportXid, the <=565.77 form with pid and name
+        always present, "'<unknown>'"/"<unknown>" when there is no channel)."""
         self.log(KERN_WARNING, f"NVRM: Xid (PCI:{bdf.slot}): {number}, pid={pid}, name={name}, {text}")
         for event_set in self.event_sets:
             event_set.deliver(bdf, number)
@@ -196,6 +206,9 @@ class SimKernel:
         if parts == ("bus", "pci", "rescan"):
             # bus_rescan_store: every bus, so every removed device comes back, whoever removed it.
             return self._rescan(data, path, below=None)
+        # [I] a write to any file this model does not handle is answered EACCES; the errno a real
+        # node gives for each such file (read-only attribute, root with CAP_DAC_OVERRIDE) is not
+        # checked [U].
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     def _device_write(self, bdf: PciAddress, attr: str, data: str, path: Path) -> threading.Event | None:
@@ -216,6 +229,9 @@ class SimKernel:
         if attr == "reset_method":
             return self._reset_method(bdf, st, data, path)
         if attr == "driver_override":
+            # drivers/pci/pci-sysfs.c driver_override_store/_show: a name sets it, an empty write
+            # (or a lone newline) clears it; the show prints the NULL pointer with "%s", which the
+            # kernel's vsnprintf renders "(null)". Nothing is bound or unbound (reference 3).
             value = data.strip()
             if value:
                 self.overrides[bdf] = value
@@ -235,6 +251,12 @@ class SimKernel:
 
     # -- resets ------------------------------------------------------------------------------
     def _reset_method(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> None:
+        # drivers/pci/pci.c reset_method_store: "" -> pci_warn "All device reset methods disabled
+        # by user"; "default" -> pci_init_reset_methods; else each space-separated name: unknown
+        # -> pci_err "Invalid reset method '%s'", unsupported (its reset_fn PCI_RESET_PROBE fails)
+        # -> pci_err "Unsupported reset method '%s'", both -EINVAL, previous methods kept.
+        # Differences [I]: an unknown name is logged here as "Unsupported" too, and the empty
+        # case is logged at KERN_INFO where the kernel uses pci_warn.
         value = data.strip()
         supported = ("flr", "bus") if bdf == st.spec.bdf else ("flr",)
         if value == "default":
@@ -263,6 +285,9 @@ class SimKernel:
             if len(gpu_functions(st.spec)) > 1 or self._others_behind(st):
                 raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
         elif method != "flr":
+            # drivers/pci/pci.c __pci_reset_function_locked: no enabled method left (the list was
+            # emptied by the user) -> -ENOTTY. Only flr and bus are modelled, so any other is
+            # answered the same way [I].
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
         # pci_reset_function resets under whatever driver is bound; nvidia is not told (driver_reset).
         if not self.apply_reset(st, "flr" if method == "flr" else "bus", unaware=self.driver_of(bdf) == "nvidia"):
@@ -277,6 +302,10 @@ class SimKernel:
         return [b for b, d in self.tree.device_dirs.items() if d.parent == parent and b not in mine]
 
     def _reset_subordinate(self, bridge: PciAddress, data: str, path: Path) -> None:
+        # drivers/pci/pci-sysfs.c reset_subordinate_store: kstrtoul (-EINVAL if not a number),
+        # a non-zero value calls __pci_reset_bus(pdev->subordinate) and returns its error;
+        # __pci_reset_bus is -ENOTTY when a device does not come back (reference 6). The
+        # simulator accepts only "1" (0 or 2 are -EINVAL here, a no-op / a reset on a real node) [I].
         if data.strip() != "1":
             raise OSError(errno.EINVAL, "Invalid argument", str(path))
         below = [st for st in self.gpus.values() if self.tree.gpu_parents[st.spec.bdf] == self.tree.dev(bridge)]
@@ -318,10 +347,16 @@ class SimKernel:
             self._die(st)
             return False
         if outcome.result == profiles.D3COLD:
+            # drivers/pci/pci.c pci_power_up: pci_err "Unable to change power state from %s to D0,
+            # device inaccessible" (pci_power_name of current_state); reference 3.1. Staying so
+            # until a reboot is the profile's (DESIGN.md) [I].
             self.log(KERN_ERR, f"nvidia {bdf}: Unable to change power state from D3cold to D0, device inaccessible", bdf)
             self._die(st, stuck=True, power="D3cold")
             return False
         if outcome.result == profiles.FELL_OFF:
+            # src/nvidia/arch/nvalloc/unix/src/osinit.c osHandleGpuLost: nvErrorLog_va(Xid 79,
+            # "GPU has fallen off the bus.") then NV_DEV_PRINTF "GPU has fallen off the bus.";
+            # reference 1.1, 5. "This doesn't support PEX Reset and Recovery yet": until a reboot.
             self.xid(bdf, 79, "GPU has fallen off the bus.")
             self.log(KERN_ERR, f"NVRM: GPU {bdf}: GPU has fallen off the bus.")
             self._die(st, stuck=True)
@@ -336,6 +371,8 @@ class SimKernel:
         if outcome.settle_s > 0:
             st.settle_until = self.clock.monotonic() + outcome.settle_s
             st.settle_line = self.clock.timeline_id()
+            # [I] the link trains up from 2.5 GT/s (Gen1) after a reset; reading the low speed for
+            # up to 0.8 s is the simulator's choice, not a measured or documented figure.
             self.tree.set_attr(bdf, "current_link_speed", "2.5 GT/s PCIe")
         return True
 
@@ -363,6 +400,11 @@ class SimKernel:
         st.aer_corrected += count
         self.tree.set_attr(bdf, "aer_dev_correctable",
                            aer_text(AER_COR_NAMES, {"RxErr": st.aer_corrected}, "TOTAL_ERR_COR").rstrip("\n"))
+        # drivers/pci/pcie/aer.c aer_print_port_info: pci_info "%s%s error message received from
+        # %04x:%02x:%02x.%d" (6.12 wording; older "error received:"), then aer_print_error's
+        # "PCIe Bus Error: severity=%s, type=%s, (%s)" (reference 3.1). The levels here are
+        # KERN_WARNING (the kernel: info, and err/warn by severity) [I]; the cap of 5 messages is
+        # the simulator's stand-in for the kernel's ratelimits (added after 6.12) [I].
         for _ in range(min(count, 5)):  # the kernel rate-limits the messages; the counter keeps counting
             self.log(KERN_WARNING, f"pcieport {port}: AER: Correctable error message received from {bdf}", port)
             self.log(KERN_WARNING, f"nvidia {bdf}: PCIe Bus Error: severity=Correctable, type=Physical Layer, "
@@ -370,6 +412,11 @@ class SimKernel:
 
     # -- drivers -----------------------------------------------------------------------------
     def _driver_write(self, driver: str, control: str, data: str, path: Path) -> threading.Event | None:
+        # drivers/base/bus.c unbind_store: -ENODEV unless the device is bound to this driver;
+        # bind_store: -ENODEV unless the device exists and driver_match_device (pci_bus_match,
+        # which honours driver_override) matches, else device_driver_attach (drivers/base/dd.c:
+        # __driver_probe_device -EBUSY when already bound). An unknown driver has no directory:
+        # ENOENT from the path lookup.
         if not self.tree.driver_dir(driver).is_dir():
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
         bdf = _bdf(data.strip(), path, errno.ENODEV)
@@ -425,6 +472,12 @@ class SimKernel:
         if driver == "nvidia":
             if "nvidia" not in self.modules or st is None or bdf != st.spec.bdf:
                 raise OSError(errno.ENODEV, "No such device", str(path))
+            # Wording: reference 5 (RmInitAdapter / rm_init_adapter lines). The driver core line is
+            # drivers/base/dd.c call_driver_probe's old pr_warn "%s: probe of %s failed with error
+            # %d"; newer kernels print dev_err "probe with driver %s failed with error %d" instead
+            # (which release changed it [U]). nv_pci_probe returns -1 (kernel-open/nvidia/nv-pci.c),
+            # and device_driver_attach returns the probe's errno to bind_store, so a real bind
+            # fails with -1 (EPERM); ENODEV here is the simulator's [I].
             if not st.alive or st.rm_lost or st.spec.profile.probe_fails(st.was_on_vfio):
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: RmInitAdapter failed! (0x26:0x56:1482)")
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: rm_init_adapter failed, device minor number "
@@ -440,7 +493,11 @@ class SimKernel:
         self.tree.bind(bdf, driver)
 
     def _probe(self, bdf: PciAddress, path: Path) -> None:
-        """drivers_probe: bind the driver_override's driver if set, else the default one."""
+        """drivers_probe: bind the driver_override's driver if set, else the default one.
+
+        drivers/base/bus.c drivers_probe_store -> bus_rescan_devices_helper -> device_attach,
+        which binds the first matching driver (pci_bus_match honours driver_override); a probe
+        that fails leaves the device unbound and the write still succeeds."""
         if bdf not in self.tree.device_dirs or self.driver_of(bdf) is not None:
             return None
         driver = self.overrides.get(bdf) or self.default_driver(bdf)
@@ -453,10 +510,16 @@ class SimKernel:
         return None
 
     def minor(self, bdf: PciAddress) -> int:
+        # kernel-open/nvidia/nv.c nv_linux_assign_minor_locked (from nv_pci_probe): the lowest free
+        # minor, so probe order. That probe order is the scenario's (PCI scan) order, kept across
+        # unbind/rebind, is the simulator's [I].
         return [g.bdf for g in self.scenario.gpus].index(bdf)
 
     # -- remove / rescan ---------------------------------------------------------------------
     def _remove(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> threading.Event | None:
+        # drivers/pci/pci-sysfs.c remove_store: kstrtoul, "0" does nothing, non-zero calls
+        # pci_stop_and_remove_bus_device_locked. An empty write is -EINVAL there (kstrtoul);
+        # treating it as "0" is the simulator's leniency [I].
         if data.strip() in ("", "0"):
             return None
         if self.driver_of(bdf) == "nvidia" and (st.spec.profile.unbind_blocks() or self.device_users(bdf)):
@@ -503,6 +566,10 @@ class SimKernel:
             raise OSError(errno.EINVAL, "Invalid argument", str(path)) from None
         if not value:
             return None
+        # [I] what comes back: pci_rescan_bus scans for devices not yet known and adds them; a new
+        # pci_dev gets its reset methods from pci_init_reset_methods (drivers/pci/pci.c) and is
+        # then probed (pci_bus_add_devices). A device whose config space reads all-ones (fallen
+        # off, D3cold) is not found by the scan. Full width and "flr bus" are the scenario's.
         for st in self.gpus.values():
             if below is not None and below not in self._buses_above(st):
                 continue
@@ -524,6 +591,9 @@ class SimKernel:
 
     # -- modules (driven by the simulated modprobe/rmmod) --------------------------------------
     def unbind_all(self, driver: str) -> None:
+        # rmmod nvidia: kernel-open/nvidia/nv.c nvidia_exit_module -> nv_drivers_exit ->
+        # nv-pci.c nv_pci_unregister_driver -> pci_unregister_driver, which detaches (removes)
+        # every device bound to it.
         for bdf in list(self.tree.device_dirs):
             if self.driver_of(bdf) == driver:
                 if driver == "nvidia" and (st := self.gpus.get(bdf)) is not None:
@@ -549,7 +619,10 @@ class SimKernel:
                 waiting.set()
 
     def probe_all(self, fresh: bool = False) -> None:
-        """What loading the nvidia module does: probe every GPU function with no driver."""
+        """What loading the nvidia module does: probe every GPU function with no driver.
+
+        kernel-open/nvidia/nv.c nvidia_init_module -> nv_drivers_init -> nv-pci.c
+        nv_pci_register_driver -> pci_register_driver, which probes every matching unbound device."""
         for st in self.gpus.values():
             if fresh:
                 st.was_on_vfio = False

@@ -43,6 +43,8 @@ def release_dir(root: Path, release: str) -> Path:
 
 
 def relpath(module: str) -> str:
+    # [U] updates/dkms/ is where DKMS installs modules on Debian/Ubuntu (dkms.conf
+    # DEST_MODULE_LOCATION is overridden there); not checked against DKMS's documentation.
     return f"updates/dkms/{module.replace('_', '-')}.ko.zst"
 
 
@@ -74,7 +76,11 @@ def install(root: Path, scenario: Scenario) -> None:
                 "vermagic": f"{scenario.kernel} SMP preempt mod_unload modversions"}
         path = base / relpath(name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The .modinfo section holds "key=value" strings, NUL-separated (libkmod/libkmod-elf.c reads
+        # the ".modinfo" section as such); a file holding only that section is the simulator's.
         path.write_bytes(b"\0".join(f"{k}={v}".encode() for k, v in info.items() if v) + b"\0")
+        # kmod tools/depmod.c output_deps: "path:" then mod_get_all_sorted_dependencies, sorted
+        # by the topological dep_sort_idx; that this puts the nearest dependency first is [I].
         deps = [relpath(d) for d in reversed(dependencies(name))]  # depmod: nearest dependency first
         dep_lines.append(f"{relpath(name)}:{''.join(' ' + d for d in deps)}")
     (base / "modules.dep").write_text("\n".join(dep_lines) + "\n")

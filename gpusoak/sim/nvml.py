@@ -27,6 +27,7 @@ from gpusoak.sim import driver_reset
 from gpusoak.sim.kernel import GpuState, SimKernel
 
 # What a healthy H100 reads; a scenario's [gpu.health] table overrides any of these.
+# [U] illustrative values, not taken from a measured node.
 HEALTH: dict[str, Any] = {
     "temperature_c": 33, "temperature_slowdown_c": 87, "temperature_shutdown_c": 92, "power_mw": 71_000,
     "utilization_gpu_pct": 0, "utilization_memory_pct": 0, "persistence_mode": True,
@@ -76,6 +77,8 @@ class SimNvmlLib:
                 real is not None and not callable(real)):  # constants such as nvmlEventTypeXidCriticalError
             return real if real is not None else getattr(pynvml, name)
         if name.startswith("nvml"):
+            # reference 2.1: pynvml raises NVMLError_FunctionNotFound when the library lacks the
+            # symbol (an older driver); every function not modelled here is treated so [I].
             def missing(*_args: Any, **_kw: Any) -> Any:
                 raise pynvml.NVMLError_FunctionNotFound()
             return missing
@@ -86,6 +89,9 @@ class SimNvmlLib:
         self.nvmlInitWithFlags(0)
 
     def nvmlInitWithFlags(self, flags: int) -> None:
+        # NVML API reference, nvmlInit_v2/nvmlInitWithFlags: "NVML_ERROR_DRIVER_NOT_LOADED if NVIDIA
+        # driver is not running" (reference 2.1, code 9). With no libnvidia-ml.so at all pynvml
+        # raises LibraryNotFound instead; the simulated node always has the library [I].
         if "nvidia" not in self._kernel.modules:
             raise pynvml.NVMLError_DriverNotLoaded()
         self._inits += 1
@@ -93,6 +99,10 @@ class SimNvmlLib:
         self._attach("nvidiactl")
 
     def nvmlShutdown(self) -> None:
+        # NVML API reference, Initialization and Cleanup: "A reference count of the number of
+        # initializations is maintained. Shutdown only occurs when the reference count reaches
+        # zero." The header adds "no error is reported if nvmlShutdown() is called more times than
+        # nvmlInit()"; raising Uninitialized here is stricter than the real library [I].
         if self._inits == 0:
             raise pynvml.NVMLError_Uninitialized()
         self._inits -= 1
@@ -133,6 +143,8 @@ class SimNvmlLib:
         return getattr(pynvml, f"NVML_DEVICE_ARCH_{arch.upper()}", pynvml.NVML_DEVICE_ARCH_UNKNOWN)
 
     def nvmlDeviceGetCount(self) -> int:
+        # [I] NVML counts the GPUs the driver has (reference 2.2: including NO_PERMISSION ones);
+        # here that is the GPUs bound to nvidia.
         self._ready()
         return sum(1 for b in self._kernel.gpus if self._bound(b))
 
@@ -140,6 +152,9 @@ class SimNvmlLib:
         return self._kernel.driver_of(bdf) == "nvidia"
 
     def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> SimHandle:
+        # NVML API reference, nvmlDeviceGetHandleByPciBusId_v2 return values: INVALID_ARGUMENT "if
+        # pciBusId is invalid", NOT_FOUND "if pciBusId does not match a valid device on the
+        # system"; GPU_IS_LOST (reference 2.2). An unbound or removed GPU being NOT_FOUND is [I].
         self._driver()
         try:
             bdf = _parse_bus_id(bus_id)
@@ -214,6 +229,9 @@ class SimNvmlLib:
 
     def nvmlDeviceGetFieldValues(self, h: SimHandle, field_ids: list[int]) -> list[Any]:
         out = []
+        # reference 2.4: NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (230), values NVML_GPU_RECOVERY_ACTION_*;
+        # each entry's nvmlReturn is checked per field (reference 2.2). Answering every other
+        # field NOT_SUPPORTED is the simulator's [I].
         for fid in field_ids:
             if fid == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION:
                 out.append(SimpleNamespace(fieldId=fid, nvmlReturn=pynvml.NVML_SUCCESS,
@@ -254,6 +272,9 @@ class SimNvmlLib:
         if es in self._kernel.event_sets:
             self._kernel.event_sets.remove(es)
 
+    # PCIe link: the current values "may be reduced when the GPU is not in use" and the maxima
+    # are "for device + system" (reference 2.2, NVML API reference). Reading the current ones
+    # from the function's sysfs link files and the maxima from the GPU's spec is [I].
     def nvmlDeviceGetCurrPcieLinkGeneration(self, h: SimHandle) -> int:
         st = self._state(h)
         text = (self._kernel.tree.dev(st.spec.bdf) / "current_link_speed").read_text().strip()

@@ -31,6 +31,8 @@ UVM_MAJOR = 510  # dynamic on a real node; read from /proc/devices
 CAPS_MAJOR = 509
 VFIO_GROUP_MAJOR = 511
 VFIO_CDEV_MAJOR = 508
+# /dev/iommu: drivers/iommu/iommufd/main.c iommu_misc_dev has .minor = MISC_DYNAMIC_MINOR, so its
+# minor is allocated at registration; 124 is the simulator's choice [I]. VFIO_MINOR 196 is fixed.
 MISC_MAJOR, VFIO_MISC_MINOR, IOMMU_MINOR = 10, 196, 124
 ANY_MINOR = -1  # in holders(): every minor of the major
 FIRST_PID = 40_000  # pids the simulated node hands out; scenario holders keep their own

@@ -38,8 +38,11 @@ class FaultProfile:
     def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
         """``kind`` is flr, bus or gpu_reset; ``n`` counts this GPU's resets, 1-based; ``loaded`` says
         whether a load ran on the GPU since its last reset."""
-        # PCIe requires 100 ms after FLR before config requests (PCIe base spec 6.6.2); a healthy
-        # function then answers at once, and its link retrains to full speed within a second.
+        # PCIe requires 100 ms after FLR before config requests (PCIe base spec 6.6.2); drivers/pci/
+        # pci.c pcie_flr does msleep(100) then pci_dev_wait. A bus reset also waits for the link
+        # and the device (pci_bridge_wait_for_secondary_bus, reference 6). The spans above those
+        # floors (0.10-0.16 s, 0.15-0.20 s), nvidia-smi -r's 0.4-1.2 s and the link's settle time
+        # are the simulator's [I]; nvidia-smi -r taken as an FLR (its default, reference 4.1).
         base = {"flr": (0.10, 0.16), "bus": (0.15, 0.20), "gpu_reset": (0.4, 1.2)}[kind]
         return ResetOutcome(OK, rng.uniform(*base), settle_s=rng.uniform(0.05, 0.8))
 

@@ -136,10 +136,14 @@ class SimRunner:
             return self._load(args[2:], env)
         if args[:2] == ("-m", nvml_child.__name__):
             return self._nvml_child(args[2:])
+        # POSIX Shell Command Language 2.8.2: a command that is not found exits 127.
         return 127, "", f"{name}: command not found (simulated node)"
 
     # -- nvidia-smi -r -------------------------------------------------------------------------
     def _gpu_reset(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        # Exit codes 0/2/6/9/15/255 and the refusal while any client holds the GPU: nvidia-smi
+        # documentation (reference 4.1, 6). The message texts below are the simulator's [U]: not
+        # checked against a real nvidia-smi.
         k = self._kernel
         if "nvidia" not in k.modules:
             return 9, "", ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
@@ -399,6 +403,9 @@ class SimRunner:
         entry = (modules.index(base) or {}).get(module)
         if entry is None:
             return 1, "", f"modprobe: FATAL: Module {module} not found in directory {shown}\n"
+        # modprobe(8): modules.dep "lists what other modules each module needs (if any), and
+        # modprobe uses this to add or remove these dependencies automatically"; kmod
+        # tools/modprobe.c insmod inserts them before the module.
         for dep in modules.dependencies(module):  # modprobe loads what a module needs first
             if dep not in k.modules and (failed := self._modprobe(dep))[0] != 0:
                 return failed
@@ -413,6 +420,10 @@ class SimRunner:
         load_module(k.tree, module, version, tuple(u for u in modules.USES.get(module, ()) if u in k.modules))
         k.update_refcnt()
         if module == "nvidia":
+            # kernel-open/nvidia/nv.c nvidia_init_module: nv_printf "NVRM: loading %s" with pNVRM_ID
+            # ("NVIDIA UNIX Open Kernel Module for <arch>  <version>  Release Build  (<builder>)
+            # <date>", src/nvidia/Makefile GENERATE_NVIDSTRING). The real line comes after
+            # nv_drivers_init has probed the GPUs; logging it before probe_all is a simplification [I].
             k.log(KERN_INFO, f"NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  {version}  "
                   "Release Build  (gpusoak simulated node)")
             k.probe_all(fresh=True)
@@ -423,6 +434,10 @@ class SimRunner:
     def _systemctl(self, verb: str, unit: str) -> tuple[int, str, str]:
         services = self._kernel.services
         name = unit.removesuffix(".service")
+        # systemctl is-active: 0 when active, else 3 ("program is not running", the LSB status
+        # codes in systemd src/systemctl/systemctl-util.h), printing one state a line. 5 for a
+        # stop/start of an unknown unit is systemd.exec(5) EXIT_NOTINSTALLED; that systemctl maps
+        # "Unit ... not loaded." to it, and the message text, are [U].
         if verb == "is-active":
             state = services.get(name, "inactive")
             return (0 if state == "active" else 3), state + "\n", ""

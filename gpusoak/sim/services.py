@@ -41,7 +41,7 @@ def start(kernel: SimKernel, unit: str) -> None:
     pid = kernel.procs.spawn(COMM[unit], unit=unit)
     kernel.service_pids[unit] = pid
     if "nvidia" not in kernel.modules:
-        return  # the daemon starts, finds no driver and holds nothing (it would log and exit)
+        return  # the daemon starts, finds no driver and holds nothing (it would log and exit) [I]
     kernel.procs.open(pid, "nvidiactl")
     if HOLDS[unit] != "gpus":
         return
@@ -51,7 +51,10 @@ def start(kernel: SimKernel, unit: str) -> None:
 
 
 def stop(kernel: SimKernel, unit: str) -> None:
-    """systemctl stop returns once the unit's processes have exited: their descriptors are closed."""
+    """systemctl stop returns once the unit's processes have exited: their descriptors are closed.
+
+    [I] systemctl waits for the stop job, which ends when the unit's processes are gone (or
+    killed after TimeoutStopSec=); no stop that returns early (--no-block) is modelled."""
     kernel.services[unit] = "inactive"
     pid = kernel.service_pids.pop(unit, None)
     if pid is not None:

@@ -84,6 +84,8 @@ WRITABLE = {"reset_method", "driver_override", "power/control", "d3cold_allowed"
 
 
 # Extra functions a GPU may carry, as lspci shows them on NVIDIA boards: (function, device id, class, driver).
+# [U] the device ids (audio 0x22BA, USB 0x1AD8, NVSwitch 0x22a3 below) are not checked against
+# pci.ids or a real board; the classes are the PCI class codes for HD audio and xHCI.
 FUNCTIONS = {"audio": (1, 0x22BA, "0x040300", "snd_hda_intel"), "usb": (2, 0x1AD8, "0x0c0330", "xhci_hcd")}
 DRIVERS = ("nvidia", "pcieport", "vfio-pci", "snd_hda_intel", "xhci_hcd")
 
@@ -131,6 +133,10 @@ def create_gpu(tree: Tree, gpu: GpuSpec, group: int, bind: bool = True) -> None:
         "power_state": "D0", "power/control": "on", "power/runtime_status": "active",
         "current_link_speed": gpu.link_speed, "max_link_speed": gpu.link_speed,
         "current_link_width": str(gpu.link_width), "max_link_width": str(gpu.link_width),
+        # [I] reset_method as drivers/pci/pci.c pci_init_reset_methods would probe it for a
+        # function that has FLR and sits alone below its bridge: "flr bus" for the GPU, "flr" for
+        # a companion, "pm" for the port (their probes are not modelled; a GPU with companions
+        # would not list "bus" on a real node, see pci_parent_bus_reset).
         "reset_method": "flr bus", "driver_override": "(null)", "boot_vga": "1" if gpu.display else "0",
         **_aer_files(),
     })
