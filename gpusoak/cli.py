@@ -299,6 +299,13 @@ def _restore(args: argparse.Namespace) -> int:
         if not node.is_root and not node.simulated:
             print("gpusoak: restore writes sysfs and runs modprobe/systemctl: run it as root", file=sys.stderr)
             return EXIT_USAGE
+        # A state file says which node it was saved on: one from the simulator, or from another
+        # host, must never drive this node's modprobe, rescans and systemctl.
+        if saved.backend.split(":")[0] != node.backend.split(":")[0] or \
+                (not node.simulated and saved.hostname != node.hostname):
+            print(f"gpusoak: {args.state} was saved on {saved.hostname} ({saved.backend}); this is "
+                  f"{node.hostname} ({node.backend}): nothing restored", file=sys.stderr)
+            return EXIT_USAGE
         changes = state.restore(node, saved, Context())
     finally:
         node.close()

@@ -68,6 +68,9 @@ def test_restore_from_a_saved_state(tmp_path):
     assert done.returncode == 0 and "nothing to change" in done.stdout
     done = gpusoak("restore", tmp_path / "nothing.json", "--backend", "sim")
     assert done.returncode == 2 and "cannot read state file" in done.stderr
+    # The simulator's state file never drives this machine's modprobe, rescans and systemctl.
+    done = gpusoak("restore", tmp_path / "state.json", "--backend", "real")
+    assert done.returncode == 2 and "nothing restored" in done.stderr and "sim:h100-8gpu" in done.stderr
 
 
 def test_a_second_run_is_refused_while_the_lock_is_held(tmp_path):
