@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from gpusoak.sim.kernel import SimKernel
 
+PERSISTENCED = "nvidia-persistenced"
 # unit -> what it holds while active: every GPU bound to nvidia (and nvidiactl), or nvidiactl only.
 HOLDS = {"nvidia-persistenced": "gpus", "nvidia-dcgm": "gpus", "dcgm": "gpus", "dcgm-exporter": "gpus",
          "nvidia-fabricmanager": "ctl", "nvidia-imex": "ctl"}
@@ -48,6 +49,10 @@ def start(kernel: SimKernel, unit: str) -> None:
     for bdf in kernel.gpus:
         if kernel.driver_of(bdf) == "nvidia":
             kernel.procs.open(pid, f"nvidia{kernel.minor(bdf)}")
+            if unit == PERSISTENCED:
+                # nvidia-persistenced.c setup_devices: each device it opens is in persistence mode,
+                # which nvidia-smi reports Enabled.
+                kernel.gpus[bdf].health["persistence_mode"] = True
 
 
 def stop(kernel: SimKernel, unit: str) -> None:
@@ -59,6 +64,11 @@ def stop(kernel: SimKernel, unit: str) -> None:
     pid = kernel.service_pids.pop(unit, None)
     if pid is not None:
         kernel.procs.exit(pid)
+        if unit == PERSISTENCED:
+            # nvidia-persistenced.c shutdown_daemon: the daemon closes every device it holds as it
+            # exits, so the GPUs are no longer persistent (nvidia-smi: Disabled).
+            for st in kernel.gpus.values():
+                st.health["persistence_mode"] = False
 
 
 def boot(kernel: SimKernel) -> None:

@@ -231,8 +231,9 @@ def test_a_reset_or_a_rebind_puts_the_gpu_settings_back_to_the_drivers_defaults(
     query = [*smi, "--query-gpu=pci.bus_id,compute_mode,power.limit,clocks.applications.graphics,"
              "clocks.applications.memory,accounting.mode,persistence_mode", "--format=csv,noheader,nounits"]
     run = sim.node.runner.run
-    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Enabled\n"
-    for args in (["-c", "3"], ["-pl", "450"], ["-ac", "2619,1410"], ["-am", "1"]):
+    # The fixture stopped nvidia-persistenced, which leaves the GPUs non-persistent as it exits.
+    assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Default, 700.00, 1980, 2619, Disabled, Disabled\n"
+    for args in (["-c", "3"], ["-pl", "450"], ["-ac", "2619,1410"], ["-am", "1"], ["-pm", "1"]):
         assert run([*smi, *args], timeout_s=5).returncode == 0
     assert run(query, timeout_s=5).stdout == "00000000:18:00.0, Exclusive_Process, 450.00, 1410, 2619, Enabled, Enabled\n"
     assert run([*smi, "-pl", "9000"], timeout_s=5).returncode == 2  # outside the card's range
@@ -326,3 +327,13 @@ def test_without_lib_modules_modprobe_cannot_load_back(tmp_path):
         assert (r.returncode, r.stderr) == (1, f"modprobe: FATAL: Module nvidia_drm not found in directory /lib/modules/{s.node.kernel}\n")
     finally:
         s.node.close()
+
+
+def test_persistenced_makes_the_gpus_persistent_while_it_runs(sim_services):
+    run = sim_services.node.runner.run
+    query = ["nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader"]
+    assert set(run(query, timeout_s=5).stdout.split()) == {"Enabled"}
+    run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5)
+    assert set(run(query, timeout_s=5).stdout.split()) == {"Disabled"}
+    run(["systemctl", "start", "nvidia-persistenced"], timeout_s=5)
+    assert set(run(query, timeout_s=5).stdout.split()) == {"Enabled"}
