@@ -260,16 +260,19 @@ class _Look:
 
     def nvidia_gpu(self, bdf: PciAddress) -> None:
         node = self.node
-        minor = node.nvml.device_minor(bdf) if node.nvml is not None else None
         if node.nvml is not None:
             for pid in node.nvml.compute_pids(bdf) or []:
                 self.pids[pid] = f"pid {pid} (NVML compute process)"
+        # The driver's procfs first: reading it attaches nothing, where an NVML query of a GPU
+        # nobody holds persistent initialises it and tears it down again (nv_open_device /
+        # nv_shutdown_adapter); NVML is the fallback where the procfs file cannot be read.
+        minor, why = procs.procfs_minor(node.proc_root, bdf)
+        if minor is None and node.nvml is not None:
+            minor = node.nvml.device_minor(bdf)
         if minor is None:
-            minor, why = procs.procfs_minor(node.proc_root, bdf)
-            if minor is None:
-                nvml = "NVML could not say" if node.nvml is not None else node.nvml_unavailable or "no NVML"
-                self.blind.append(f"no device minor for {bdf}, bound to nvidia: {nvml}; {why}")
-                return
+            nvml = "NVML could not say" if node.nvml is not None else node.nvml_unavailable or "no NVML"
+            self.blind.append(f"no device minor for {bdf}, bound to nvidia: {why}; {nvml}")
+            return
         self.wanted[(NVIDIA_MAJOR, minor)] = f"/dev/nvidia{minor}"
         if (caps := self.majors().get("nvidia-caps")) is not None:
             try:
