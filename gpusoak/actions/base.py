@@ -200,6 +200,8 @@ def holder_refusals(node: Node, bdf: PciAddress | None, ctx: Context,
     processes of the GPU services the run stops before its first cycle (what ``plan`` sees).
     """
     look = _Look(node)
+    if (nested := procs.nested_pid_namespace(node.proc_root, node.pid)) is not None:
+        look.blind.append(nested)
     if bdf is not None:
         look.function(bdf, ctx)
     else:

@@ -191,3 +191,21 @@ def own_device_files(node) -> str | None:
         if stat_mode.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == NVIDIA_MAJOR:
             held.append(f"fd {fd} -> {target}")
     return f"gpusoak's own process (pid {node.pid}) holds {', '.join(sorted(held))}" if held else None
+
+
+def nested_pid_namespace(proc_root: Path | str, pid: int) -> str | None:
+    """Why a process cannot see the node's processes, or None. ``NSpid`` in /proc/<pid>/status
+    (fs/proc/array.c proc_pid_status, Linux 4.1 and later) lists the pid in each PID namespace
+    from the outermost in; more than one entry: it runs in a namespace of its own (a container
+    without hostPID), where /proc shows none of the host's holders (persistenced, DCGM, a VM)."""
+    try:
+        text = (Path(proc_root) / str(pid) / "status").read_text()
+    except OSError:
+        return None  # no status to read (a kernel before NSpid, a hand-built tree): nothing known
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            if len(ids) > 1:
+                return (f"gpusoak runs in a PID namespace of its own (NSpid {' '.join(ids)}): the node's "
+                        "processes outside it cannot be seen in /proc (run it with the host's PID namespace)")
+    return None

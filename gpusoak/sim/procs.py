@@ -141,6 +141,9 @@ class SimProcesses:
             (self.proc_root / str(pid) / "comm").write_text(comm + "\n")
             cgroup = f"/system.slice/{unit}.service" if unit else "/user.slice/user-0.slice/session-1.scope"
             (self.proc_root / str(pid) / "cgroup").write_text(f"0::{cgroup}\n")
+            # fs/proc/array.c proc_pid_status: NSpid lists the pid in each nested PID namespace;
+            # one entry: the process sees the node's own namespace (what gpusoak needs to look).
+            (self.proc_root / str(pid) / "status").write_text(f"Name:\t{comm[:15]}\nPid:\t{pid}\nNSpid:\t{pid}\n")
             self._fds[pid] = itertools.count(3)
         return pid
 
@@ -177,6 +180,7 @@ class SimProcesses:
                 (base / "fd").rmdir()
             (base / "comm").unlink(missing_ok=True)
             (base / "cgroup").unlink(missing_ok=True)
+            (base / "status").unlink(missing_ok=True)
             if base.is_dir():
                 base.rmdir()
         self._notify()

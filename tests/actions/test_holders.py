@@ -178,3 +178,14 @@ def test_a_holder_that_comes_during_the_load_refuses_the_cycle_before_the_reset(
     assert r.outcome == "refused" and r.findings[0].reason == HELD, r.explain()
     assert "(/dev/nvidia0 open)" in r.findings[0].detail and r.load is not None  # the load ran
     assert s.kernel.gpus[GPU0].resets == 0
+
+
+def test_a_soak_in_a_pid_namespace_of_its_own_cannot_look(open_node):
+    # A container without the host's PID namespace sees none of the host's holders in /proc:
+    # the unbind would then wait in nv_pci_remove for a persistenced nobody saw.
+    s = open_node()
+    assert reasons("flr", s.node, GPU0) == []
+    status = s.node.proc_root / str(s.node.pid) / "status"
+    status.write_text(status.read_text().replace(f"NSpid:\t{s.node.pid}", f"NSpid:\t{s.node.pid}\t7"))
+    (refusal,) = ACTIONS["flr"].refusals(s.node, GPU0, CTX)
+    assert refusal.reason == CANNOT_LOOK and "PID namespace of its own" in refusal.detail
