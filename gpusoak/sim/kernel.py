@@ -204,7 +204,7 @@ class SimKernel:
         if parts == ("bus", "pci", "drivers_probe"):
             return self._probe(_bdf(data.strip(), path, errno.ENODEV), path)
         if parts == ("bus", "pci", "rescan"):
-            # bus_rescan_store: every bus, so every removed device comes back, whoever removed it.
+            # rescan_store (the bus type's attribute): every bus, so every removed device comes back, whoever removed it.
             return self._rescan(data, path, below=None)
         # [I] a write to any file this model does not handle is answered EACCES; the errno a real
         # node gives for each such file (read-only attribute, root with CAP_DAC_OVERRIDE) is not
@@ -535,7 +535,7 @@ class SimKernel:
 
     def _bus_write(self, bridge: PciAddress, attr: str, data: str, path: Path) -> None:
         """A write under a bridge's pci_bus/DDDD:BB/ (the bus class device, drivers/pci/pci-sysfs.c):
-        only ``rescan`` is writable; dev_bus_rescan_store rescans that bus and the buses below it."""
+        only ``rescan`` is writable; bus_rescan_store rescans that bus and the buses below it."""
         parts = attr.split("/")
         bus = self._bus_number(parts[1] if len(parts) == 3 else "")
         if bus is None or self.tree.buses.get(bus) != self.tree.dev(bridge) / "pci_bus" / parts[1]:

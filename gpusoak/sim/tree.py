@@ -170,7 +170,7 @@ def remove_function(tree: Tree, bdf: PciAddress) -> None:
 def _bus(tree: Tree, parent: Path, domain: int, number: int) -> None:
     """The pci_bus class device of a bus, a child of the bridge above it (or of the host bridge
     for a root bus): drivers/pci/probe.c pci_alloc_child_bus names it "%04x:%02x" and sets its
-    parent to the bridge; pci-sysfs.c gives it a write-only ``rescan`` (dev_bus_rescan_store)."""
+    parent to the bridge; pci-sysfs.c gives it a write-only ``rescan`` (bus_rescan_store)."""
     d = parent / "pci_bus" / f"{domain:04x}:{number:02x}"
     put(d / "rescan", "", 0o200)
     tree.buses.setdefault((domain, number), d)
