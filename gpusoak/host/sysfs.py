@@ -360,7 +360,7 @@ class PciFunction:
         Three rescans exist (drivers/pci/pci-sysfs.c): ``/sys/bus/pci/rescan`` (``rescan_store``)
         rescans every bus, re-adding every device anyone removed, on purpose or not; a device's own
         ``rescan`` (``dev_rescan_store``) rescans the bus that device sits on, for a root port nearly
-        the whole tree; the pci_bus class device's ``rescan`` (``bus_rescan_store``; 3.x named it ``dev_bus_rescan_store``) rescans that
+        the whole tree; the pci_bus class device's ``rescan`` (``bus_rescan_store``) rescans that
         bus alone, and the buses below it (``pci_rescan_bus``, drivers/pci/probe.c: "Scan a PCI bus
         and child buses"). The class device is named ``%04x:%02x`` (``pci_alloc_child_bus``) and is
         kept while the bridge exists, also when nothing is left on the bus.
