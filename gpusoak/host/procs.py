@@ -181,6 +181,12 @@ def own_device_files(node) -> str | None:
         fds = os.listdir(fd_dir)
     except OSError as err:
         return f"cannot read {fd_dir}: {err.strerror}"
+    majors = {NVIDIA_MAJOR}
+    try:  # nvidia-uvm and nvidia-caps have dynamic majors: a CUDA context holds nvidia-uvm too
+        table = char_majors(node.proc_root)
+        majors |= {table[n] for n in ("nvidia-uvm", "nvidia-caps") if n in table}
+    except CannotLook:
+        pass  # major 195 is still looked for
     held = []
     for fd in fds:
         try:
@@ -188,7 +194,7 @@ def own_device_files(node) -> str | None:
             target = os.readlink(fd_dir / fd)
         except OSError:
             continue
-        if stat_mode.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == NVIDIA_MAJOR:
+        if stat_mode.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in majors:
             held.append(f"fd {fd} -> {target}")
     return f"gpusoak's own process (pid {node.pid}) holds {', '.join(sorted(held))}" if held else None
 

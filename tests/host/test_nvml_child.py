@@ -135,3 +135,10 @@ def test_a_gpu_lost_mid_run_is_a_status_not_an_error(sim):
     sim.kernel.gpus[GPU].alive = False
     assert sim.node.nvml.health(GPU).status == GPU_LOST
     assert sim.node.nvml.device_minor(GPU) is None
+
+
+def test_a_cuda_context_in_the_soak_process_is_seen_by_its_nvidia_uvm_descriptor(sim):
+    fd = sim.kernel.procs.open(sim.node.pid, "nvidia-uvm")  # the uvm node alone, as a leaked context keeps it
+    held = own_device_files(sim.node)
+    sim.kernel.procs.close(sim.node.pid, fd)
+    assert held is not None and "nvidia-uvm" in held
