@@ -103,32 +103,31 @@ def _read(path: Path) -> str:
         raise CannotLook(f"cannot read {path.name}: {err.strerror or err}", path=str(path)) from err
 
 
+def _proc_devices(proc_root: Path | str, section: str) -> list[tuple[int, str]]:
+    """(major, name) lines of one part of /proc/devices ("Character devices:" or "Block devices:")."""
+    out: list[tuple[int, str]] = []
+    current = None
+    for line in _read(Path(proc_root) / "devices").splitlines():
+        if line.endswith(":"):
+            current = line
+            continue
+        parts = line.split(None, 1)
+        if current == section and len(parts) == 2 and parts[0].isdigit():
+            out.append((int(parts[0]), parts[1].strip()))
+    return out
+
+
 def char_majors(proc_root: Path | str) -> dict[str, int]:
     """Character-device majors by driver name, from /proc/devices (its "Character devices:" part)."""
     out: dict[str, int] = {}
-    section = None
-    for line in _read(Path(proc_root) / "devices").splitlines():
-        if line.endswith(":"):
-            section = line
-            continue
-        parts = line.split(None, 1)
-        if section == "Character devices:" and len(parts) == 2 and parts[0].isdigit():
-            out.setdefault(parts[1].strip(), int(parts[0]))
+    for major, name in _proc_devices(proc_root, "Character devices:"):
+        out.setdefault(name, major)
     return out
 
 
 def block_majors(proc_root: Path | str) -> dict[int, str]:
     """Block-device driver names by major (md, device-mapper, ...), from /proc/devices."""
-    out: dict[int, str] = {}
-    section = None
-    for line in _read(Path(proc_root) / "devices").splitlines():
-        if line.endswith(":"):
-            section = line
-            continue
-        parts = line.split(None, 1)
-        if section == "Block devices:" and len(parts) == 2 and parts[0].isdigit():
-            out[int(parts[0])] = parts[1].strip()
-    return out
+    return dict(_proc_devices(proc_root, "Block devices:"))
 
 
 def misc_minor(proc_root: Path | str, name: str) -> int | None:
