@@ -142,7 +142,10 @@ class Snapshot:
 
 # Cycle outcomes. attempts = recovered + failed + hung; refused and skipped are not attempts.
 RECOVERED, FAILED, HUNG, REFUSED, SKIPPED = "recovered", "failed", "hung", "refused", "skipped"
-OUTCOMES = (RECOVERED, FAILED, HUNG, REFUSED, SKIPPED)
+# The action ran, but a check could not look (NVML unavailable for an NVIDIA GPU, gpusoak's own
+# child broke): neither recovered nor failed, and never counted as either.
+INCONCLUSIVE = "inconclusive"
+OUTCOMES = (RECOVERED, FAILED, HUNG, REFUSED, SKIPPED, INCONCLUSIVE)
 
 # An action's semantics version where a run does not name one: runs from before the versions existed
 # ran every action in its first meaning (flr, pm_reset, bus_reset reset under the bound driver).

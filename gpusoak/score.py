@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gpusoak.model import FAILED, HUNG, RECOVERED, ActionStats, CycleResult, GpuVerdict, Verdict
+from gpusoak.model import INCONCLUSIVE as INCONCLUSIVE_CYCLE
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -99,8 +100,13 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
                  else f"recovered by {rung} x{n}" for rung, n in rungs.most_common()]
     not_tried = Counter(r.reason for r in results if not r.attempted)
     evidence += [f"not attempted: {why} x{n}" for why, n in not_tried.most_common()]
+    blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
+    if blind:
+        evidence.append(f"{len(blind)} cycle(s) a check could not look at: {blind[0].reason}")
     if bad:
         gpu_class = FAIL
+    elif blind:
+        gpu_class = INCONCLUSIVE  # what could not be looked at has not passed
     elif stats and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in stats.values()):
         gpu_class = PASS
     else:
@@ -199,6 +205,10 @@ def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None 
         serious.append(f"failed the health gate: {gated[0].findings[0].detail}")
     if serious:
         return QUARANTINE_CLASS, tuple(dict.fromkeys(serious))
+    blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
+    if not bad and blind:
+        return UNPROVEN, (f"{len(blind)} cycle(s) a check could not look at ({blind[0].reason}): "
+                          "what could not be looked at has not passed",)
     if bad:
         return LONG_JOBS_ONLY, (f"{len(bad)} reset(s) failed, each brought back by {FIRST_RUNG}, with no fatal "
                                 "event and clean load checks: fine for long jobs, not for churn",)

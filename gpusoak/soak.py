@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import secrets
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from gpusoak.load.child import run_load
 from gpusoak.model import (
     FAILED,
     HUNG,
+    INCONCLUSIVE,
     RECOVERED,
     REFUSED,
     SKIPPED,
@@ -45,6 +47,7 @@ GPUSOAK_ERROR = "gpusoak_error"
 RESET_WRITE_FAILED = "reset_write_failed"
 RECOVERY_TIMEOUT = "recovery_timeout"
 PERSISTENCED = "nvidia-persistenced"
+CANNOT_LOOK = "cannot_look"  # a recovery check could not look: the cycle is inconclusive
 SELF_HELD = "gpusoak_holds_device"  # gpusoak's own process has an NVIDIA device file open: its bug, never the GPU's
 
 
@@ -159,6 +162,12 @@ class Soak:
             if state_path is not None:
                 node_state.save(self.saved_state, state_path)
         self.journal = Journal(journal_path, self.header())
+        nvidia = [b for b in self.gpus if self.node.sysfs.function(b).vendor == NVIDIA_VENDOR]
+        if self.allowed and nvidia and self.node.nvml is None:
+            # Said before the first cycle: without NVML no cycle of these GPUs can be shown to recover.
+            print(f"gpusoak: NVML is unavailable ({self.node.nvml_unavailable}): every cycle of "
+                  f"{len(nvidia)} NVIDIA GPU(s) will be inconclusive, and the node cannot be admitted",
+                  file=sys.stderr)
         if self.saved_state is not None:
             self._stop_services(state_path)
 
@@ -396,12 +405,17 @@ class Soak:
         base = {**base, "post_check": post}
         duration = self.node.clock.monotonic() - start
         gates_ok = all(c.status != verify.FAIL for c in gate_checks)
-        if poll.recovered and error is None and wrong is None and gates_ok:
+        if poll.recovered and error is None and wrong is None and gates_ok and not any(
+                c.status == verify.BLIND for c in checks):
             return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=recovery_s,
                                checks=checks, events=events, **base)
-        if poll.recovered and error is None and gates_ok and wrong is not None and tool:
-            # gpusoak's post-check child broke: the cycle was not judged, neither way.
-            return CycleResult(outcome=SKIPPED, duration_s=duration, findings=(wrong,), checks=checks,
+        blind = [c for c in checks if c.status == verify.BLIND]
+        if poll.recovered and error is None and gates_ok and (blind or (wrong is not None and tool)):
+            # A check that could not look (NVML, or gpusoak's own post-check child broke) has not
+            # passed: the cycle is inconclusive, neither recovered nor failed.
+            findings = tuple(Finding(CANNOT_LOOK, f"{c.name}: {c.detail}") for c in blind) + \
+                ((wrong,) if wrong is not None and tool else ())
+            return CycleResult(outcome=INCONCLUSIVE, duration_s=duration, findings=findings, checks=checks,
                                events=events, **base)
         findings = tuple(_findings(poll, error, gate_checks, [wrong] if wrong else []))
         rungs, recovered_by = (), None

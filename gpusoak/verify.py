@@ -21,7 +21,10 @@ from gpusoak.host.nvml import NvmlQueryFailed
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Check, KernelEvent, PciAddress, Snapshot, pci_matches
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+# SKIP: not applicable (not an NVIDIA function, an attribute this kernel lacks): no judgement is
+# owed. BLIND: the check applies but could not look (NVML unavailable, its query child broke):
+# the cycle is inconclusive, never recovered.
+PASS, FAIL, SKIP, BLIND = "pass", "fail", "skip", "cannot_look"
 
 _FATAL_KINDS = {"fell_off_bus", "flr_not_ready", "flr_failed", "reset_failed", "d3cold",
                 "rminit_failed", "msix_failed", "link_down"}
@@ -57,7 +60,7 @@ def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
 def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
     vendor = node.sysfs.function(bdf).vendor
     if vendor is not None and vendor != NVIDIA_VENDOR:
-        return f"unavailable: not an NVIDIA GPU (vendor 0x{vendor:04x}): NVML has nothing to say", None
+        return f"not_applicable: not an NVIDIA GPU (vendor 0x{vendor:04x}): NVML has nothing to say", None
     if node.nvml is None:
         return f"unavailable: {node.nvml_unavailable}", None
     try:
@@ -113,8 +116,10 @@ def _link_checks(baseline: Snapshot, now: Snapshot) -> list[Check]:
 
 def _nvml_check(baseline: Snapshot, now: Snapshot) -> Check:
     status = now.nvml_status
-    if status.startswith("unavailable"):
+    if status.startswith("not_applicable"):
         return Check("nvml", SKIP, status)
+    if status.startswith("unavailable"):
+        return Check("nvml", BLIND, status)
     if status != nvml.OK:
         return Check("nvml", FAIL, f"NVML: {status}")
     if baseline.uuid and now.uuid != baseline.uuid:

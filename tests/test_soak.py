@@ -6,10 +6,10 @@ import threading
 import pytest
 
 from gpusoak.journal import read
-from gpusoak.model import FAILED, HUNG, RECOVERED, REFUSED, SKIPPED, PciAddress
+from gpusoak.model import FAILED, HUNG, INCONCLUSIVE, RECOVERED, REFUSED, SKIPPED, PciAddress
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
-from gpusoak.verify import FAIL, SKIP, compare, snapshot
+from gpusoak.verify import BLIND, FAIL, SKIP, compare, snapshot
 from tests.conftest import after_reset
 
 GPU = PciAddress.parse("0000:18:00.0")
@@ -86,12 +86,21 @@ def test_degraded_link_is_caught_at_the_deadline(sim, tmp_path, record_writes):
     assert 5.0 <= sim.node.clock.monotonic() - start <= 5.5  # polled to the deadline, not past it
 
 
-def test_nvml_unavailable_skips_its_check_with_the_reason(sim, tmp_path):
+def test_nvml_unavailable_makes_an_nvidia_gpus_cycle_inconclusive_never_recovered(sim, tmp_path, capsys):
+    # sysfs alone (present, D0, bound, link) is trivially true after a reset under a live driver:
+    # with NVML unable to look, the cycle has not been shown to recover.
     sim.node.nvml, sim.node.nvml_unavailable = None, "NVML not available: NVML Shared Library Not Found"
     soak = _soak(sim, tmp_path)
+    assert "NVML is unavailable" in capsys.readouterr().err  # said before the first cycle
     r = soak.run_cycle(GPU, "flr", 1)
     nvml_check = next(c for c in r.checks if c.name == "nvml")
-    assert r.outcome == RECOVERED and nvml_check.status == SKIP and "Library Not Found" in nvml_check.detail
+    assert r.outcome == INCONCLUSIVE and not r.attempted, r.explain()
+    assert nvml_check.status == BLIND and "Library Not Found" in nvml_check.detail
+    assert r.findings[0].reason == "cannot_look"
+    from gpusoak import score
+
+    (g,) = score.verdict("n", [(str(GPU), None)], [r]).gpus
+    assert g.gpu_class == "inconclusive" and score.reliability([r])[0] == "inconclusive"
 
 
 def test_a_gpu_unhealthy_before_the_soak_is_not_soaked(sim, tmp_path, record_writes):
@@ -161,7 +170,7 @@ def test_options_are_validated():
 def test_nvml_is_not_asked_about_a_function_of_another_vendor(sim):
     bridge = PciAddress.parse("0000:17:01.0")  # the GPU's Intel root port
     snap = snapshot(sim.node, bridge)
-    assert snap.nvml_status == "unavailable: not an NVIDIA GPU (vendor 0x8086): NVML has nothing to say"
+    assert snap.nvml_status == "not_applicable: not an NVIDIA GPU (vendor 0x8086): NVML has nothing to say"
     nvml = next(c for c in compare(snap, snap) if c.name == "nvml")
     assert nvml.status == SKIP and "not an NVIDIA GPU" in nvml.detail
 

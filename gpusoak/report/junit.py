@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpusoak.files import write_atomically
 from gpusoak.journal import JournalContent
-from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, Verdict
+from gpusoak.model import FAILED, HUNG, INCONCLUSIVE, REFUSED, SKIPPED, CycleResult, Verdict
 
 
 def _props(parent: ET.Element, items: list[tuple[str, object]]) -> None:
@@ -33,7 +33,7 @@ def _case(suite: ET.Element, r: CycleResult) -> None:
         ET.SubElement(case, "failure", message=r.reason or "failed", type=r.reason or "failed").text = r.explain()
     elif r.outcome == HUNG:
         ET.SubElement(case, "error", message="hung", type="hung").text = r.explain()
-    elif r.outcome in (REFUSED, SKIPPED):
+    elif r.outcome in (REFUSED, SKIPPED, INCONCLUSIVE):
         ET.SubElement(case, "skipped", message=f"{r.reason}: {r.findings[0].detail}" if r.findings else r.outcome)
 
 
@@ -42,7 +42,7 @@ def build(content: JournalContent, verdict: Verdict) -> ET.ElementTree:
     results = content.results
     failures = sum(r.outcome == FAILED for r in results)
     errors = sum(r.outcome == HUNG for r in results)
-    skipped = sum(r.outcome in (REFUSED, SKIPPED) for r in results)
+    skipped = sum(r.outcome in (REFUSED, SKIPPED, INCONCLUSIVE) for r in results)
     total_s = sum(r.duration_s for r in results)
     counts = dict(tests=str(len(results)), failures=str(failures), errors=str(errors),
                   skipped=str(skipped), time=f"{total_s:.3f}")
