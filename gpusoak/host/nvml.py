@@ -91,6 +91,13 @@ class Nvml:
             raise
         except lib.NVMLError as err:
             raise NvmlFailure(f"NVML {name}: {err}", code=getattr(err, "value", None)) from err
+        except getattr(lib, "NVMLLibraryMismatchError", _Never) as err:
+            # nvidia-ml-py's version-checked calls (the process lists) raise this plain Exception
+            # when the driver's NVML lacks the newest symbol: fall back to the older one.
+            for older in OLDER.get(name, ()):
+                if getattr(lib, older, None) is not None:
+                    return self.call(older, *args)
+            return NA(f"{name}: {err}")
 
     def handle(self, bdf: PciAddress) -> Any:
         return self.call("nvmlDeviceGetHandleByPciBusId", bdf.nvml_bus_id)
@@ -152,47 +159,56 @@ class Nvml:
             else:
                 values[key] = convert(value)
 
-        put("name", self.call("nvmlDeviceGetName", h), str)
+        def field(name: str, *args: Any) -> Any:
+            # One field that fails (a driver that predates it, NoPermission on one counter) is NA
+            # with its error, not a failed health read: the GPU's status comes from the handle,
+            # UUID and memory info alone. Lost and reset-required still end the read.
+            try:
+                return self.call(name, *args)
+            except (NvmlFailure, AccessDenied) as err:
+                return NA(f"error: {err}")
+
+        put("name", field("nvmlDeviceGetName", h), str)
         mem = self.call("nvmlDeviceGetMemoryInfo", h)
         put("memory_total_bytes", mem, lambda m: int(m.total))
         put("memory_used_bytes", mem, lambda m: int(m.used))
-        util = self.call("nvmlDeviceGetUtilizationRates", h)
+        util = field("nvmlDeviceGetUtilizationRates", h)
         put("utilization_gpu_pct", util, lambda u: int(u.gpu))
         put("utilization_memory_pct", util, lambda u: int(u.memory))
-        put("temperature_c", self.call("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU), int)
-        put("temperature_slowdown_c", self.call(
+        put("temperature_c", field("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU), int)
+        put("temperature_slowdown_c", field(
             "nvmlDeviceGetTemperatureThreshold", h, lib.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN), int)
-        put("temperature_shutdown_c", self.call(
+        put("temperature_shutdown_c", field(
             "nvmlDeviceGetTemperatureThreshold", h, lib.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN), int)
-        put("power_mw", self.call("nvmlDeviceGetPowerUsage", h), int)
-        put("persistence_mode", self.call("nvmlDeviceGetPersistenceMode", h),
+        put("power_mw", field("nvmlDeviceGetPowerUsage", h), int)
+        put("persistence_mode", field("nvmlDeviceGetPersistenceMode", h),
             lambda v: v == lib.NVML_FEATURE_ENABLED)
-        put("pcie_gen_current", self.call("nvmlDeviceGetCurrPcieLinkGeneration", h), int)
-        put("pcie_width_current", self.call("nvmlDeviceGetCurrPcieLinkWidth", h), int)
-        put("pcie_gen_max", self.call("nvmlDeviceGetMaxPcieLinkGeneration", h), int)
-        put("pcie_width_max", self.call("nvmlDeviceGetMaxPcieLinkWidth", h), int)
-        put("pcie_replay_count", self.call("nvmlDeviceGetPcieReplayCounter", h), int)
+        put("pcie_gen_current", field("nvmlDeviceGetCurrPcieLinkGeneration", h), int)
+        put("pcie_width_current", field("nvmlDeviceGetCurrPcieLinkWidth", h), int)
+        put("pcie_gen_max", field("nvmlDeviceGetMaxPcieLinkGeneration", h), int)
+        put("pcie_width_max", field("nvmlDeviceGetMaxPcieLinkWidth", h), int)
+        put("pcie_replay_count", field("nvmlDeviceGetPcieReplayCounter", h), int)
         for kind, etype in (("corrected", lib.NVML_MEMORY_ERROR_TYPE_CORRECTED),
                             ("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
             for scope, counter in (("volatile", lib.NVML_VOLATILE_ECC), ("aggregate", lib.NVML_AGGREGATE_ECC)):
-                put(f"ecc_{kind}_{scope}", self.call("nvmlDeviceGetTotalEccErrors", h, etype, counter), int)
-        put("retired_pages_sbe", self.call(
+                put(f"ecc_{kind}_{scope}", field("nvmlDeviceGetTotalEccErrors", h, etype, counter), int)
+        put("retired_pages_sbe", field(
             "nvmlDeviceGetRetiredPages", h, lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS), len)
-        put("retired_pages_dbe", self.call(
+        put("retired_pages_dbe", field(
             "nvmlDeviceGetRetiredPages", h, lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR), len)
-        put("retired_pages_pending", self.call("nvmlDeviceGetRetiredPagesPendingStatus", h), bool)
-        rows = self.call("nvmlDeviceGetRemappedRows", h)
+        put("retired_pages_pending", field("nvmlDeviceGetRetiredPagesPendingStatus", h), bool)
+        rows = field("nvmlDeviceGetRemappedRows", h)
         put("remapped_rows_correctable", rows, lambda r: int(r[0]))
         put("remapped_rows_uncorrectable", rows, lambda r: int(r[1]))
         put("remapped_rows_pending", rows, lambda r: bool(r[2]))
         put("remapped_rows_failure", rows, lambda r: bool(r[3]))
         # "ClocksThrottleReasons" was renamed "ClocksEventReasons"; older drivers have only the former.
         reasons_fn = self.probe("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
-        reasons = self.call(reasons_fn, h) if reasons_fn else NA("no clock-event-reasons function")
+        reasons = field(reasons_fn, h) if reasons_fn else NA("no clock-event-reasons function")
         put("clock_event_reasons", reasons, int)
         put("clock_events", reasons, decode_clock_events)
-        put("recovery_action", self.field_value(h, RECOVERY_ACTION_FIELD), int)
-        procs = self.call("nvmlDeviceGetComputeRunningProcesses", h)
+        put("recovery_action", _or_na(lambda: self.field_value(h, RECOVERY_ACTION_FIELD)), int)
+        procs = field("nvmlDeviceGetComputeRunningProcesses", h)
         put("compute_pids", procs, lambda ps: sorted(int(p.pid) for p in ps))
         return values, na
 
@@ -213,6 +229,20 @@ class Nvml:
                   lib.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal"}.get(fv.valueType, "siVal")
         return getattr(fv.value, member)
 
+
+class _Never(Exception):
+    """Matches nothing: stands in for an exception class a library version does not have."""
+
+
+def _or_na(read: Any) -> Any:
+    try:
+        return read()
+    except (NvmlFailure, AccessDenied) as err:
+        return NA(f"error: {err}")
+
+
+# Older symbols to fall back on when nvidia-ml-py's versioned call is newer than the driver.
+OLDER = {"nvmlDeviceGetComputeRunningProcesses": ("nvmlDeviceGetComputeRunningProcesses_v2",)}
 
 # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; replaces the deprecated fields 226 and 227 (reference 2.4).
 RECOVERY_ACTION_FIELD = 230

@@ -84,6 +84,10 @@ class SimKernel:
                             settings=dict(g.settings))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
+        # (GPU, NVML device function) -> the pynvml error it raises there ("NoPermission",
+        # "Unknown", "LibraryMismatch", ...): the scenario's [gpu] nvml_errors, or fail_nvml().
+        self.nvml_errors: dict[tuple[PciAddress, str], str] = {
+            (g.bdf, fn): err for g in scenario.gpus for fn, err in g.nvml_errors.items()}
         self.modules: set[str] = set(scenario.modules)
         self.services: dict[str, str] = dict(scenario.services)  # unit -> active / inactive
         self.service_pids: dict[str, int] = {}  # the process of each active unit that holds devices
@@ -102,6 +106,13 @@ class SimKernel:
         for g in scenario.gpus:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
         sim_services.boot(self)  # persistenced and DCGM hold every GPU from boot on
+
+    def fail_nvml(self, bdf: PciAddress, function: str, error: str | None) -> None:
+        """Make one NVML device function fail on one GPU (None: answer again)."""
+        if error is None:
+            self.nvml_errors.pop((bdf, function), None)
+        else:
+            self.nvml_errors[(bdf, function)] = error
 
     # -- kernel log --------------------------------------------------------------------------
     def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:

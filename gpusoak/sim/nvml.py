@@ -70,10 +70,31 @@ class SimNvmlLib:
         self._fds: dict[str, int] = {}  # device node -> descriptor this session holds open
         self._no_attach = False
 
+    def __getattribute__(self, name: str) -> Any:
+        # A device function the scenario (or a test, through SimKernel.fail_nvml) makes fail on
+        # one GPU raises there what NVML would: any pynvml error, or nvidia-ml-py's
+        # NVMLLibraryMismatchError for a version-checked call on an older driver.
+        attr = object.__getattribute__(self, name)
+        if not name.startswith("nvmlDevice") or not callable(attr):
+            return attr
+        errors = object.__getattribute__(self, "_kernel").nvml_errors
+        if not errors:
+            return attr
+
+        def failing(*args: Any, **kw: Any) -> Any:
+            h = args[0] if args else None
+            error = errors.get((h.bdf, name)) if isinstance(h, SimHandle) else None
+            if error == "LibraryMismatch":
+                raise pynvml.NVMLLibraryMismatchError(f"{name}: the driver's NVML lacks this version")
+            if error is not None:
+                raise getattr(pynvml, f"NVMLError_{error}")()
+            return attr(*args, **kw)
+        return failing
+
     def __getattr__(self, name: str) -> Any:
         # Exception classes and constants are pynvml's own.
         real = getattr(pynvml, name, None)
-        if name.startswith(("NVMLError", "NVML_", "nvmlExceptionClass")) or (
+        if name.startswith(("NVMLError", "NVML_", "nvmlExceptionClass", "NVMLLibraryMismatchError")) or (
                 real is not None and not callable(real)):  # constants such as nvmlEventTypeXidCriticalError
             return real if real is not None else getattr(pynvml, name)
         if name.startswith("nvml"):
@@ -303,6 +324,10 @@ class SimNvmlLib:
     def nvmlDeviceGetComputeRunningProcesses(self, h: SimHandle) -> list[Any]:
         self._state(h)
         return []
+
+    # nvidia-ml-py's unversioned name calls the newest symbol; _v2 is the older one, which an older
+    # driver's NVML has (nvidia-ml-py: nvmlDeviceGetComputeRunningProcesses_v2).
+    nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses
 
 
 def _parse_bus_id(bus_id: str) -> PciAddress:

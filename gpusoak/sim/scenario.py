@@ -59,6 +59,9 @@ class GpuSpec:
     functions: tuple[str, ...] = ()  # extra functions beside graphics: "audio", "usb"
     arch: str = "hopper"  # NVML architecture (sim.driver_reset.ARCHS): decides GSP or not
     display: bool = False  # boot VGA with a connected display (a console is on it)
+    # NVML device function -> the pynvml error it raises on this GPU, e.g.
+    # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
+    nvml_errors: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
 
 
@@ -206,6 +209,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         functions=_functions(spec.get("functions", ())),
         arch=arch,
         display=bool(spec.get("display", False)),
+        nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
     )
 

@@ -108,11 +108,17 @@ def test_reset_required_and_not_found():
     assert Nvml.open(FakeLib({"nvmlDeviceGetHandleByPciBusId": pynvml.NVMLError_NotFound()})).health(GPU).status == NOT_FOUND
 
 
-def test_permission_and_unknown_errors_are_failures_not_na():
+def test_permission_and_unknown_errors_are_errors_of_their_field_not_na_without_a_reason():
+    # Not "unsupported" (that is NA with the driver's word): an error, kept with the field. The
+    # read itself fails only where the GPU's status comes from (handle, UUID, memory info).
+    h = Nvml.open(FakeLib({"nvmlDeviceGetPowerUsage": pynvml.NVMLError_NoPermission()})).health(GPU)
+    assert h.status == OK and h.values["power_mw"] is None and h.na["power_mw"].startswith("error: ")
+    h = Nvml.open(FakeLib({"nvmlDeviceGetName": pynvml.NVMLError_Unknown()})).health(GPU)
+    assert h.status == OK and h.na["name"].startswith("error: ")
     with pytest.raises(AccessDenied):
-        Nvml.open(FakeLib({"nvmlDeviceGetPowerUsage": pynvml.NVMLError_NoPermission()})).health(GPU)
+        Nvml.open(FakeLib({"nvmlDeviceGetUUID": pynvml.NVMLError_NoPermission()})).health(GPU)
     with pytest.raises(NvmlFailure):
-        Nvml.open(FakeLib({"nvmlDeviceGetName": pynvml.NVMLError_Unknown()})).health(GPU)
+        Nvml.open(FakeLib({"nvmlDeviceGetMemoryInfo": pynvml.NVMLError_Unknown()})).health(GPU)
 
 
 def test_driver_not_loaded_is_unavailable_with_its_reason():
@@ -130,3 +136,31 @@ def test_the_real_library_on_a_machine_without_a_driver():
     else:  # pragma: no cover - only on a GPU node
         nvml.close()
         pytest.skip("an NVIDIA driver is present here")
+
+
+def test_one_field_that_fails_is_na_with_its_error_not_a_failed_read(sim):
+    # A driver that predates a field, or NoPermission on one counter, must not fail the health
+    # read: the GPU's status comes from its handle, UUID and memory info.
+    from gpusoak.model import PciAddress
+
+    gpu = PciAddress.parse("0000:18:00.0")
+    sim.kernel.fail_nvml(gpu, "nvmlDeviceGetPowerUsage", "NoPermission")
+    sim.kernel.fail_nvml(gpu, "nvmlDeviceGetTotalEccErrors", "Unknown")
+    h = sim.node.nvml.health(gpu)
+    assert h.status == "ok" and h.uuid and h.values["power_mw"] is None
+    assert h.na["power_mw"].startswith("error: ") and "Permission" in h.na["power_mw"]
+    assert h.values["ecc_corrected_volatile"] is None and h.values["temperature_c"] == 33
+    sim.kernel.fail_nvml(gpu, "nvmlDeviceGetMemoryInfo", "Unknown")  # a status-defining read still fails
+    with pytest.raises(NvmlFailure):
+        sim.node.nvml.health(gpu)
+
+
+def test_a_version_checked_call_on_an_older_driver_falls_back_to_the_older_symbol(sim):
+    # nvidia-ml-py raises NVMLLibraryMismatchError, a plain Exception, from its version-checked
+    # process queries when the driver's NVML lacks the newest symbol.
+    from gpusoak.model import PciAddress
+
+    gpu = PciAddress.parse("0000:18:00.0")
+    sim.kernel.fail_nvml(gpu, "nvmlDeviceGetComputeRunningProcesses", "LibraryMismatch")
+    assert sim.node.nvml.compute_pids(gpu) == []  # answered by _v2, not None (could not say)
+    assert sim.node.nvml.health(gpu).values["compute_pids"] == []
