@@ -138,6 +138,7 @@ class Snapshot:
     uuid: str | None = None
     nvml_status: str = "not read"  # ok, gpu_lost, reset_required, not_found, unavailable: <why>
     siblings: tuple[tuple[str, str | None], ...] = ()  # the GPU's other functions and their drivers
+    read_errors: tuple[str, ...] = ()  # attributes of the function that could not be read, with the errno
 
 
 # Cycle outcomes. attempts = recovered + failed + hung; refused and skipped are not attempts.

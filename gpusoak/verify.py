@@ -48,13 +48,29 @@ def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
     fn = node.sysfs.function(bdf)
     if not fn.present:
         return Snapshot(str(bdf), present=False, nvml_status=_nvml_status(node, bdf)[0])
+    errors: list[str] = []
+
+    def attr(name: str, read):
+        # A read that fails on the device under test is evidence, not gpusoak's crash: a link that
+        # went down answers EINVAL or EIO (pci-sysfs.c current_link_speed_show returns -EINVAL when
+        # the config read fails, as it does for a disconnected device), and the run goes on.
+        try:
+            return read()
+        except DeviceGone:
+            raise
+        except GpusoakError as err:
+            errors.append(f"{name}: {err}")
+            return None
+
     try:
-        power, driver, link = fn.power_state, fn.driver, fn.link
+        power = attr("power_state", lambda: fn.power_state)
+        driver = attr("driver", lambda: fn.driver)
+        link = attr("link", lambda: fn.link)
     except DeviceGone:
         return Snapshot(str(bdf), present=False, nvml_status=_nvml_status(node, bdf)[0])
     status, uuid = _nvml_status(node, bdf)
     siblings = tuple((str(b), node.sysfs.function(b).driver) for b in fn.sibling_functions())
-    return Snapshot(str(bdf), True, power, driver, link, uuid, status, siblings)
+    return Snapshot(str(bdf), True, power, driver, link, uuid, status, siblings, tuple(errors))
 
 
 def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
@@ -77,6 +93,8 @@ def compare(baseline: Snapshot, now: Snapshot) -> list[Check]:
     if not now.present:
         return [Check("present", FAIL, "the function is gone from sysfs")]
     checks = [Check("present", PASS)]
+    if now.read_errors:
+        checks.append(Check("sysfs_read", FAIL, "; ".join(now.read_errors)))
     if now.power_state is None:
         checks.append(Check("power_state", SKIP, "no power_state file in this kernel's sysfs"))
     else:

@@ -288,3 +288,21 @@ def test_a_node_cycle_is_marked_once_and_a_failed_marker_fails_no_cycle(tmp_path
         assert _markers(s) == []
     finally:
         s.node.close()
+
+
+def test_a_read_error_on_the_gpu_under_test_is_a_failed_check_and_the_run_goes_on(tmp_path):
+    # A GPU stuck in D3cold: its link attributes answer EINVAL. That is evidence against the GPU,
+    # never gpusoak's crash (which journaled it SKIPPED gpusoak_error and stopped the run).
+    path = tmp_path / "two.toml"
+    path.write_text('[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\n'
+                    'profile = "d3cold-stuck"\np = 1.0\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    s = open_sim_node(str(path))
+    try:
+        soak = _soak(s, tmp_path, gpus=(GPU, PciAddress.parse("0000:2a:00.0")))
+        r = soak.run_cycle(GPU, "flr", 1)
+        assert r.outcome == FAILED, r.explain()
+        read = next(c for c in r.checks if c.name == "sysfs_read")
+        assert read.status == FAIL and "EINVAL" in read.detail and "current_link" in read.detail
+        assert soak.run_cycle(PciAddress.parse("0000:2a:00.0"), "flr", 1).outcome == RECOVERED  # and on it goes
+    finally:
+        s.node.close()

@@ -87,9 +87,13 @@ def parse_aer_counters(text: str) -> AerCounters:
 class Sysfs:
     """A sysfs tree: ``root`` is ``/sys`` on a node."""
 
-    def __init__(self, root: Path | str = "/sys", writer: Writer = real_write, timeout_scale: float = 1.0) -> None:
+    def __init__(self, root: Path | str = "/sys", writer: Writer = real_write, timeout_scale: float = 1.0,
+                 reader=None) -> None:
         self.root = Path(root)
         self._writer = writer
+        # Reads are plain file reads; the simulator's reader may answer a read with the errno the
+        # kernel's show() function would return (a dead device's link attributes).
+        self._reader = reader or (lambda path: path.read_text())
         # Real seconds waited per second of deadline. The simulator's writes take simulated time,
         # so a simulated hang is caught after a small fraction of the deadline in real time.
         self.timeout_scale = timeout_scale
@@ -101,7 +105,7 @@ class Sysfs:
     def read(self, path: Path) -> str | None:
         """The file's text stripped of its newline; None if the file does not exist (NA)."""
         try:
-            return path.read_text().rstrip("\n")
+            return self._reader(path).rstrip("\n")
         except FileNotFoundError:
             return None
         except OSError as err:

@@ -187,6 +187,23 @@ class SimKernel:
                 st.settle_until = 0.0
                 self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
 
+    # -- the read seam -----------------------------------------------------------------------
+    def read(self, path: Path) -> str:
+        """A sysfs read as the kernel answers it. For a GPU that fell off the bus or is stuck in
+        D3cold, the link attributes fail with EINVAL: current_link_speed_show and
+        current_link_width_show (drivers/pci/pci-sysfs.c) return -EINVAL when the capability read
+        fails, which it does once the PCI core has marked the device disconnected
+        (pci_dev_is_disconnected in the config accessors) [I: when the core marks it]. A function
+        that merely did not come back reads all-ones (Unknown, x63) instead (see _die)."""
+        if path.name in ("current_link_speed", "current_link_width"):
+            try:
+                st = self.gpus.get(PciAddress.parse(path.parent.name))
+            except GpusoakError:
+                st = None
+            if st is not None and st.stuck and not st.alive:
+                raise OSError(errno.EINVAL, "Invalid argument", str(path))
+        return path.read_text()
+
     # -- the write seam ----------------------------------------------------------------------
     def write(self, path: Path, data: str) -> None:
         with self._lock:
