@@ -22,7 +22,14 @@ from gpusoak.actions.base import (
 )
 from gpusoak.actions.flr import MethodReset
 from gpusoak.host.node import Node
+from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
+
+
+def no_bus_reset_quirk(device_id: int) -> bool:
+    """NVIDIA ids the kernel flags PCI_DEV_FLAGS_NO_BUS_RESET: (id & 0xffc0) == 0x2340 (reference 6;
+    a T4 entry was added and reverted, so only this range is assumed)."""
+    return (device_id & 0xFFC0) == 0x2340
 
 
 class BusReset(MethodReset):
@@ -40,6 +47,15 @@ class BusReset(MethodReset):
         foreign = [str(b) for b in fn.behind_upstream_port() if b.slot != bdf.slot]
         if foreign:
             return [Finding(SHARED_DOMAIN, f"a bus reset through {port} would also reset {', '.join(foreign)}")]
+        # Known before anything is written: the kernel refuses a bus with a NO_BUS_RESET device on
+        # it (drivers/pci/quirks.c quirk_nvidia_no_bus_reset; pci_bus_resettable: -ENOTTY), and
+        # that ENOTTY must never be read as the GPU not coming back, nor the GPU's failure.
+        quirked = [f"{b} (device 0x{d:04x})" for b in [bdf, *fn.behind_upstream_port()]
+                   if node.sysfs.function(b).vendor == NVIDIA_VENDOR
+                   and (d := node.sysfs.function(b).device_id) is not None and no_bus_reset_quirk(d)]
+        if quirked:
+            return [Finding(UNSUPPORTED, f"the kernel marks {', '.join(dict.fromkeys(quirked))} NO_BUS_RESET "
+                            "(quirk_nvidia_no_bus_reset, device ids 0x2340-0x237f): it refuses the bus reset")]
         if self._route(node, bdf) is None:
             return [Finding(UNSUPPORTED, f"no bus reset route: {bdf} shares its bus with its own functions and "
                             f"{port} has no reset_subordinate (Linux 6.13 and later have it)")]

@@ -32,6 +32,7 @@ from gpusoak.sim.tree import (
     create_gpu,
     gpu_functions,
     module_holders,
+    no_bus_reset,
     put,
     remove_function,
 )
@@ -81,6 +82,7 @@ class SimKernel:
         self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
             g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health),
+                            reset_method=("flr",) if no_bus_reset(g.device_id) else ("flr", "bus"),
                             settings=dict(g.settings))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
@@ -286,7 +288,7 @@ class SimKernel:
         # Differences [I]: an unknown name is logged here as "Unsupported" too, and the empty
         # case is logged at KERN_INFO where the kernel uses pci_warn.
         value = data.strip()
-        supported = ("flr", "bus") if bdf == st.spec.bdf else ("flr",)
+        supported = ("flr", "bus") if bdf == st.spec.bdf and not no_bus_reset(st.spec.device_id) else ("flr",)
         if value == "default":
             wanted = supported
         else:
@@ -337,6 +339,10 @@ class SimKernel:
         if data.strip() != "1":
             raise OSError(errno.EINVAL, "Invalid argument", str(path))
         below = [st for st in self.gpus.values() if self.tree.gpu_parents[st.spec.bdf] == self.tree.dev(bridge)]
+        if any(no_bus_reset(st.spec.device_id) for st in below):
+            # __pci_reset_bus -> pci_bus_resettable: a device flagged NO_BUS_RESET below the bridge
+            # makes the bus unresettable, -ENOTTY before anything is reset.
+            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
         ok = True
         for st in below:
             # pci_bus_save_and_disable / pci_bus_restore: each driver below is told only through
@@ -612,7 +618,7 @@ class SimKernel:
             st.removed = False
             st.link_width = st.spec.link_width
             self._revive(st)
-            st.reset_method = ("flr", "bus")
+            st.reset_method = ("flr",) if no_bus_reset(st.spec.device_id) else ("flr", "bus")
             for b, _ in gpu_functions(st.spec):
                 self._probe(b, path)
         return None

@@ -123,6 +123,12 @@ def gpu_functions(gpu: GpuSpec) -> list[tuple[PciAddress, str]]:
     return out
 
 
+def no_bus_reset(device_id: int) -> bool:
+    """drivers/pci/quirks.c quirk_nvidia_no_bus_reset: NVIDIA device ids with (id & 0xffc0) == 0x2340
+    get PCI_DEV_FLAGS_NO_BUS_RESET (reference 6; H100 0x2330/0x2331 and H200 0x2335 are outside)."""
+    return (device_id & 0xFFC0) == 0x2340
+
+
 def create_gpu(tree: Tree, gpu: GpuSpec, group: int, bind: bool = True) -> None:
     """The GPU's functions under its upstream port, as the PCI core creates them on a scan."""
     parent = tree.gpu_parents[gpu.bdf]
@@ -137,7 +143,9 @@ def create_gpu(tree: Tree, gpu: GpuSpec, group: int, bind: bool = True) -> None:
         # function that has FLR and sits alone below its bridge: "flr bus" for the GPU, "flr" for
         # a companion, "pm" for the port (their probes are not modelled; a GPU with companions
         # would not list "bus" on a real node, see pci_parent_bus_reset).
-        "reset_method": "flr bus", "driver_override": "(null)", "boot_vga": "1" if gpu.display else "0",
+        # A NO_BUS_RESET device lists no "bus": pci_reset_bus_function's probe answers -ENOTTY
+        # for it (pci_parent_bus_reset checks dev_flags), so pci_init_reset_methods leaves it out.
+        "reset_method": "flr" if no_bus_reset(gpu.device_id) else "flr bus", "driver_override": "(null)", "boot_vga": "1" if gpu.display else "0",
         **_aer_files(),
     })
     put(d / "reset", "", 0o200)

@@ -1,5 +1,7 @@
 """Every action: what it writes or runs, what it refuses and why, and that the GPU comes back."""
 
+import errno
+
 import pytest
 
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, Context
@@ -187,3 +189,24 @@ def test_gpu_reset_exit_codes_are_named(sim):
     with pytest.raises(Exception) as err:
         ACTIONS["gpu_reset"].perform(sim.node, GPU, CTX)
     assert "exited 15 (GPU has fallen off the bus)" in str(err.value)
+
+
+def test_a_no_bus_reset_part_is_refused_before_any_write_and_the_kernel_would_refuse_too(tmp_path):
+    # 0x2340-0x237f (Grace Hopper platform parts): quirk_nvidia_no_bus_reset. The kernel leaves
+    # "bus" out of reset_method and answers a bridge reset with ENOTTY, the same code it returns for
+    # a device that did not come back: so "unsupported" is decided before the write.
+    path = tmp_path / "gh.toml"
+    path.write_text('[services]\nnvidia-persistenced = "inactive"\n[[gpu]]\nbdf = "0000:18:00.0"\n'
+                    'device_id = "0x2342"\nfunctions = ["audio"]\n')
+    s = open_sim_node(str(path))
+    try:
+        gpu = PciAddress.parse("0000:18:00.0")
+        assert s.node.sysfs.function(gpu).reset_methods == ("flr",)
+        (why,) = ACTIONS["bus_reset"].refusals(s.node, gpu, CTX)
+        assert why.reason == UNSUPPORTED and "NO_BUS_RESET" in why.detail
+        port = s.node.sysfs.function(gpu).upstream_port
+        with pytest.raises(OSError) as err:
+            s.kernel.write(s.node.sysfs.function(port).path / "reset_subordinate", "1")
+        assert err.value.errno == errno.ENOTTY and s.kernel.gpus[gpu].resets == 0  # nothing was reset
+    finally:
+        s.node.close()
