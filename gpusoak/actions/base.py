@@ -30,6 +30,8 @@ DISPLAY = "display_attached"
 SHARED_DOMAIN = "shared_reset_domain"
 MODULE_IN_USE = "module_in_use"
 FABRIC_MANAGER = "fabric_manager_needed"
+FABRIC_BYPASS = "fabric_bypass"  # a sysfs reset or removal on an NVSwitch node: Fabric Manager is not told
+NVSWITCH_CLASS = 0x0680  # "bridge, other": how NVSwitch functions enumerate
 SERVICE_ACTIVE = "service_active"
 NOT_BOUND = "not_bound"
 IOMMU = "iommu_group"
@@ -141,6 +143,24 @@ def refusals_common(node: Node, bdf: PciAddress, ctx: Context | None = None) -> 
     if display:
         out.append(Finding(DISPLAY, display))
     return out
+
+
+def nvswitches(node: Node) -> list[PciAddress]:
+    """The node's NVSwitch functions (NVIDIA, class 0x0680): an HGX baseboard."""
+    return [b for b in node.sysfs.pci_devices()
+            if node.sysfs.function(b).vendor == NVIDIA_VENDOR
+            and (node.sysfs.function(b).pci_class or 0) >> 8 == NVSWITCH_CLASS]
+
+
+def fabric_refusals(node: Node, bdf: PciAddress, what: str) -> list[Finding]:
+    """On an NVSwitch node a GPU must rejoin the NVLink fabric after a reset, through Fabric
+    Manager; a reset or removal through sysfs bypasses it, and CUDA then fails with
+    cudaErrorSystemNotReady until the fabric state is COMPLETED (NVIDIA Fabric Manager user guide;
+    nvmlDeviceGetGpuFabricInfoV). nvidia-smi -r (gpu_reset) is the documented reset there."""
+    if node.sysfs.function(bdf).vendor != NVIDIA_VENDOR or not (switches := nvswitches(node)):
+        return []
+    return [Finding(FABRIC_BYPASS, f"{what} bypasses Fabric Manager on this NVSwitch node "
+                    f"({len(switches)} NVSwitch functions): use gpu_reset (nvidia-smi -r) or module_reload")]
 
 
 def display_attached(node: Node, bdf: PciAddress) -> str | None:

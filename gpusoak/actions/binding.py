@@ -16,6 +16,7 @@ from gpusoak.actions.base import (
     Context,
     Step,
     driver_path,
+    fabric_refusals,
     refusals_common,
     slot_functions,
     write,
@@ -175,7 +176,7 @@ class RemoveRescan(Action):
     name = "remove_rescan"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        out = refusals_common(node, bdf, ctx)
+        out = refusals_common(node, bdf, ctx) or fabric_refusals(node, bdf, "removing the GPU from the bus")
         if out:
             return out
         rescan = node.sysfs.function(bdf).bus_rescan_file()

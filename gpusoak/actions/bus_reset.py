@@ -16,6 +16,7 @@ from gpusoak.actions.base import (
     UNSUPPORTED,
     Context,
     Step,
+    fabric_refusals,
     refusals_common,
     slot_functions,
     write,
@@ -47,6 +48,8 @@ class BusReset(MethodReset):
         foreign = [str(b) for b in fn.behind_upstream_port() if b.slot != bdf.slot]
         if foreign:
             return [Finding(SHARED_DOMAIN, f"a bus reset through {port} would also reset {', '.join(foreign)}")]
+        if fabric := fabric_refusals(node, bdf, "a secondary bus reset"):
+            return fabric
         # Known before anything is written: the kernel refuses a bus with a NO_BUS_RESET device on
         # it (drivers/pci/quirks.c quirk_nvidia_no_bus_reset; pci_bus_resettable: -ENOTTY), and
         # that ENOTTY must never be read as the GPU not coming back, nor the GPU's failure.

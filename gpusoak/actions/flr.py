@@ -16,7 +16,15 @@ from __future__ import annotations
 import contextlib
 
 from gpusoak.actions import release
-from gpusoak.actions.base import UNSUPPORTED, Action, Context, Step, refusals_common, write
+from gpusoak.actions.base import (
+    UNSUPPORTED,
+    Action,
+    Context,
+    Step,
+    fabric_refusals,
+    refusals_common,
+    write,
+)
 from gpusoak.errors import GpusoakError, Hung
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import RESET, RESET_METHOD
@@ -77,7 +85,8 @@ class Flr(MethodReset):
     method = "flr"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf) or release.refusals(node, bdf)
+        return (refusals_common(node, bdf, ctx) or fabric_refusals(node, bdf, f"a sysfs {self.method} reset")
+                or self.method_refusals(node, bdf) or release.refusals(node, bdf))
 
 
 class PmReset(MethodReset):
@@ -88,4 +97,5 @@ class PmReset(MethodReset):
     method = "pm"
 
     def refusals(self, node: Node, bdf: PciAddress, ctx: Context) -> list[Finding]:
-        return refusals_common(node, bdf, ctx) or self.method_refusals(node, bdf) or release.refusals(node, bdf)
+        return (refusals_common(node, bdf, ctx) or fabric_refusals(node, bdf, f"a sysfs {self.method} reset")
+                or self.method_refusals(node, bdf) or release.refusals(node, bdf))

@@ -12,12 +12,12 @@ from gpusoak.actions.base import (
     Context,
     Step,
     check,
+    nvswitches,
     refusals_common,
     run,
     service_active,
 )
 from gpusoak.host.node import Node
-from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
 
 # nvidia-smi's documented exit codes.
@@ -25,7 +25,6 @@ EXIT_MEANINGS = {2: "bad argument", 3: "not supported", 4: "no permission", 6: "
                  9: "driver not loaded", 12: "NVML library missing", 15: "GPU has fallen off the bus",
                  255: "other error"}
 NVML_DEVICE_ARCH_AMPERE = 7  # nvml.h nvmlDeviceArchitecture_t
-NVSWITCH_CLASS = 0x0680  # "bridge, other": how NVSwitch functions enumerate
 
 
 class GpuReset(Action):
@@ -44,10 +43,7 @@ class GpuReset(Action):
         return out
 
     def _needs_fabric_manager(self, node: Node, bdf: PciAddress) -> bool:
-        switches = [b for b in node.sysfs.pci_devices()
-                    if node.sysfs.function(b).vendor == NVIDIA_VENDOR
-                    and (node.sysfs.function(b).pci_class or 0) >> 8 == NVSWITCH_CLASS]
-        if not switches or node.nvml is None:
+        if not nvswitches(node) or node.nvml is None:
             return False
         return node.nvml.architecture(bdf) == NVML_DEVICE_ARCH_AMPERE
 

@@ -210,3 +210,20 @@ def test_a_no_bus_reset_part_is_refused_before_any_write_and_the_kernel_would_re
         assert err.value.errno == errno.ENOTTY and s.kernel.gpus[gpu].resets == 0  # nothing was reset
     finally:
         s.node.close()
+
+
+def test_on_an_nvswitch_node_resets_that_bypass_fabric_manager_are_refused(tmp_path):
+    # After a reset a GPU must rejoin the NVLink fabric through Fabric Manager; a sysfs FLR, bus
+    # reset or removal bypasses it. nvidia-smi -r (gpu_reset) and module_reload stay.
+    path = tmp_path / "hgx.toml"
+    path.write_text('nvswitches = 4\n[services]\nnvidia-persistenced = "inactive"\n'
+                    '[[gpu]]\nbdf = "0000:18:00.0"\n[[gpu]]\nbdf = "0000:2a:00.0"\n')
+    s = open_sim_node(str(path))
+    try:
+        gpu = PciAddress.parse("0000:18:00.0")
+        for name in ("flr", "pm_reset", "bus_reset", "remove_rescan"):
+            (why,) = ACTIONS[name].refusals(s.node, gpu, CTX)
+            assert why.reason == "fabric_bypass" and "Fabric Manager" in why.detail, name
+        assert ACTIONS["gpu_reset"].refusals(s.node, gpu, CTX) == []  # Hopper: no Fabric Manager needed to reset
+    finally:
+        s.node.close()
