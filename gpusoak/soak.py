@@ -271,17 +271,16 @@ class Soak:
         base = self._base(bdf, action_name, cycle)
         if (skip := self._not_now(bdf, base)) is not None:
             return skip
-        if (held := self._self_held(base)) is not None:
-            return held
+        if held := self._self_held():
+            return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
         refusals = action.refusals(self.node, bdf, self.ctx)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
         if (loaded := self._load(bdf, base)) is not None and not isinstance(loaded, dict):
             return loaded
         base["load"] = loaded
-        if (held := self._self_held(base)) is not None:  # again: the load ran since
-            return held
-        if held := holder_refusals(self.node, bdf, self.ctx):  # again: a holder may have come during the load
+        # Again: the load ran since, and a holder may have come during it.
+        if held := self._self_held() or holder_refusals(self.node, bdf, self.ctx):
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
@@ -303,13 +302,11 @@ class Soak:
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "end"))
 
-    def _self_held(self, base: dict) -> CycleResult | None:
-        """Refused when gpusoak's own process holds an NVIDIA device file: an NVML session or CUDA
-        context in it would block or break the reset. gpusoak's bug, never the GPU's."""
+    def _self_held(self) -> list[Finding]:
+        """A refusal when gpusoak's own process holds an NVIDIA device file: an NVML session or
+        CUDA context in it would block or break the reset. gpusoak's bug, never the GPU's."""
         held = own_device_files(self.node)
-        if held is None:
-            return None
-        return CycleResult(outcome=REFUSED, duration_s=0.0, findings=(Finding(SELF_HELD, held),), **base)
+        return [] if held is None else [Finding(SELF_HELD, held)]
 
     def _load(self, bdf: PciAddress, base: dict) -> dict | CycleResult | None:
         """The load before the reset; its child has exited before this returns. A GPU that cannot
@@ -348,12 +345,13 @@ class Soak:
         live = [b for b in self.gpus if b not in out]
         if not live:  # nothing may be touched (not authorised, or every GPU out): do nothing
             return [out[b] for b in self.gpus]
-        if self._self_held(bases[live[0]]) is not None:
-            return [out.get(b) or self._self_held(bases[b]) for b in self.gpus]
-        refusals = action.refusals(self.node, None, self.ctx)
-        if refusals:
-            return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **bases[b])
+
+        def refuse_the_rest(findings: list[Finding]) -> list[CycleResult]:
+            return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(findings), **bases[b])
                     for b in self.gpus]
+
+        if refusals := self._self_held() or action.refusals(self.node, None, self.ctx):
+            return refuse_the_rest(refusals)
         for b in list(live):
             loaded = self._load(b, bases[b])
             if isinstance(loaded, CycleResult):
@@ -363,11 +361,9 @@ class Soak:
                 bases[b]["load"] = loaded
         if not live:
             return [out[b] for b in self.gpus]
-        if self._self_held(bases[live[0]]) is not None:
-            return [out.get(b) or self._self_held(bases[b]) for b in self.gpus]
-        if held := holder_refusals(self.node, None, self.ctx):  # again: a holder may have come during the loads
-            return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **bases[b])
-                    for b in self.gpus]
+        # Again: the loads ran since, and a holder may have come during them.
+        if held := self._self_held() or holder_refusals(self.node, None, self.ctx):
+            return refuse_the_rest(held)
         cursor = self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         error = None

@@ -43,7 +43,6 @@ HELD_BY_MODULE = "held_by_module"  # a module outside the reloaded set uses one 
 IN_USE = "device_in_use"  # the node keeps a file system, swap, md/dm or a network interface on it
 CANNOT_LOOK = "cannot_look"  # a holder check could not read what it needs: refused, never passed
 
-NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h: minors 0..247 are the GPUs
 MISC_MAJOR = 10  # include/uapi/linux/major.h
 
 # Units that hold GPUs open (reference 4.4), stopped for a destructive run; never the fabric's
@@ -254,7 +253,7 @@ class _Look:
         return self._majors
 
     def nvidia_stack(self) -> None:
-        self.wanted[(NVIDIA_MAJOR, procs.ANY_MINOR)] = "an NVIDIA device"
+        self.wanted[(procs.NVIDIA_MAJOR, procs.ANY_MINOR)] = "an NVIDIA device"
         for name in ("nvidia-uvm", "nvidia-caps"):
             if (major := self.majors().get(name)) is not None:
                 self.wanted[(major, procs.ANY_MINOR)] = name
@@ -295,7 +294,7 @@ class _Look:
             nvml = "NVML could not say" if node.nvml is not None else node.nvml_unavailable or "no NVML"
             self.blind.append(f"no device minor for {bdf}, bound to nvidia: {why}; {nvml}")
             return
-        self.wanted[(NVIDIA_MAJOR, minor)] = f"/dev/nvidia{minor}"
+        self.wanted[(procs.NVIDIA_MAJOR, minor)] = f"/dev/nvidia{minor}"
         if (caps := self.majors().get("nvidia-caps")) is not None:
             try:
                 for m in procs.mig_minors(node.proc_root, minor):

@@ -21,7 +21,7 @@ import errno
 import os
 import re
 import stat as stat_mode
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,9 @@ from gpusoak.errors import CannotLook
 from gpusoak.model import PciAddress
 
 ANY_MINOR = -1  # in a wanted (major, minor): every minor of that major
+# kernel-open/common/inc/nv-chardev-numbers.h NV_MAJOR_DEVICE_NUMBER: minors 0..247 are the GPUs,
+# 254 nvidia-modeset, 255 nvidiactl
+NVIDIA_MAJOR = 195
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,6 @@ def scan_holders(wanted: Mapping[tuple[int, int], str], proc_root: Path | str = 
                 holders.append(Holder(pid, target, label))
                 break
     return Scan(tuple(holders), tuple(unreadable))
-
-
-def rdev_holders(numbers: Iterable[tuple[int, int]], proc_root: Path | str = "/proc",
-                 stat: Callable[[str], os.stat_result] = os.stat) -> list[Holder]:
-    """Processes with any of these character devices (major, minor) open, found by ``st_rdev``.
-    Unreadable processes are skipped here: a check that must not pass blind uses ``scan_holders``."""
-    try:
-        return list(scan_holders({n: "" for n in numbers}, proc_root, stat).holders)
-    except CannotLook:
-        return []
 
 
 # -- the kernel's device-number tables --------------------------------------------------------------
@@ -167,8 +160,6 @@ def mig_minors(proc_root: Path | str, gpu_minor: int) -> list[int]:
             out.append(int(parts[1]))
     return out
 
-
-NVIDIA_MAJOR = 195  # kernel-open/common/inc/nv-chardev-numbers.h NV_MAJOR_DEVICE_NUMBER
 
 
 def own_device_files(node) -> str | None:
