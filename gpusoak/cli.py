@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--destructive", action="store_true",
                      help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     run.add_argument("--recovery-deadline", type=float, default=60.0, help="seconds to recover (default 60)")
+    run.add_argument("--settle", type=float, default=10.0, metavar="SECONDS",
+                     help="recovery holds only if every check stays good this long after they first pass; "
+                     "late driver events land in it (default 10)")
     run.add_argument("--gates", type=Path, default=None, help="TOML file of health-gate limits")
     run.add_argument("--stop-services", action="store_true",
                      help="deprecated, now the default: a destructive run stops the GPU services (persistenced, "
@@ -168,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     argv = [str(suites), "-p", "no:cacheprovider", "--rootdir", str(suites.parent),
             f"--gpusoak-backend={args.backend}", f"--gpusoak-report-dir={report_dir}",
             f"--gpusoak-run-id={run_id}",
-            f"--gpusoak-recovery-deadline={args.recovery_deadline}",
+            f"--gpusoak-recovery-deadline={args.recovery_deadline}", f"--gpusoak-settle={args.settle}",
             f"--html={report_dir / 'report.html'}", "--self-contained-html"]
     if args.cycles is not None:
         argv.append(f"--gpusoak-cycles={args.cycles}")

@@ -7,6 +7,7 @@ moment loses no finished cycle. Reading tolerates a last line cut short by such 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -15,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak.errors import JournalError
-from gpusoak.model import CycleResult
+from gpusoak.model import FAILED, CycleResult, Finding, KernelEvent
+
+# What a cycle's kernel-log window held after the cycle was judged (gpusoak.soak._close): events
+# logged after its settle window, and a failure of the next cycle's load. "charged": true turns that
+# cycle, judged good when it was journaled, into a failure everywhere the journal is read.
+AFTER_CYCLE = "after_cycle"
 
 JOURNAL_SCHEMA = "gpusoak.journal/1"
 
@@ -106,7 +112,9 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings"):  # what restore changed; services stopped; settings put back after a cycle
+            elif kind in ("restore", "services", "settings", AFTER_CYCLE):
+                # what restore changed; services stopped; settings put back after a cycle; what a
+                # cycle's window held after it was judged
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")
@@ -118,4 +126,28 @@ def read(path: Path | str) -> JournalContent:
         raise JournalError("not a gpusoak journal: no run header", path=str(path))
     if header.get("schema") != JOURNAL_SCHEMA:
         raise JournalError(f"unsupported journal schema {header.get('schema')!r}", path=str(path))
-    return JournalContent(header, results, problems, notes)
+    return JournalContent(header, charge(results, [n for n in notes if n["type"] == AFTER_CYCLE]), problems, notes)
+
+
+def charge(results: list[CycleResult], records: list[dict[str, Any]]) -> list[CycleResult]:
+    """The results with each charged after_cycle record applied to the cycle it names: failed, with
+    the late events and findings added (and the ladder climbed for a failed load)."""
+    index = {(r.bdf, r.action, r.cycle): i for i, r in enumerate(results)}
+    out = list(results)
+    for rec in records:
+        i = index.get((rec.get("bdf"), rec.get("action"), rec.get("cycle")))
+        if not rec.get("charged") or i is None:
+            continue
+        out[i] = charged(out[i], rec)
+    return out
+
+
+def charged(result: CycleResult, record: dict[str, Any]) -> CycleResult:
+    findings = tuple(Finding.from_dict(f) for f in record.get("findings", []))
+    events = tuple(KernelEvent.from_dict(e) for e in record.get("events", []))
+    ladder = tuple(Finding.from_dict(f) for f in record.get("ladder", []))
+    late = Finding("after_settle", f"the cycle was judged {result.outcome}; then, in its window {record.get('window')}: "
+                   + "; ".join(f"{f.reason}: {f.detail}" for f in findings))
+    return dataclasses.replace(result, outcome=FAILED, recovery_s=None, findings=(*findings, late, *result.findings),
+                               events=(*result.events, *events), ladder=result.ladder + ladder,
+                               recovered_by=record.get("recovered_by") or result.recovered_by)

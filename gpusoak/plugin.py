@@ -92,6 +92,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     g.addoption("--gpusoak-recovery-deadline", type=float, default=60.0,
                 help="seconds a GPU has to recover after each action (default 60)")
+    g.addoption("--gpusoak-settle", type=float, default=10.0,
+                help="seconds every check must stay good after they first pass (default 10)")
     g.addoption("--gpusoak-gates", default=None, metavar="TOML",
                 help="health-gate limits (defaults from DCGM; see gpusoak/gates.py)")
     g.addoption("--gpusoak-replay", default=None, metavar="JOURNAL",
@@ -171,7 +173,7 @@ class SoakRun:
             load_s = self.profile.load_seconds if load_s is None else load_s
             post_s = self.profile.post_check_seconds if post_s is None else post_s
         options = SoakOptions(cycles=opt("gpusoak_cycles") or 20, actions=actions,
-                              recovery_deadline_s=opt("gpusoak_recovery_deadline"),
+                              recovery_deadline_s=opt("gpusoak_recovery_deadline"), settle_s=opt("gpusoak_settle"),
                               write_timeout_s=opt("gpusoak_write_timeout"),
                               destructive=destructive, keep_services=opt("gpusoak_keep_services"),
                               ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")),
@@ -327,7 +329,9 @@ class SoakRun:
         h = self.built.content.header
         prefix.append(report_html.summary(self.built.verdict, run_id=h.get("run_id"), backend=h.get("backend"),
                                           kernel=h.get("kernel"), driver=h.get("driver"),
-                                          results=self.built.content.results, document=self.built.document))
+                                          results=self.built.content.results, document=self.built.document,
+                                          settle_s=(h.get("options") or {}).get("settle_s"),
+                                          notes=self.built.content.notes))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:

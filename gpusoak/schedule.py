@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from gpusoak import journal
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.actions.base import FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
-from gpusoak.soak import Soak
-from gpusoak.sprt import Sprt, SprtParams
+from gpusoak.soak import LOAD_CHARGED, Soak
+from gpusoak.sprt import Sprt, SprtParams, replay
 
 # Refusals that say the action does not apply to this hardware (it is no gap in the evidence); any
 # other refusal (a process holds the GPU, a service, no authorisation) leaves the action untested.
@@ -65,6 +66,22 @@ class Sequence:
     failures: int = 0
     stopped: str = ""  # why cycling stopped: decided, cap, budget, not_applicable, out_of_service
     refusal: str = ""
+    history: list[tuple[int, bool]] = field(default_factory=list)  # (cycle, failed) of each attempt, in order
+
+    def charge(self, cycle: int) -> None:
+        """An attempt judged good turned out bad after its cycle (a late fatal event, a failed load):
+        count it failed, and replay the sequential test over the corrected history."""
+        at = next((i for i, (c, _) in enumerate(self.history) if c == cycle), None)
+        if at is None:  # judged inconclusive, so not an attempt until now
+            self.attempts += 1
+            self.history.append((cycle, False))
+            at = len(self.history) - 1
+        if self.history[at][1]:
+            return
+        self.history[at] = (cycle, True)
+        self.failures += 1
+        if self.test is not None:
+            self.test = replay(self.test.params, [f for _, f in self.history])
 
     def record(self, r: CycleResult) -> None:
         self.cycles += 1
@@ -72,8 +89,11 @@ class Sequence:
             self.attempts += 1
             failed = r.outcome in (FAILED, HUNG)
             self.failures += failed
+            self.history.append((r.cycle, failed))
             if self.test is not None:
                 self.test.add(failed)
+        elif r.outcome == REFUSED and r.reason == LOAD_CHARGED:
+            pass  # its load failed: the previous cycle's failure, and this action never ran
         elif r.outcome == REFUSED and not self.attempts:
             self.refusal = r.reason or "refused"
         elif r.outcome == SKIPPED:
@@ -232,6 +252,8 @@ class Scheduler:
         if self.plan.node_actions and not self.errors:
             with self.gate.exclusive():
                 self._node_worker()
+        # The last cycle of each GPU: its kernel-log window runs to the end of the run.
+        self._charge(self.soak.close_windows())
         for g in self.progress.gpus.values():
             g.done, g.left_s = True, 0.0
         self.node_seconds = clock.monotonic() - start
@@ -288,6 +310,7 @@ class Scheduler:
             with self._lock:
                 self.results.append(r)
             seq.record(r)
+            self._charge(self.soak.take_after_cycle())
             if bdf in self.soak.out_of_service:
                 for s in seqs:
                     s.stopped = s.stopped or "out_of_service"
@@ -309,6 +332,22 @@ class Scheduler:
                     s = seqs[r.bdf]
                     if not s.stopped:
                         s.record(r)
+                self._charge(self.soak.take_after_cycle())
+
+    def _charge(self, records: list[dict]) -> None:
+        """A cycle judged good that its window later proved bad (gpusoak.journal.charge): count it
+        as the failure it was, in the results and in its sequence's test."""
+        with self._lock:
+            for rec in records:
+                if not rec.get("charged"):
+                    continue
+                key = (rec["bdf"], rec["action"], rec["cycle"])
+                for i, r in enumerate(self.results):
+                    if (r.bdf, r.action, r.cycle) == key:
+                        self.results[i] = journal.charged(r, rec)
+                        if (seq := self.sequences.get((rec["bdf"], rec["action"]))) is not None:
+                            seq.charge(rec["cycle"])
+                        break
 
     # -- progress ----------------------------------------------------------------------------
     def _update(self, bdf: PciAddress, seq: Sequence, seqs: list[Sequence], started: float,

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import secrets
 import sys
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from gpusoak.host import kmsg
 from gpusoak.host.node import Node
 from gpusoak.host.procs import own_device_files
 from gpusoak.host.sysfs import NVIDIA_VENDOR
-from gpusoak.journal import Journal
+from gpusoak.journal import AFTER_CYCLE, Journal
 from gpusoak.load.child import run_load
 from gpusoak.model import (
     FAILED,
@@ -46,8 +47,10 @@ HEALTH_GATE = "health_gate"
 GPUSOAK_ERROR = "gpusoak_error"
 RESET_WRITE_FAILED = "reset_write_failed"
 RECOVERY_TIMEOUT = "recovery_timeout"
+UNSETTLED = "recovery_did_not_hold"  # every check passed, then one failed again inside the settle window
 PERSISTENCED = "nvidia-persistenced"
 CANNOT_LOOK = "cannot_look"  # a recovery check could not look: the cycle is inconclusive
+LOAD_CHARGED = "load_failed_after_previous_cycle"  # the load before this reset failed: the previous cycle's doing
 SELF_HELD = "gpusoak_holds_device"  # gpusoak's own process has an NVIDIA device file open: its bug, never the GPU's
 
 
@@ -56,6 +59,9 @@ class SoakOptions:
     cycles: int = 20
     actions: tuple[str, ...] = ("flr",)
     recovery_deadline_s: float = 60.0  # verification polls this long after the action returns
+    # Recovery holds only if every check stays good this long after they first all pass: delayed
+    # driver reactions (a GSP RPC timeout, Xid 119, is logged only after its timeout) land in it.
+    settle_s: float = 10.0
     write_timeout_s: float = 90.0  # FLR alone may legitimately block 65 s before the kernel gives up
     command_timeout_s: float = 180.0
     destructive: bool = False  # required on a real node; the simulator needs no opt-in
@@ -78,6 +84,8 @@ class SoakOptions:
             raise UsageError(f"unknown action(s) {', '.join(unknown)}; known: {', '.join(ACTIONS)}")
         if not self.actions:
             raise UsageError("no actions to run")
+        if not 0.0 <= self.settle_s <= 3600.0:
+            raise UsageError("--settle must be between 0 and 3600 seconds", settle=self.settle_s)
 
     @property
     def context(self) -> Context:
@@ -86,6 +94,12 @@ class SoakOptions:
     def context_for(self, devices: list[PciAddress]) -> Context:
         """The context of a run over these functions (node-scope actions act for them)."""
         return Context(self.write_timeout_s, self.command_timeout_s, not self.keep_services, tuple(devices))
+
+
+@dataclass(frozen=True)
+class _Window:
+    result: CycleResult  # the judged cycle
+    cursor: int  # the kernel-log cursor at its start
 
 
 def new_run_id() -> str:
@@ -113,6 +127,11 @@ class Soak:
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
         self.saved_state: node_state.NodeState | None = None
+        # Each GPU's last cycle whose kernel-log window is still open: it runs on to the start of the
+        # GPU's next reset (that cycle's load included), or to the end of the run.
+        self._open: dict[PciAddress, _Window] = {}
+        self._after: list[dict] = []  # after_cycle records not yet taken by the scheduler
+        self._windows_lock = threading.Lock()
         for bdf in gpus:
             self._take_baseline(bdf)
 
@@ -198,7 +217,10 @@ class Soak:
             self.journal.note({"type": "services", "stopped": stopped, "failed": failed})
 
     def finish(self) -> list[str]:
-        """Put the node back as it was found; what was changed goes to the journal."""
+        """Close the last cycles' kernel-log windows, then put the node back as it was found; what
+        was changed goes to the journal."""
+        if self.journal is not None:
+            self.close_windows()
         if self.saved_state is None:
             return []
         changes = node_state.restore(self.node, self.saved_state, self.ctx)
@@ -276,13 +298,20 @@ class Soak:
         refusals = action.refusals(self.node, bdf, self.ctx)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
-        if (loaded := self._load(bdf, base)) is not None and not isinstance(loaded, dict):
-            return loaded
+        # The GPU's first cycle opens its window before the load (nothing came before it to own what
+        # the load provokes); a later one's load falls in the previous cycle's window.
+        first = bdf not in self._open
+        cursor = self.node.kmsg.cursor()
+        loaded = self._load(bdf, base)
+        if (charged := self._close_window(bdf, loaded)) is not None:
+            return charged
+        if loaded is not None and not isinstance(loaded, dict):
+            return replace(loaded, events=tuple(verify.device_events(self.node, bdf, cursor))) if first else loaded
         base["load"] = loaded
         # Again: the load ran since, and a holder may have come during it.
         if held := self._self_held() or holder_refusals(self.node, bdf, self.ctx):
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
-        cursor = self.node.kmsg.cursor()
+        cursor = cursor if first else self.node.kmsg.cursor()
         start = self.node.clock.monotonic()
         # The markers bracket the action and its recovery (the ladder included): what the driver
         # logs in between is gpusoak's doing, for other health tools too. Never fails the cycle.
@@ -298,9 +327,80 @@ class Soak:
                                    events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
             except GpusoakError as err:
                 error = err
-            return self._judge(bdf, base, cursor, start, error)
+            return self._opened(bdf, self._judge(bdf, base, cursor, start, error), cursor)
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "end"))
+
+    # -- kernel-log windows that outlast the cycle ----------------------------------------------
+    def _opened(self, bdf: PciAddress, result: CycleResult, cursor: int) -> CycleResult:
+        """The cycle is judged; its window stays open until this GPU's next reset."""
+        with self._windows_lock:
+            self._open[bdf] = _Window(result, cursor)
+        return result
+
+    def _close_window(self, bdf: PciAddress, loaded: dict | CycleResult | None) -> CycleResult | None:
+        """Close the GPU's previous cycle's window, just before the next reset: what the kernel logged
+        for the GPU since that cycle was judged, and a failure of the load in between, belong to that
+        cycle's action. A failed load is then this cycle's reason not to reset (it never ran); the
+        returned result says so. None: go on with this cycle."""
+        failed_load = loaded if isinstance(loaded, CycleResult) and loaded.outcome == FAILED else None
+        record = self._close(bdf, failed_load, "to the next cycle's reset")
+        if failed_load is None or record is None:
+            return None
+        whose = "charged to" if record["charged"] else "a failure already counted against"
+        why = (f"the load before this cycle failed ({failed_load.reason}); {whose} {record['action']} "
+               f"cycle {record['cycle']}, whose window it fell in: this cycle's action never ran")
+        return replace(failed_load, outcome=REFUSED, findings=(Finding(LOAD_CHARGED, why), *failed_load.findings))
+
+    def close_windows(self) -> list[dict]:
+        """The end of the run: the last cycle of each GPU gets what was logged after it."""
+        for bdf in list(self._open):
+            self._close(bdf, None, "to the end of the run")
+        return self.take_after_cycle()
+
+    def take_after_cycle(self) -> list[dict]:
+        """The after_cycle records journaled since the last call (the scheduler amends its tally)."""
+        with self._windows_lock:
+            out, self._after = self._after, []
+        return out
+
+    def _close(self, bdf: PciAddress, failed_load: CycleResult | None, until: str) -> dict | None:
+        with self._windows_lock:
+            window = self._open.pop(bdf, None)
+        if window is None or self.journal is None:
+            return None
+        prev = window.result
+        seen = {(e.seq, e.text) for e in prev.events}
+        late = [e for e in verify.device_events(self.node, bdf, window.cursor) if (e.seq, e.text) not in seen]
+        if not late and failed_load is None:
+            return None
+        fatal = [e for e in late if verify.is_fatal(e)]
+        findings = [Finding(verify.event_reason(e), e.text) for e in fatal]
+        if failed_load is not None:
+            findings += list(failed_load.findings)
+        # Only a cycle that was judged good is charged: a failed one already carries its failure.
+        charged = bool(findings) and prev.outcome in (RECOVERED, INCONCLUSIVE)
+        record = {"type": AFTER_CYCLE, "run_id": self.run_id, "bdf": str(bdf), "action": prev.action,
+                  "cycle": prev.cycle, "window": until, "at": _now_iso(), "charged": charged,
+                  "events": [asdict(e) for e in late], "findings": [asdict(f) for f in findings]}
+        if failed_load is not None:
+            rungs, recovered_by = self._after_failed_load(bdf, prev)
+            record.update(ladder=[asdict(f) for f in rungs], recovered_by=recovered_by)
+        self.journal.note(record)
+        with self._windows_lock:
+            self._after.append(record)
+        return record
+
+    def _after_failed_load(self, bdf: PciAddress, prev: CycleResult) -> tuple[tuple[Finding, ...], str | None]:
+        """The GPU came back from its last cycle but cannot take a load: climb the recovery ladder as
+        after a failed cycle; without it (or if nothing brings it back) it is not reset again."""
+        if not self.options.ladder:
+            self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: failed its load after {prev.action} cycle {prev.cycle}"
+            return (), None
+        rungs, recovered_by = ladder.climb(self, bdf)
+        if recovered_by == ladder.REBOOT_REQUIRED:
+            self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {prev.cycle}"
+        return rungs, recovered_by
 
     def _self_held(self) -> list[Finding]:
         """A refusal when gpusoak's own process holds an NVIDIA device file: an NVML session or
@@ -354,7 +454,10 @@ class Soak:
             return refuse_the_rest(refusals)
         for b in list(live):
             loaded = self._load(b, bases[b])
-            if isinstance(loaded, CycleResult):
+            if (charged := self._close_window(b, loaded)) is not None:
+                out[b] = charged
+                live.remove(b)
+            elif isinstance(loaded, CycleResult):
                 out[b] = loaded
                 live.remove(b)
             else:
@@ -380,7 +483,7 @@ class Soak:
             except GpusoakError as err:
                 error = err
             for b in live:
-                out[b] = self._judge(b, bases[b], cursor, start, error)
+                out[b] = self._opened(b, self._judge(b, bases[b], cursor, start, error), cursor)
             return [out[b] for b in self.gpus]
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "end"))
@@ -392,11 +495,12 @@ class Soak:
         XIDs come from the kernel log alone: NVML's event API needs an event set registered on the
         GPU across the action, and that registration is an attachment that holds /dev/nvidiaN open
         through the reset (the driver prints every XID to the kernel log: nv_report_error)."""
-        poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s)
+        poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s,
+                                     self.options.settle_s)
         gate_checks = self._gate_checks(bdf) if poll.recovered else ()
         checks = poll.checks + gate_checks
         events = poll.events
-        recovery_s = poll.at_s - start
+        recovery_s = (poll.first_good_s if poll.first_good_s is not None else poll.at_s) - start
         post, wrong, tool = self._post_check(bdf) if poll.recovered and error is None else (None, None, False)
         base = {**base, "post_check": post}
         duration = self.node.clock.monotonic() - start
@@ -459,7 +563,10 @@ def _findings(poll: verify.Poll, error: GpusoakError | None, gate_checks: tuple[
         out.append(Finding(error.reason or RESET_WRITE_FAILED, str(error)))
         out += release.bind_back_findings(error)  # a reset that failed and then could not bind back
     out += [Finding(c.name, c.detail) for c in (*poll.checks, *gate_checks) if c.status == verify.FAIL]
-    if not poll.fatal and not poll.recovered:
+    if not poll.fatal and poll.unsettled:
+        out.append(Finding(UNSETTLED, f"every check passed, then failed again {poll.at_s - poll.first_good_s:.1f} s "
+                                      "later, inside the settle window"))
+    elif not poll.fatal and not poll.recovered:
         out.append(Finding(RECOVERY_TIMEOUT, "checks still failing at the deadline"))
     out += extra
     seen: set[str] = set()

@@ -10,7 +10,7 @@ its reason; it has not passed, and the result says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tenacity import Retrying, retry_if_result, wait_exponential
 
@@ -155,24 +155,39 @@ class Poll:
     checks: tuple[Check, ...]
     events: tuple[KernelEvent, ...]
     at_s: float
+    # When every check first passed (None: never), and whether they then stayed good for the whole
+    # settle window. A GPU that comes back and goes away again within it has not recovered.
+    first_good_s: float | None = None
+    unsettled: bool = False
 
     @property
     def fatal(self) -> list[KernelEvent]:
         return [e for e in self.events if is_fatal(e)]
 
     @property
-    def recovered(self) -> bool:
+    def good(self) -> bool:
+        """This one reading passes: no fatal event, no failed check."""
         return not self.fatal and all(c.status != FAIL for c in self.checks)
+
+    @property
+    def recovered(self) -> bool:
+        return self.good and not self.unsettled
 
     @property
     def done(self) -> bool:
         # A fatal event is final: nothing after it turns the cycle into a recovery.
-        return self.recovered or bool(self.fatal)
+        return self.good or bool(self.fatal)
+
+
+SETTLE_POLL_S = 5.0  # how often the checks are read again inside the settle window (kernel events: all of it)
 
 
 def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
-                   deadline_s: float) -> Poll:
-    """Poll until recovered, a fatal kernel event, or the deadline; return the last poll."""
+                   deadline_s: float, settle_s: float = 0.0) -> Poll:
+    """Poll until every check passes, a fatal kernel event, or the deadline; then, if it passed,
+    keep reading for ``settle_s``: recovery holds only if every reading in that window passes too.
+    Delayed reactions of the driver (a GSP RPC timeout logs Xid 119 only once its timeout ran out)
+    fall into the window instead of into the next cycle. Returns the last poll."""
     clock = node.clock
     start = clock.monotonic()
     expo = wait_exponential(multiplier=0.05, min=0.05, max=2.0)
@@ -193,4 +208,20 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
         sleep=clock.sleep,
         retry_error_callback=lambda state: state.outcome.result(),
     )
-    return retrying(poll)
+    first = retrying(poll)
+    if not first.good:
+        return first
+    return _settle(first, poll, clock, settle_s)
+
+
+def _settle(first: Poll, poll, clock, settle_s: float) -> Poll:
+    """Read again every SETTLE_POLL_S until ``settle_s`` has passed since the first good poll; the
+    first reading that is not good ends the window: it came back and went away again."""
+    good_at = first.at_s
+    last = first
+    while clock.monotonic() - good_at < settle_s - 1e-6:
+        clock.sleep(min(SETTLE_POLL_S, settle_s - (clock.monotonic() - good_at)))
+        last = poll()
+        if not last.good:
+            return replace(last, first_good_s=good_at, unsettled=True)
+    return replace(last, first_good_s=good_at)

@@ -99,7 +99,8 @@ def test_parallel_and_serial_runs_give_the_same_results(tmp_path, node):
 
 
 def test_a_budget_stops_every_worker_and_rotation_leaves_each_action_with_cycles(tmp_path):
-    plan = Plan(actions=("flr", "rebind", "vfio_cycle"), sequential=SprtParams(cap=1000), budget_s=60.0, rotate=True)
+    # 400 s of node time: a dozen cycles of each action, each with its 10 s settle window.
+    plan = Plan(actions=("flr", "rebind", "vfio_cycle"), sequential=SprtParams(cap=1000), budget_s=400.0, rotate=True)
     sched = _run(tmp_path, "mixed-fleet/node-b", plan)
     assert all(s.stopped for s in sched.sequences.values())
     for bdf in ("0000:18:00.0", "0000:19:00.0"):  # the healthy GPUs: cut by the budget, undecided

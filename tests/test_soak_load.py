@@ -4,7 +4,7 @@ import sys
 
 from gpusoak.model import PciAddress
 from gpusoak.sim import open_sim_node
-from gpusoak.soak import Soak, SoakOptions
+from gpusoak.soak import LOAD_CHARGED, Soak, SoakOptions
 
 GPU = PciAddress.parse("0000:18:00.0")
 
@@ -58,7 +58,9 @@ def test_a_gpu_that_falls_off_only_under_load(tmp_path):
         r = soak.run_cycle(GPU, "flr", 1)
         assert r.outcome == "failed" and r.reason == "xid_79"
         lost = soak.run_cycle(GPU, "flr", 2)  # the next load meets a GPU that is gone
-        assert lost.outcome == "failed" and lost.reason == "load_gpu_failed" and "GPU lost mid-load" in lost.findings[0].detail
+        # Cycle 1's doing, already its failure: cycle 2's flr never ran, so it is no attempt.
+        assert lost.outcome == "refused" and [f.reason for f in lost.findings] == [LOAD_CHARGED, "load_gpu_failed"]
+        assert "GPU lost mid-load" in lost.findings[1].detail and "already counted against flr cycle 1" in lost.findings[0].detail
     finally:
         s.node.close()
 

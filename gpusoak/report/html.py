@@ -21,7 +21,8 @@ def _fmt(x: float | None) -> str:
 
 
 def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel: str | None,
-            driver: str | None, results: Sequence[CycleResult] = (), document: dict | None = None) -> str:
+            driver: str | None, results: Sequence[CycleResult] = (), document: dict | None = None,
+            settle_s: float | None = None, notes: Sequence[dict] = ()) -> str:
     e = escape
     colour = _COLOURS.get(verdict.decision, "#57606a")
     rows = []
@@ -45,8 +46,10 @@ def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel
         f'<h2>Node {e(verdict.hostname)}: <span id="gpusoak-decision" style="color:{colour}">'
         f"{e(verdict.decision)}</span></h2>"
         f"<p>run {e(run_id or '–')} · backend {e(backend or '–')} · kernel {e(kernel or '–')} · "
-        f"driver {e(driver or '–')}</p>"
+        f"driver {e(driver or '–')} · settle window "
+        f"{'–' if settle_s is None else f'{settle_s:g} s'}</p>"
         f"<ul>{evidence}</ul>"
+        f"{_after_cycle(notes)}"
         f"{_reliability(verdict)}{charts(verdict, results, document)}"
         "<h3>Per GPU and action</h3>"
         f'<table id="gpusoak-gpus" border="1" cellpadding="4" style="border-collapse:collapse">'
@@ -58,6 +61,22 @@ def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel
 # -- pictures ------------------------------------------------------------------------------------
 _W, _H, _PAD = 640, 150, 34
 _RED, _GREEN, _BLUE, _GREY = "#cf222e", "#1a7f37", "#0969da", "#8c959f"
+
+
+def _after_cycle(notes: Sequence[dict]) -> str:
+    """What the kernel logged for a GPU after its cycle was judged, up to its next reset or the
+    end of the run (journal after_cycle records); a charged one turned that cycle into a failure."""
+    late = [n for n in notes if n.get("type") == "after_cycle"]
+    if not late:
+        return ""
+    items = []
+    for n in late:
+        said = "; ".join(f"{f.get('reason')}: {f.get('detail')}" for f in n.get("findings", [])) or \
+            f"{len(n.get('events', []))} kernel event(s), none fatal"
+        verb = "failed it" if n.get("charged") else "noted"
+        items.append(f"<li>{escape(str(n.get('bdf')))} {escape(str(n.get('action')))} cycle {n.get('cycle')} "
+                     f"({escape(str(n.get('window')))}): {escape(verb)}: {escape(said)}</li>")
+    return f'<h3>After their settle windows</h3><ul id="gpusoak-after-cycle">{"".join(items)}</ul>'
 
 
 def _reliability(verdict: Verdict) -> str:

@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class GpuState:
     rm_lost: bool = False  # RM lost the GPU to a reset it was not told of, until a driver reload
     aer_corrected: int = 0
     generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
+    bound_after_reset: int = 0  # st.resets when nvidia was last bound: a late fault is armed once per reset
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
     settings: dict = field(default_factory=dict)  # what nvidia-smi reads and sets (scenario.SETTINGS_DEFAULTS keys)
 
@@ -95,6 +97,7 @@ class SimKernel:
         self.service_pids: dict[str, int] = {}  # the process of each active unit that holds devices
         self.event_sets: list = []  # simulated NVML event sets registered for XIDs
         self.blocked: list[threading.Event] = []  # writes blocked "forever"; tests may release them
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, line of time, what happens)
         self._waiting: dict[threading.Event, tuple] = {}  # removes waiting for a device file to close
         self.procs.on_close(self._closed)
         self.published = Published(root, tree, scenario, self.procs)
@@ -179,7 +182,19 @@ class SimKernel:
         return dict(gpu_functions(st.spec)).get(bdf)
 
     # -- time --------------------------------------------------------------------------------
+    def after(self, seconds: float, what: Callable[[], None]) -> None:
+        """Something the kernel or driver does of its own accord ``seconds`` from now."""
+        with self._lock:
+            self.timers.append((self.clock.monotonic() + seconds, self.clock.timeline_id(), what))
+
     def _tick(self, now: float) -> None:
+        line = self.clock.timeline_id()
+        due = [t for t in self.timers if now >= t[0] and line in (t[1], self.clock.main_id())]
+        if due:
+            with self._lock:
+                self.timers = [t for t in self.timers if t not in due]
+                for _, _, what in due:
+                    what()
         for bdf, st in self.gpus.items():
             # A timer fires on the line of time it was set on, or on the main line once the
             # parallel workers are merged into it: another GPU's worker may be ahead in time.
@@ -519,12 +534,23 @@ class SimKernel:
                 self.log(KERN_WARNING, f"nvidia: probe of {bdf} failed with error -1")
                 raise OSError(errno.ENODEV, "No such device", str(path))
             self.wipe_settings(st)
+            if st.resets > st.bound_after_reset:
+                st.bound_after_reset = st.resets
+                if (delay := st.spec.profile.late_event_s(st.rng)) is not None:
+                    self.after(delay, lambda: self._late_fault(st))
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True
         elif driver not in FUNCTIONS_DRIVERS:
             raise OSError(errno.ENODEV, "No such device", str(path))
         self.tree.bind(bdf, driver)
+
+    def _late_fault(self, st: GpuState) -> None:
+        """A profile's fault the driver reports seconds after the bind (LateGspTimeout)."""
+        if st.alive and not st.removed and self.driver_of(st.spec.bdf) == "nvidia" and not st.rm_lost:
+            driver_reset.lose(self, st, driver_reset.GSP_LOST_XID,
+                              f"Timeout after 6s of waiting for RPC response from GPU{self.minor(st.spec.bdf)} GSP! "
+                              "Expected function 76 (GSP_RM_CONTROL) sequence 0 (0x0 0x0).")
 
     def _probe(self, bdf: PciAddress, path: Path) -> None:
         """drivers_probe: bind the driver_override's driver if set, else the default one.

@@ -58,6 +58,11 @@ class FaultProfile:
     def module_busy(self) -> bool:
         return False
 
+    def late_event_s(self, rng: random.Random) -> float | None:
+        """Seconds after nvidia is bound back following a reset at which the driver reports a fault
+        of its own accord (None: it does not)."""
+        return None
+
     def describe(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)}" for k in self.PARAMS)
         return f"{self.NAME} ({params})" if params else self.NAME
@@ -219,6 +224,29 @@ class VfioReattachFails(FaultProfile):
         return after_vfio
 
 
+@dataclass(frozen=True)
+class LateGspTimeout(FaultProfile):
+    """With probability p, ``delay`` seconds after nvidia is bound back following a reset, an RPC
+    to the GSP times out: Xid 119, and RM has lost the GPU until the driver is reloaded. Every check
+    passes until then. RM reports the timeout only once its wait has run out: the report in
+    src/nvidia/src/kernel/gpu/gsp/kernel_gsp.c ("Timeout after %llus of waiting for RPC response
+    from GPU%d GSP!", NV_ERROR_LOG_COND) takes ts_end when the wait ends. Which RPC, and how long
+    after the bind, are the simulator's [I]."""
+
+    p: float = 1.0
+    delay: float = 6.0
+    NAME = "late-gsp-timeout"
+    PARAMS = ("p", "delay")
+
+    def __post_init__(self) -> None:
+        _check_p(self.NAME, self.p)
+        if self.delay <= 0:
+            raise ValueError(f"{self.NAME}: delay must be positive, got {self.delay}")
+
+    def late_event_s(self, rng: random.Random) -> float | None:
+        return self.delay if rng.random() < self.p else None
+
+
 PROFILES: dict[str, type[FaultProfile]] = {p.NAME: p for p in (
     Healthy, FlakyFlr, Degrading, D3coldStuck, FallsOffBusUnderLoad, DegradedLink, AerStorm, SilentCorruption,
-    UnbindHangs, ModuleBusy, VfioReattachFails)}
+    UnbindHangs, ModuleBusy, VfioReattachFails, LateGspTimeout)}

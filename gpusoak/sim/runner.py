@@ -311,6 +311,12 @@ class SimRunner:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         k.clock.advance(seconds)  # on a GPU the load takes the time it was given
         st.loaded = True
+        if not st.alive or st.rm_lost:
+            # Lost while the load ran (a late fault, sim.profiles.LateGspTimeout): the child's next
+            # CUDA call fails and it exits with the error, whatever its checks found until then.
+            # Which CUDA error a GPU lost to RM returns is the simulator's [I].
+            why = "GPU lost mid-load: cudaErrorDevicesUnavailable"
+            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
         return done.returncode, done.stdout, done.stderr
 
     # -- modules -------------------------------------------------------------------------------

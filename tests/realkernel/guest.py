@@ -42,7 +42,7 @@ def main(out: Path) -> int:
     nvme2 = found.get("nvme", [None, None])[1]
     devices = [_p(b) for name in ("nvme", "virtio-net", "e1000e", "edu") for b in found.get(name, [])[:2]
                if b != nvme2]
-    options = SoakOptions(cycles=CYCLES, actions=ACTIONS, destructive=True, ladder=False, recovery_deadline_s=15.0,
+    options = SoakOptions(cycles=CYCLES, actions=ACTIONS, destructive=True, ladder=False, settle_s=1.0, recovery_deadline_s=15.0,
                           write_timeout_s=30.0, load_seconds=0.0)
     soak = Soak(node, "realkernel", options, devices)
     soak.start(out / "journal.jsonl", out / "state.json")
@@ -122,7 +122,7 @@ def _module_reload(node, out: Path, devices: list, held) -> dict:
     from gpusoak.actions import ACTIONS
 
     options = SoakOptions(cycles=2, actions=("module_reload",), destructive=True, ladder=False,
-                          recovery_deadline_s=20.0, write_timeout_s=30.0, load_seconds=0.0)
+                          settle_s=1.0, recovery_deadline_s=20.0, write_timeout_s=30.0, load_seconds=0.0)
     soak = Soak(node, "realkernel-modules", options, devices)
     soak.start(out / "modules.jsonl", out / "modules-state.json")
     results = [r for c in (1, 2) for r in soak.run_node_cycle("module_reload", c)]
@@ -154,7 +154,7 @@ def _sriov(node, out: Path, pf) -> dict:
                "reset_methods": {str(b): list(node.sysfs.function(b).reset_methods or ()) for b in vfs}}
     if vfs:
         options = SoakOptions(cycles=3, actions=("rebind", "flr"), destructive=True, ladder=False,
-                              recovery_deadline_s=15.0, write_timeout_s=10.0, load_seconds=0.0)
+                              settle_s=1.0, recovery_deadline_s=15.0, write_timeout_s=10.0, load_seconds=0.0)
         soak = Soak(node, "realkernel-sriov", options, vfs)
         soak.start(out / "sriov.jsonl", None)
         # rebind first: a VF whose FLR hangs is taken out of the run, and rebind would never run.
@@ -178,7 +178,7 @@ def _hang(node, out: Path, bdf) -> dict:
     second after it) under a 50 ms write deadline. The cycle is hung, the device is taken out of
     the run, and the run goes on."""
     options = SoakOptions(cycles=2, actions=("bus_reset",), destructive=True, ladder=False,
-                          recovery_deadline_s=15.0, write_timeout_s=0.05, load_seconds=0.0)
+                          settle_s=1.0, recovery_deadline_s=15.0, write_timeout_s=0.05, load_seconds=0.0)
     soak = Soak(node, "realkernel-hang", options, [bdf])
     soak.start(out / "hang.jsonl", None)
     t = time.monotonic()
@@ -229,7 +229,7 @@ def _aer_fatal(node, out: Path, bdf) -> dict:
     time.sleep(6.0)  # the AER interrupt, the link reset and the driver's recovery (TCG is slow)
     events = verify.device_events(node, bdf, cursor)
     options = SoakOptions(cycles=1, actions=("flr",), destructive=True, ladder=False,
-                          recovery_deadline_s=15.0, write_timeout_s=30.0, load_seconds=0.0)
+                          settle_s=1.0, recovery_deadline_s=15.0, write_timeout_s=30.0, load_seconds=0.0)
     soak = Soak(node, "realkernel-after-fatal", options, [bdf])
     soak.start(out / "after-fatal.jsonl", None)
     after = soak.run_cycle(bdf, "flr", 1)
