@@ -14,8 +14,8 @@ from tests.e2e.conftest import gpusoak
 NODES = scenarios.fleet("mixed-fleet")
 
 
-def test_the_fleet_covers_every_profile():
-    profiles = {g.profile.NAME for n in NODES for g in scenarios.load(n).gpus}
+def test_the_bundled_scenarios_cover_every_profile():
+    profiles = {g.profile.NAME for n in scenarios.bundled() for g in scenarios.load(n).gpus}
     from gpusoak.sim.profiles import PROFILES
 
     assert profiles == set(PROFILES)
