@@ -106,7 +106,9 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings"):  # what restore changed; services stopped; settings put back after a cycle
+            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending"):
+                # what restore changed; services stopped; settings and MIG layouts put back after a
+                # cycle; a pending MIG-mode change found before the first reset
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")
