@@ -1,6 +1,6 @@
 """The simulated node's command runner: answers like the real programs, never runs anything.
 
-Covered: ``nvidia-smi -r -i BDF`` (exit codes from the nvidia-smi documentation, reference 4.1),
+Covered: ``nvidia-smi -r -i BDF``, ``nvidia-smi mig`` and ``-L`` (sim.mig) (exit codes from the nvidia-smi documentation, reference 4.1),
 ``nvidia-smi --query-gpu=...`` for the settings a reset wipes and ``-c/-pl/-ac/-am/-pm`` to set them,
 ``rmmod``, ``modprobe``, ``modprobe --show-depends`` and ``modinfo`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
 A command the simulated node does not know answers as a shell does for a missing program (127),
