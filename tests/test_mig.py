@@ -158,3 +158,29 @@ def test_real_nvidia_smi_mig_tables_are_read():
     assert state.compute_instances == [[0, 0, 0, 1], [1, 0, 0, 1]]
     assert mig.mig_uuid(node, "GPU-0b4f3c1e-6a4d-6e61-8e7d-4b3264c08d21", Context()) == \
         "MIG-b6cd45f2-9655-5269-9b96-65446729d5dc"
+
+
+def test_restore_recreates_the_saved_layout_after_a_crash(tmp_path):
+    from gpusoak.state import restore
+
+    sim = _node(tmp_path)
+    soak = _soak(sim, tmp_path, allow_mig=True)
+    # A reset whose cycle never got to put the layout back (the run was killed).
+    assert sim.node.runner.run(["nvidia-smi", "-r", "-i", GPU.nvml_bus_id], timeout_s=10).returncode == 0
+    assert not sim.kernel.gpus[GPU].mig.gis
+    changes = restore(sim.node, load_state(tmp_path / "state.json"), soak.ctx)
+    assert any(c.startswith(f"MIG layout of {GPU}: recreated") for c in changes), changes
+    assert sorted(sim.kernel.gpus[GPU].mig.gis.values()) == [(14, 2), (19, 0)]
+
+
+def test_run_passes_allow_mig_to_the_plugin(monkeypatch):
+    import pytest
+
+    from gpusoak import cli
+
+    seen = []
+    monkeypatch.setattr(pytest, "main", lambda argv, *a, **k: seen.append(argv) or 0)
+    monkeypatch.setattr(cli, "_stop_on_sigterm", lambda: None)
+    monkeypatch.setattr(cli, "_finish", lambda code, *a: code)
+    assert cli.main(["run", "--allow-mig", "--cycles", "1"]) == 0
+    assert "--gpusoak-allow-mig" in seen[0]
