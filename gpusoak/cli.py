@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-services", action="store_true",
                      help="keep the GPU services running: every action they would block is refused "
                      "(service_active), naming them. nvidia-fabricmanager and nvidia-imex are never stopped")
+    run.add_argument("--allow-mig", action="store_true",
+                     help="soak GPUs with MIG enabled (else refused, mig_enabled): their GPU and compute instances, which a reset destroys, are recreated after each cycle and checked (mig_layout), and the load runs on their first MIG device")
     run.add_argument("--no-ladder", action="store_true", help="no recovery ladder after a failed cycle")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
@@ -205,6 +207,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.keep_services:
         argv.append("--gpusoak-keep-services")
+    if args.allow_mig:
+        argv.append("--gpusoak-allow-mig")
     if args.no_ladder:
         argv.append("--gpusoak-no-ladder")
     if args.lock_file is not None:

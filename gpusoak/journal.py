@@ -112,9 +112,10 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings", AFTER_CYCLE):
-                # what restore changed; services stopped; settings put back after a cycle; what a
-                # cycle's window held after it was judged
+            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending", AFTER_CYCLE):
+                # what restore changed; services stopped; settings and MIG layouts put back after a
+                # cycle; a pending MIG-mode change found before the first reset; what a cycle's
+                # window held after it was judged
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

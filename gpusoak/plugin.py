@@ -69,6 +69,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gpusoak-keep-services", action="store_true", default=False,
                 help="keep the GPU services running: every action they would block is refused (service_active), "
                 "naming them. nvidia-fabricmanager and nvidia-imex are never stopped")
+    g.addoption("--gpusoak-allow-mig", action="store_true", default=False,
+                help="soak GPUs with MIG enabled (else refused, mig_enabled): their GPU and compute instances, which a reset destroys, are recreated after each cycle and checked (mig_layout), and the load runs on their first MIG device")
     g.addoption("--gpusoak-no-ladder", action="store_true", default=False,
                 help="do not climb the recovery ladder after a failed cycle")
     g.addoption("--gpusoak-lock-file", default=None,
@@ -176,6 +178,7 @@ class SoakRun:
                               recovery_deadline_s=opt("gpusoak_recovery_deadline"), settle_s=opt("gpusoak_settle"),
                               write_timeout_s=opt("gpusoak_write_timeout"),
                               destructive=destructive, keep_services=opt("gpusoak_keep_services"),
+                              allow_mig=opt("gpusoak_allow_mig"),
                               ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")),
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),

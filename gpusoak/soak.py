@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gpusoak import gates as health_gates
-from gpusoak import gpu_settings, ladder, verify
+from gpusoak import gpu_settings, ladder, mig, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release, services
 from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
@@ -75,6 +75,10 @@ class SoakOptions:
     load_seconds: float = 0.0  # compute + VRAM load before each cycle, in a child process (0: none)
     load_fraction: float = 0.9  # share of free GPU memory the load fills
     post_check_seconds: float = 0.0  # a short load after recovery proves the GPU computes correctly
+    # Soak GPUs with MIG enabled: their GPU/compute instance layout is saved, recreated after each
+    # cycle and checked (mig_layout), and the load runs on their first MIG device. Without it such
+    # a GPU is refused (mig_enabled): a reset destroys its instances (gpusoak/mig.py).
+    allow_mig: bool = False
 
     def __post_init__(self) -> None:
         if self.cycles < 1:
@@ -127,6 +131,7 @@ class Soak:
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
         self.saved_state: node_state.NodeState | None = None
+        self.mig: dict[PciAddress, mig.MigState] = {}  # MIG mode and layout before the first reset
         # Each GPU's last cycle whose kernel-log window is still open: it runs on to the start of the
         # GPU's next reset (that cycle's load included), or to the end of the run.
         self._open: dict[PciAddress, _Window] = {}
@@ -178,9 +183,11 @@ class Soak:
         the node and the baselines before any reset."""
         if self.allowed:
             self.saved_state = node_state.capture(self.node, self.gpus, self.ctx)
+            self.mig = {PciAddress.parse(b): mig.MigState.from_dict(d) for b, d in self.saved_state.mig.items()}
             if state_path is not None:
                 node_state.save(self.saved_state, state_path)
         self.journal = Journal(journal_path, self.header())
+        self._report_mig_pending()
         nvidia = [b for b in self.gpus if self.node.sysfs.function(b).vendor == NVIDIA_VENDOR]
         if self.allowed and nvidia and self.node.nvml is None:
             # Said before the first cycle: without NVML no cycle of these GPUs can be shown to recover.
@@ -189,6 +196,16 @@ class Soak:
                   file=sys.stderr)
         if self.saved_state is not None:
             self._stop_services(state_path)
+
+    def _report_mig_pending(self) -> None:
+        """Said before any reset: a reset applies a pending MIG-mode change (on Ampere), which would
+        change the GPU under test; those GPUs' cycles are refused (mig_mode_pending)."""
+        for bdf, state in self.mig.items():
+            if state.change_pending:
+                print(f"gpusoak: {bdf}: MIG mode is {state.current} with {state.pending} pending; a reset "
+                      "would apply it: its cycles are refused (mig_mode_pending)", file=sys.stderr)
+                self.journal.note({"type": "mig_mode_pending", "bdf": str(bdf), "current": state.current,
+                                   "pending": state.pending})
 
     def _stop_services(self, state_path: Path | None) -> None:
         """Stop the active GPU services once for the whole run, not per cycle: started again they
@@ -251,7 +268,21 @@ class Soak:
         for r in results:
             self.journal.append(r)
         self._put_back_settings(results)
+        self._put_back_mig(results)
         return results
+
+    def _put_back_mig(self, results: list[CycleResult]) -> None:
+        """Recreate the saved MIG layout after every cycle that touched the GPU (also after a failed
+        cycle and the ladder, so the next cycle's load finds its MIG device); journaled when it
+        had to be recreated or could not be."""
+        for r in results:
+            saved = self.mig.get(PciAddress.parse(r.bdf))
+            if saved is None or not saved.enabled or r.outcome in (REFUSED, SKIPPED, HUNG):
+                continue
+            check = mig.recreate(self.node, saved, self.ctx)
+            if check.status != verify.PASS or check.detail.startswith("recreated"):
+                self.journal.note({"type": "mig", "bdf": r.bdf, "action": r.action, "cycle": r.cycle,
+                                   "check": asdict(check)})
 
     def _put_back_settings(self, results: list[CycleResult]) -> None:
         """Put back the GPU settings a reset, rebind or reload wiped (gpusoak.gpu_settings), after
@@ -295,7 +326,7 @@ class Soak:
             return skip
         if held := self._self_held():
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(held), **base)
-        refusals = action.refusals(self.node, bdf, self.ctx)
+        refusals = mig.refusals(self.mig.get(bdf), self.options.allow_mig) or action.refusals(self.node, bdf, self.ctx)
         if refusals:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(refusals), **base)
         # The GPU's first cycle opens its window before the load (nothing came before it to own what
@@ -418,19 +449,27 @@ class Soak:
             summary = run_load(self.node, bdf, self.options.post_check_seconds, self.options.load_fraction, None)
         else:
             summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction,
-                               self.baselines[bdf].uuid)
+                               self._load_uuid(bdf))
         if summary.ok:
             return asdict(summary)
         finding = Finding(summary.reason("load"), summary.detail())
         outcome = REFUSED if summary.tool_error else FAILED  # gpusoak's own failure is never the GPU's
         return CycleResult(outcome=outcome, duration_s=0.0, findings=(finding,), **{**base, "load": asdict(summary)})
 
+    def _load_uuid(self, bdf: PciAddress) -> str | None:
+        """What CUDA_VISIBLE_DEVICES names: the GPU's UUID, or on a MIG GPU its first MIG device's,
+        read now (a recreated instance has a new UUID)."""
+        uuid = self.baselines[bdf].uuid
+        if uuid and (saved := self.mig.get(bdf)) is not None and saved.enabled:
+            return mig.mig_uuid(self.node, uuid, self.ctx)
+        return uuid
+
     def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None, bool]:
         """(summary, what was wrong, whether that was gpusoak's own failure rather than the GPU's)."""
         if self.options.post_check_seconds <= 0:
             return None, None, False
         summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5),
-                           self.baselines[bdf].uuid)
+                           self._load_uuid(bdf))
         if summary.ok:
             return asdict(summary), None, False
         return asdict(summary), Finding(summary.reason("post_check"), summary.detail()), summary.tool_error
@@ -450,7 +489,8 @@ class Soak:
             return [out.get(b) or CycleResult(outcome=REFUSED, duration_s=0.0, findings=tuple(findings), **bases[b])
                     for b in self.gpus]
 
-        if refusals := self._self_held() or action.refusals(self.node, None, self.ctx):
+        mig_refusals = [f for b in live for f in mig.refusals(self.mig.get(b), self.options.allow_mig)]
+        if refusals := self._self_held() or mig_refusals or action.refusals(self.node, None, self.ctx):
             return refuse_the_rest(refusals)
         for b in list(live):
             loaded = self._load(b, bases[b])
@@ -497,7 +537,7 @@ class Soak:
         through the reset (the driver prints every XID to the kernel log: nv_report_error)."""
         poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s,
                                      self.options.settle_s)
-        gate_checks = self._gate_checks(bdf) if poll.recovered else ()
+        gate_checks = self._gate_checks(bdf) + self._mig_checks(bdf) if poll.recovered else ()
         checks = poll.checks + gate_checks
         events = poll.events
         recovery_s = (poll.first_good_s if poll.first_good_s is not None else poll.at_s) - start
@@ -526,6 +566,12 @@ class Soak:
         return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
                            ladder=rungs, recovered_by=recovered_by, **base)
 
+    def _mig_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
+        """The saved MIG layout recreated and read back (gpusoak/mig.py): before the post-check,
+        which runs on a MIG device."""
+        saved = self.mig.get(bdf)
+        return (mig.recreate(self.node, saved, self.ctx),) if saved is not None and saved.enabled else ()
+
     def _gate_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
         """The health gate after a cycle: static limits, and rates since the soak began."""
         results = health_gates.evaluate(self.reading(bdf), self.readings.get(bdf), self.options.gates)
@@ -547,6 +593,7 @@ class Soak:
             "options": asdict(self.options),
             "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
+            "mig": {str(b): m.to_dict() for b, m in self.mig.items()},  # before any reset (gpusoak/mig.py)
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
                       "out_of_service": self.out_of_service.get(b),

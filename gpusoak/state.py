@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpusoak import gpu_settings
+from gpusoak import gpu_settings, mig
 from gpusoak.actions import services
 from gpusoak.actions.base import (
     Context,
@@ -56,6 +56,9 @@ class NodeState:
     # after each cycle and at the end (gpusoak.gpu_settings)
     settings: dict[str, dict] = field(default_factory=dict)
     stopped_services: list[str] = field(default_factory=list)  # units this run stopped, in order
+    # graphics bdf -> mig.MigState.to_dict(): MIG mode and instance layout, recreated after each
+    # cycle and at the end (gpusoak.mig)
+    mig: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"schema": STATE_SCHEMA, **asdict(self)}, indent=2) + "\n"
@@ -70,7 +73,7 @@ class NodeState:
 
 
 def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
-    functions, persistence, settings = [], {}, {}
+    functions, persistence, settings, migs = [], {}, {}, {}
     for bdf in gpus:
         for f in slot_functions(node, bdf) if node.sysfs.function(bdf).present else []:
             fn = node.sysfs.function(f)
@@ -82,9 +85,10 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
             saved = gpu_settings.read(node, bdf, ctx)
             settings[str(bdf)] = saved.to_dict()
             persistence[str(bdf)] = saved.persistence_mode
+            migs[str(bdf)] = mig.read(node, bdf, ctx).to_dict()
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
-        settings=settings,
+        settings=settings, mig=migs,
         modules=ModuleReload().loaded(node, ctx),
         services=dict.fromkeys(services.ALL, False) | dict.fromkeys(
             services.active(node, services.ALL, ctx.command_timeout_s), True))
@@ -164,6 +168,14 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
         if (only is None or bdf_text in only) and bdf_text not in blocked:
             for change in gpu_settings.put_back(node, gpu_settings.GpuSettings.from_dict(saved), ctx):
                 (log.done if change.status == gpu_settings.PUT_BACK else log.errors).append(str(change))
+    for bdf_text, saved_mig in state.mig.items():
+        saved_mig = mig.MigState.from_dict(saved_mig)
+        if (only is None or bdf_text in only) and bdf_text not in blocked and saved_mig.enabled:
+            check_ = mig.recreate(node, saved_mig, ctx)
+            if check_.detail.startswith("recreated"):
+                log.done.append(f"MIG layout of {bdf_text}: {check_.detail}")
+            elif check_.status != "pass":
+                log.errors.append(f"MIG layout of {bdf_text}: {check_.detail}")
     for bdf_text, mode in state.persistence.items():
         if (only is not None and bdf_text not in only) or mode is None or bdf_text in blocked \
                 or bdf_text in state.settings:  # a state file from before settings were saved

@@ -21,6 +21,7 @@ from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
 from gpusoak.sim import driver_reset, profiles
+from gpusoak.sim import mig as sim_mig
 from gpusoak.sim import services as sim_services
 from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
 from gpusoak.sim.published import Published
@@ -66,6 +67,7 @@ class GpuState:
     bound_after_reset: int = 0  # st.resets when nvidia was last bound: a late fault is armed once per reset
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
     settings: dict = field(default_factory=dict)  # what nvidia-smi reads and sets (scenario.SETTINGS_DEFAULTS keys)
+    mig: sim_mig.MigState = field(default_factory=sim_mig.MigState)  # MIG mode and instances (sim.mig)
 
 
 class SimKernel:
@@ -85,7 +87,7 @@ class SimKernel:
         self.gpus: dict[PciAddress, GpuState] = {
             g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health),
                             reset_method=("flr",) if no_bus_reset(g.device_id) else ("flr", "bus"),
-                            settings=dict(g.settings))
+                            settings=dict(g.settings), mig=sim_mig.MigState.from_spec(g.mig, f"{seed}:{g.uuid}"))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
         # (GPU, NVML device function) -> the pynvml error it raises there ("NoPermission",
@@ -118,6 +120,10 @@ class SimKernel:
             self.nvml_errors.pop((bdf, function), None)
         else:
             self.nvml_errors[(bdf, function)] = error
+
+    def fail_mig_create(self, bdf: PciAddress, fails: bool = True) -> None:
+        """Make the driver refuse every new MIG GPU instance on one GPU (False: create again)."""
+        self.gpus[bdf].mig.create_fails = fails
 
     # -- kernel log --------------------------------------------------------------------------
     def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:
@@ -373,6 +379,7 @@ class SimKernel:
         the open modules carries these across, and nvidia-smi sets them for the running driver]."""
         st.settings = dict(st.spec.settings)
         st.health["persistence_mode"] = False
+        st.mig.lost(reset=False, arch=st.spec.arch)  # MIG instances do not survive a fresh probe (sim.mig)
 
     def apply_reset(self, st: GpuState, kind: str, unaware: bool = False) -> bool:
         """One reset of a GPU by its profile; True when the GPU answered afterwards. ``unaware``:
@@ -382,6 +389,7 @@ class SimKernel:
             return False
         st.resets += 1
         self.wipe_settings(st)
+        st.mig.lost(reset=True, arch=st.spec.arch)  # a reset destroys the instances, applies a pending mode (sim.mig)
         outcome = st.spec.profile.reset(st.rng, kind, st.resets, st.loaded)
         st.loaded = False
         st.corrupt = st.spec.profile.corrupts(st.rng)

@@ -1,6 +1,6 @@
 """The simulated node's command runner: answers like the real programs, never runs anything.
 
-Covered: ``nvidia-smi -r -i BDF`` (exit codes from the nvidia-smi documentation, reference 4.1),
+Covered: ``nvidia-smi -r -i BDF``, ``nvidia-smi mig`` and ``-L`` (sim.mig) (exit codes from the nvidia-smi documentation, reference 4.1),
 ``nvidia-smi --query-gpu=...`` for the settings a reset wipes and ``-c/-pl/-ac/-am/-pm`` to set them,
 ``rmmod``, ``modprobe``, ``modprobe --show-depends`` and ``modinfo`` (kmod's wording), ``systemctl is-active|stop|start``, ``uname -r``.
 A command the simulated node does not know answers as a shell does for a missing program (127),
@@ -20,6 +20,7 @@ from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
 from gpusoak.sim import driver_reset, modules
+from gpusoak.sim import mig as sim_mig
 from gpusoak.sim import services as sim_services
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
@@ -80,7 +81,7 @@ def _clocks(text: str) -> tuple[str, str]:
 SETTERS = {"-c": ("compute_mode", lambda v: _MODES[v.upper()]), "-pl": ("power.limit", _watts),
            "-ac": ("ac", _clocks), "-am": ("accounting.mode", lambda v: "Enabled" if _ON_OFF[v.upper()] else "Disabled"),
            "-pm": ("persistence_mode", lambda v: _ON_OFF[v.upper()])}
-SMI_FIELDS = (*SETTINGS_DEFAULTS, "persistence_mode")
+SMI_FIELDS = (*SETTINGS_DEFAULTS, "persistence_mode", "mig.mode.current", "mig.mode.pending")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ class SimRunner:
             return 0, self._kernel.scenario.kernel + "\n", ""
         if name == "nvidia-smi" and args[:1] in (("-r",), ("--gpu-reset",)):
             return self._gpu_reset(args)
+        if name == "nvidia-smi" and args[:1] == ("mig",):
+            return self._smi_mig(args[1:])
+        if name == "nvidia-smi" and args == ("-L",):
+            return self._smi_list()
         if name == "nvidia-smi" and any(a.startswith("--query-gpu=") for a in args):
             return self._smi_query(args)
         if name == "nvidia-smi" and set(args) & set(SETTERS):
@@ -215,9 +220,36 @@ class SimRunner:
         rows = []
         for st in gpus:
             values = {"pci.bus_id": st.spec.bdf.nvml_bus_id, **st.settings,
-                      "persistence_mode": "Enabled" if st.health["persistence_mode"] else "Disabled"}
+                      "persistence_mode": "Enabled" if st.health["persistence_mode"] else "Disabled",
+                      "mig.mode.current": st.mig.current or "[N/A]", "mig.mode.pending": st.mig.pending or "[N/A]"}
             rows.append(", ".join(values[q] for q in query))
         return 0, "".join(r + "\n" for r in rows), ""
+
+    def _smi_mig(self, args: tuple[str, ...]) -> tuple[int, str, str]:
+        """``nvidia-smi mig ... -i BUS`` (sim.mig); one GPU at a time."""
+        if "-i" not in args:
+            return 2, "", "This simulated node manages MIG one GPU at a time; pass -i.\n"
+        gpus, error = self._smi_gpus(args)
+        if error is not None:
+            return error
+        st = gpus[0]
+        index = [b for b in sorted(self._kernel.gpus) if self._kernel.driver_of(b) == "nvidia"].index(st.spec.bdf)
+        rest = tuple(a for i, a in enumerate(args) if a != "-i" and (i == 0 or args[i - 1] != "-i"))
+        return sim_mig.command(st.mig, index, rest, f"{self._kernel.scenario.seed}:{st.spec.uuid}:{st.resets}")
+
+    def _smi_list(self) -> tuple[int, str, str]:
+        """``nvidia-smi -L``: ``GPU i: <name> (UUID: GPU-...)``, then one ``MIG <profile> Device n:
+        (UUID: MIG-...)`` line per MIG device (MIG user guide; sample from driver 510.47.03)."""
+        gpus, error = self._smi_gpus(())
+        if error is not None:
+            return error
+        lines = []
+        for i, st in enumerate(gpus):
+            lines.append(f"GPU {i}: {st.spec.model} (UUID: {st.spec.uuid})")
+            for n, ((gi, _ci), uuid) in enumerate(sorted(st.mig.cis.items())):
+                name = sim_mig.PROFILES[st.mig.gis[gi][0]][0]
+                lines.append(f"  MIG {name:<12} Device {n:2d}: (UUID: {uuid})")
+        return 0, "".join(line + "\n" for line in lines), ""
 
     def _smi_set(self, args: tuple[str, ...]) -> tuple[int, str, str]:
         if "-i" not in args:
@@ -276,10 +308,14 @@ class SimRunner:
         spec = env.get("CUDA_VISIBLE_DEVICES")
         visible: list[PciAddress] = []
         if spec is None:
-            visible = bound
+            visible = [b for b in bound if k.gpus[b].mig.current != "Enabled" or k.gpus[b].mig.cis]
         else:
             for entry in (e.strip() for e in spec.split(",")):
-                match = [b for b in bound if entry and k.gpus[b].spec.uuid.startswith(entry)]
+                # A MIG-enabled GPU is seen only through its MIG devices, by MIG UUID (MIG user
+                # guide, "CUDA Device Enumeration"); its own GPU UUID names no device [U].
+                match = [b for b in bound if entry and k.gpus[b].mig.current != "Enabled"
+                         and k.gpus[b].spec.uuid.startswith(entry)]
+                match += [b for b in bound if entry.startswith("MIG-") and entry in k.gpus[b].mig.cis.values()]
                 if entry.isdigit() and int(entry) < len(bound):
                     match = [bound[int(entry)]]
                 if len(match) != 1:

@@ -63,6 +63,9 @@ class GpuSpec:
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
+    # MIG (sim.mig): {mode = "Enabled", pending = "Disabled", layout = [19, 14], create_fails = false};
+    # layout: GPU instance profile ids, each with its full compute instance. Empty: no MIG ([N/A]).
+    mig: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         display=bool(spec.get("display", False)),
         nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
+        mig=dict(spec.get("mig", {})),
     )
 
 
