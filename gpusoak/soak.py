@@ -522,21 +522,27 @@ class Soak:
                 return [out[b] for b in self.gpus]
             except GpusoakError as err:
                 error = err
+            # The GPUs settle together, not one window after another: the first is read through its
+            # window; a later one's window ends when the first one's judgement did (by then it has
+            # had at least the window since the action; it is read at its first good poll, and its
+            # kernel log covers all of it).
+            settle_until = None
             for b in live:
-                out[b] = self._opened(b, self._judge(b, bases[b], cursor, start, error), cursor)
+                out[b] = self._opened(b, self._judge(b, bases[b], cursor, start, error, settle_until), cursor)
+                settle_until = self.node.clock.monotonic() if settle_until is None else settle_until
             return [out[b] for b in self.gpus]
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "end"))
 
     def _judge(self, bdf: PciAddress, base: dict, cursor: int, start: float,
-               error: GpusoakError | None) -> CycleResult:
+               error: GpusoakError | None, settle_until: float | None = None) -> CycleResult:
         """Verify recovery after the action; a failure climbs the recovery ladder.
 
         XIDs come from the kernel log alone: NVML's event API needs an event set registered on the
         GPU across the action, and that registration is an attachment that holds /dev/nvidiaN open
         through the reset (the driver prints every XID to the kernel log: nv_report_error)."""
         poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s,
-                                     self.options.settle_s)
+                                     self.options.settle_s, settle_until)
         gate_checks = self._gate_checks(bdf) + self._mig_checks(bdf) if poll.recovered else ()
         checks = poll.checks + gate_checks
         events = poll.events

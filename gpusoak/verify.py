@@ -183,11 +183,12 @@ SETTLE_POLL_S = 5.0  # how often the checks are read again inside the settle win
 
 
 def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
-                   deadline_s: float, settle_s: float = 0.0) -> Poll:
+                   deadline_s: float, settle_s: float = 0.0, settle_until: float | None = None) -> Poll:
     """Poll until every check passes, a fatal kernel event, or the deadline; then, if it passed,
     keep reading for ``settle_s``: recovery holds only if every reading in that window passes too.
     Delayed reactions of the driver (a GSP RPC timeout logs Xid 119 only once its timeout ran out)
-    fall into the window instead of into the next cycle. Returns the last poll."""
+    fall into the window instead of into the next cycle. ``settle_until``: the window ends then
+    instead (the GPUs of one node-wide action settle together). Returns the last poll."""
     clock = node.clock
     start = clock.monotonic()
     expo = wait_exponential(multiplier=0.05, min=0.05, max=2.0)
@@ -211,16 +212,16 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
     first = retrying(poll)
     if not first.good:
         return first
-    return _settle(first, poll, clock, settle_s)
+    return _settle(first, poll, clock, first.at_s + settle_s if settle_until is None else settle_until)
 
 
-def _settle(first: Poll, poll, clock, settle_s: float) -> Poll:
-    """Read again every SETTLE_POLL_S until ``settle_s`` has passed since the first good poll; the
-    first reading that is not good ends the window: it came back and went away again."""
+def _settle(first: Poll, poll, clock, end: float) -> Poll:
+    """Read again every SETTLE_POLL_S until ``end``; the first reading that is not good ends the
+    window: it came back and went away again."""
     good_at = first.at_s
     last = first
-    while clock.monotonic() - good_at < settle_s - 1e-6:
-        clock.sleep(min(SETTLE_POLL_S, settle_s - (clock.monotonic() - good_at)))
+    while clock.monotonic() < end - 1e-6:
+        clock.sleep(min(SETTLE_POLL_S, end - clock.monotonic()))
         last = poll()
         if not last.good:
             return replace(last, first_good_s=good_at, unsettled=True)

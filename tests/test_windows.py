@@ -158,3 +158,14 @@ def test_the_reports_show_the_settle_window_and_what_came_after_a_cycle(tmp_path
                         settle_s=10.0, notes=built.content.notes)
     assert "settle window 10 s" in page
     assert "flr cycle 1 (to the end of the run): failed it: xid_119" in page
+
+
+def test_the_gpus_of_a_node_wide_cycle_settle_together(sim, tmp_path):
+    gpus = sim.node.gpus()
+    soak = Soak(sim.node, "run-1", SoakOptions(ladder=False), gpus)
+    soak.start(tmp_path / "journal.jsonl")
+    start = sim.node.clock.monotonic()
+    results = soak.run_node_cycle("module_reload", 1)
+    assert [r.outcome for r in results if r.bdf != "0000:9a:00.0"] == [RECOVERED] * 7
+    # One 10 s window for all eight, not eight windows one after another (80 s).
+    assert sim.node.clock.monotonic() - start < 30.0
