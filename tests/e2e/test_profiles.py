@@ -90,7 +90,9 @@ def test_nightly_stays_within_its_budget_rotates_and_keeps_a_history(nightly):
     assert result["trends"]["earlier_runs"] == 2
     healthy = next(g for g in result["gpus"] if g["bdf"] == "0000:19:00.0")
     assert len(healthy["history"]) == 3
-    rotated = {a: s["cycles"] for a, s in healthy["sequences"].items() if s["stopped"] == "unfinished"}
+    # The GPU actions are taken in turn; module_reload, node-wide, runs after them in its own share.
+    rotated = {a: s["cycles"] for a, s in healthy["sequences"].items()
+               if s["stopped"] == "unfinished" and a != "module_reload"}
     assert len(rotated) >= 4 and max(rotated.values()) - min(rotated.values()) <= 1, rotated  # taken in turn
     assert healthy["sequences"]["bus_reset"]["outcome"] == "not_applicable"  # behind a shared switch
     journal = [json.loads(x) for x in (runs[-1] / "journal.jsonl").read_text().splitlines()]
