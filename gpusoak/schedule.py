@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
-from gpusoak.actions.base import FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
+from gpusoak.actions.base import BUS_BUSY, FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import Soak
 from gpusoak.sprt import Sprt, SprtParams
@@ -76,7 +76,7 @@ class Sequence:
                 self.test.add(failed)
         elif r.outcome == REFUSED and not self.attempts:
             self.refusal = r.reason or "refused"
-        elif r.outcome == SKIPPED:
+        elif r.outcome == SKIPPED and r.reason != BUS_BUSY:
             self.stopped = "out_of_service"  # a hung write or a GPU nothing brought back
 
     def done(self, plan: Plan) -> bool:

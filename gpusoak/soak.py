@@ -17,8 +17,8 @@ from gpusoak import gates as health_gates
 from gpusoak import gpu_settings, ladder, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release, services
-from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
-from gpusoak.errors import GpusoakError, Hung, UsageError
+from gpusoak.actions.base import BUS_BUSY, NOT_AUTHORISED, holder_refusals
+from gpusoak.errors import Busy, GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
 from gpusoak.host import kmsg
 from gpusoak.host.node import Node
@@ -296,6 +296,12 @@ class Soak:
                 return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
                                    findings=(Finding("hung", str(err)),),
                                    events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
+            except Busy as err:
+                if err.bind_back is None:
+                    # The kernel did nothing (EAGAIN, retried once): no attempt, and no verdict on the GPU.
+                    return CycleResult(outcome=SKIPPED, duration_s=self.node.clock.monotonic() - start,
+                                       findings=(Finding(err.reason or BUS_BUSY, str(err)),), **base)
+                error = err  # the reset did not run, but the slot could not be bound back: judged
             except GpusoakError as err:
                 error = err
             return self._judge(bdf, base, cursor, start, error)

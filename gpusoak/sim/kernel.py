@@ -86,6 +86,7 @@ class SimKernel:
                             settings=dict(g.settings))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
+        self.bus_lock_busy: dict[PciAddress, int | None] = {}  # bridge -> busy answers left (None: always)
         # (GPU, NVML device function) -> the pynvml error it raises there ("NoPermission",
         # "Unknown", "LibraryMismatch", ...): the scenario's [gpu] nvml_errors, or fail_nvml().
         self.nvml_errors: dict[tuple[PciAddress, str], str] = {
@@ -115,6 +116,14 @@ class SimKernel:
             self.nvml_errors.pop((bdf, function), None)
         else:
             self.nvml_errors[(bdf, function)] = error
+
+    def hold_bus_lock(self, bridge: PciAddress, times: int | None = 1) -> None:
+        """Another reset or rescan holds the bus lock below ``bridge``: its next ``times`` bridge
+        resets answer EAGAIN (None: every one; 0: free again)."""
+        if times == 0:
+            self.bus_lock_busy.pop(bridge, None)
+        else:
+            self.bus_lock_busy[bridge] = times
 
     # -- kernel log --------------------------------------------------------------------------
     def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:
@@ -343,6 +352,16 @@ class SimKernel:
             # __pci_reset_bus -> pci_bus_resettable: a device flagged NO_BUS_RESET below the bridge
             # makes the bus unresettable, -ENOTTY before anything is reset.
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
+        if bridge in self.bus_lock_busy:
+            # __pci_reset_bus: after the probe (pci_bus_reset(bus, PCI_RESET_PROBE)), pci_bus_trylock
+            # fails while another reset or a rescan holds a device lock on the bus: -EAGAIN, nothing reset.
+            left = self.bus_lock_busy[bridge]
+            if left is not None:
+                if left <= 1:
+                    del self.bus_lock_busy[bridge]
+                else:
+                    self.bus_lock_busy[bridge] = left - 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable", str(path))
         ok = True
         for st in below:
             # pci_bus_save_and_disable / pci_bus_restore: each driver below is told only through
