@@ -106,7 +106,7 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings"):  # what restore changed; services stopped; settings put back after a cycle
+            elif kind in ("restore", "services", "settings", "runtime_pm"):  # what restore changed; services stopped; settings put back after a cycle; runtime PM turned off
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

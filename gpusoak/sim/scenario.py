@@ -63,6 +63,13 @@ class GpuSpec:
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
+    minor: int | None = None  # /dev/nvidia<minor> at boot (None: the next free one in scenario order)
+    # Runtime PM at boot: power/control "on" (the PCI core's default) or "auto" (a udev rule, or
+    # vfio-pci's own pm_runtime_allow). With "auto" an idle GPU drops to D3hot under vfio-pci, or to
+    # D3cold under nvidia where the driver's runtime D3 (RTD3) is on (`rtd3`).
+    power_control: str = "on"
+    rtd3: bool = False
+    vfio: bool = False  # bound to vfio-pci at boot (driver_override), as a passthrough host leaves it
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,10 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         display=bool(spec.get("display", False)),
         nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
+        minor=None if spec.get("minor") is None else int(spec["minor"]),
+        power_control=_choice(spec.get("power_control", "on"), ("on", "auto"), "power_control"),
+        rtd3=bool(spec.get("rtd3", False)),
+        vfio=bool(spec.get("vfio", False)),
     )
 
 
