@@ -543,6 +543,9 @@ class SimKernel:
             st.generation += 1
             driver_reset.unbound(st)
             self._free_minor(bdf)
+            if st.spec.rtd3:
+                self.tree.set_attr(bdf, "power/control", "on")  # the README's udev rule on unbind
+                self._resume(st, bdf)
         if self.driver_of(bdf) == "vfio-pci":
             # vfio_pci_core_unregister_device: pm_runtime_get_noresume, pm_runtime_forbid: "on" again.
             self.tree.set_attr(bdf, "power/control", "on")
@@ -574,8 +577,10 @@ class SimKernel:
                 raise OSError(errno.ENODEV, "No such device", str(path))
             self.wipe_settings(st)
             if st.spec.rtd3:
-                # NVIDIA README, "PCI-Express Runtime D3 (RTD3) Power Management": a udev rule on
-                # "bind" of an NVIDIA display or 3D controller sets power/control to auto.
+                # NVIDIA README, "PCI-Express Runtime D3 (RTD3) Power Management", System Settings
+                # (download.nvidia.com/XFree86/Linux-x86_64/525.89.02/README/dynamicpowermanagement.html):
+                # a udev rule on "bind" of an NVIDIA VGA/3D controller to nvidia sets power/control
+                # to auto, and one on "unbind" sets it to on.
                 self.tree.set_attr(bdf, "power/control", "auto")
         elif driver == "vfio-pci":
             if st is not None:
@@ -763,6 +768,9 @@ class SimKernel:
                 if driver == "nvidia" and (st := self.gpus.get(bdf)) is not None:
                     st.generation += 1
                     self._free_minor(bdf)
+                    if st.spec.rtd3:
+                        self.tree.set_attr(bdf, "power/control", "on")  # the README's udev rule on unbind
+                        self._resume(st, bdf)
                 self.tree.unbind(bdf)
         if driver == "nvidia":
             for st in self.gpus.values():
