@@ -94,3 +94,15 @@ def test_a_minor_that_changes_after_remove_rescan_is_a_finding_and_fails_when_st
                 assert "minor changed in 1 recovered cycle(s)" in classify_gpu(str(OTHER), None, [r]).evidence
         finally:
             s.node.close()
+
+
+def test_the_plan_says_which_functions_get_runtime_pm_turned_off(tmp_path):
+    from gpusoak import plan
+
+    s = _sim(tmp_path, [(GPU, "vfio = true"), (OTHER, "")])
+    try:
+        p = plan.make(s.node, [GPU, OTHER], SoakOptions())
+        assert p["runtime_pm_off"] == [str(GPU)]
+        assert f"runtime PM off for the run (power/control on; auto again at the end): {GPU}" in plan.render(p)
+    finally:
+        s.node.close()
