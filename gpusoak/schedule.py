@@ -212,6 +212,7 @@ class Scheduler:
         self.stopping = threading.Event()  # set when the run is told to stop: no new cycle starts
         self.results: list[CycleResult] = []  # every cycle, as the workers journaled them
         soak.gate = self.gate
+        soak.parallel = plan.parallel and len(soak.gpus) > 1  # other GPUs' cycles run meanwhile
         for bdf in soak.gpus:
             for a in plan.actions:
                 self.sequences[(str(bdf), a)] = Sequence(str(bdf), a, Sprt(plan.sequential) if plan.sequential else None)
