@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-mig", action="store_true",
                      help="soak GPUs with MIG enabled (else refused, mig_enabled): their GPU and compute instances, which a reset destroys, are recreated after each cycle and checked (mig_layout), and the load runs on their first MIG device")
     run.add_argument("--no-ladder", action="store_true", help="no recovery ladder after a failed cycle")
+    run.add_argument("--identity-strict", action="store_true",
+                     help="the scheduler names GPUs by /dev/nvidiaN or index (gres.conf File=, jobs by index): "
+                     "a minor or NVML index that changed after a cycle fails it (default: a finding)")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
                      help="load before each cycle (0: none; default 20 on a real node, the scenario's on sim)")
@@ -211,6 +214,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append("--gpusoak-allow-mig")
     if args.no_ladder:
         argv.append("--gpusoak-no-ladder")
+    if args.identity_strict:
+        argv.append("--gpusoak-identity-strict")
     if args.lock_file is not None:
         argv.append(f"--gpusoak-lock-file={args.lock_file.resolve()}")
     argv.append(f"--gpusoak-write-timeout={args.write_timeout}")

@@ -65,6 +65,11 @@ class WriteFailed(GpusoakError):
     """The kernel rejected a write (the errno is in ``fields``)."""
 
 
+class Busy(GpusoakError):
+    """The kernel said try again (EAGAIN) and still did after a retry: nothing was done, so the
+    cycle is skipped with the reason, neither failed nor recovered."""
+
+
 class SysfsError(GpusoakError):
     """A sysfs read failed for a reason other than absence."""
 

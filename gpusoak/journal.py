@@ -112,10 +112,10 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending", AFTER_CYCLE):
+            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending", "runtime_pm", AFTER_CYCLE):
                 # what restore changed; services stopped; settings and MIG layouts put back after a
                 # cycle; a pending MIG-mode change found before the first reset; what a cycle's
-                # window held after it was judged
+                # window held after it was judged; runtime PM turned off
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

@@ -57,6 +57,7 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
             continue
         if soak.saved_state is not None:
             node_state.restore(node, soak.saved_state, ctx, only={str(b) for b in _functions(soak, bdf)})
+        soak.hold_d0(bdf)  # a binding put back to vfio-pci allows runtime PM again
         poll = verify.await_recovery(node, bdf, soak.baselines[bdf], cursor, soak.options.recovery_deadline_s,
                                      soak.options.settle_s)
         if poll.recovered:

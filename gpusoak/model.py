@@ -139,6 +139,9 @@ class Snapshot:
     nvml_status: str = "not read"  # ok, gpu_lost, reset_required, not_found, unavailable: <why>
     siblings: tuple[tuple[str, str | None], ...] = ()  # the GPU's other functions and their drivers
     read_errors: tuple[str, ...] = ()  # attributes of the function that could not be read, with the errno
+    runtime_pm: str | None = None  # power/control: "on" or "auto" (runtime PM allowed); None where absent
+    minor: int | None = None  # /dev/nvidia<minor>, from NVML; None where NVML could not say
+    nvml_index: int | None = None  # NVML's (and CUDA's, with CUDA_DEVICE_ORDER=PCI_BUS_ID) device index
 
 
 # Cycle outcomes. attempts = recovered + failed + hung; refused and skipped are not attempts.
@@ -147,6 +150,10 @@ RECOVERED, FAILED, HUNG, REFUSED, SKIPPED = "recovered", "failed", "hung", "refu
 # child broke): neither recovered nor failed, and never counted as either.
 INCONCLUSIVE = "inconclusive"
 OUTCOMES = (RECOVERED, FAILED, HUNG, REFUSED, SKIPPED, INCONCLUSIVE)
+
+# Findings on the GPU's identity after a cycle (verify.identity_findings): its /dev/nvidiaN minor or
+# its NVML index is not the baseline's.
+MINOR_CHANGED, INDEX_CHANGED = "minor_changed", "index_changed"
 
 # An action's semantics version where a run does not name one: runs from before the versions existed
 # ran every action in its first meaning (flr, pm_reset, bus_reset reset under the bound driver).
@@ -183,6 +190,10 @@ class CycleResult:
     load: dict[str, Any] | None = None  # the load before the reset (gpusoak.load.child.LoadSummary)
     post_check: dict[str, Any] | None = None  # the short load after recovery
     recovered_by: str | None = None  # the rung that brought the GPU back; "reboot_required" if none did
+    # The GPU's identity after the cycle, beside its UUID: what Slurm's gres.conf (File=/dev/nvidiaN)
+    # and the Kubernetes device plugin name it by. None where it could not be read.
+    minor: int | None = None
+    nvml_index: int | None = None
 
     @property
     def attempted(self) -> bool:

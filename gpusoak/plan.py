@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpusoak.actions import ACTIONS, NODE_ACTIONS, services
+from gpusoak.actions.base import slot_functions
+from gpusoak.errors import GpusoakError
 from gpusoak.host.node import Node
 from gpusoak.model import PciAddress
 from gpusoak.soak import SoakOptions
@@ -19,6 +21,7 @@ def make(node: Node, gpus: list[PciAddress], options: SoakOptions) -> dict[str, 
         "destructive_allowed": node.simulated or options.destructive,
         "order": [f"{a}: each cycle on every GPU" for a in per_gpu] + [f"{a}: each cycle node-wide" for a in per_node],
         "gpus": [], "node_actions": [], "services": _services(node, ctx),
+        "runtime_pm_off": _runtime_pm_auto(node, gpus),
     }
     for bdf in gpus:
         entry: dict[str, Any] = {"bdf": str(bdf), "actions": {}}
@@ -34,6 +37,22 @@ def make(node: Node, gpus: list[PciAddress], options: SoakOptions) -> dict[str, 
         refusals = action.refusals(node, None, ctx)
         out["node_actions"].append({"action": name, "refused": [f"{f.reason}: {f.detail}" for f in refusals],
                                     "steps": [] if refusals else [str(s) for s in action.steps(node, None, ctx)]})
+    return out
+
+
+def _runtime_pm_auto(node: Node, gpus: list[PciAddress]) -> list[str]:
+    """Functions whose power/control reads auto: the run writes on to them before the baseline and
+    after each action (Soak.hold_d0), and puts auto back at the end."""
+    out = []
+    for bdf in gpus:
+        if not node.sysfs.function(bdf).present:
+            continue
+        for f in slot_functions(node, bdf):
+            try:
+                if node.sysfs.function(f).runtime_pm == "auto":
+                    out.append(str(f))
+            except GpusoakError:
+                continue
     return out
 
 
@@ -61,6 +80,9 @@ def render(plan: dict[str, Any]) -> str:
         lines.append(f"kept running (--keep-services): {', '.join(svc['kept_running'])}; the actions they block are refused")
     if svc.get("never_stopped"):
         lines.append(f"never stopped (the fabric needs them): {', '.join(svc['never_stopped'])}")
+    if plan.get("runtime_pm_off"):
+        lines.append("runtime PM off for the run (power/control on; auto again at the end): "
+                     + ", ".join(plan["runtime_pm_off"]))
     lines.append("after a failed cycle: the recovery ladder flr -> rebind -> bus_reset -> module_reload")
     for g in plan["gpus"]:
         lines.append("")

@@ -73,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="soak GPUs with MIG enabled (else refused, mig_enabled): their GPU and compute instances, which a reset destroys, are recreated after each cycle and checked (mig_layout), and the load runs on their first MIG device")
     g.addoption("--gpusoak-no-ladder", action="store_true", default=False,
                 help="do not climb the recovery ladder after a failed cycle")
+    g.addoption("--gpusoak-identity-strict", action="store_true", default=False,
+                help="a /dev/nvidiaN minor or NVML index that changed after a cycle fails it (the scheduler's "
+                "configuration names GPUs so: gres.conf File=/dev/nvidiaN, jobs by index); default: a finding")
     g.addoption("--gpusoak-lock-file", default=None,
                 help=f"lock file that keeps one destructive run per node (default {DEFAULT_LOCK} on a real node)")
     g.addoption("--gpusoak-load-seconds", type=float, default=None,
@@ -180,6 +183,7 @@ class SoakRun:
                               destructive=destructive, keep_services=opt("gpusoak_keep_services"),
                               allow_mig=opt("gpusoak_allow_mig"),
                               ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")),
+                              identity_strict=opt("gpusoak_identity_strict"),
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),
                               post_check_seconds=self.node.post_check_seconds_default if post_s is None else post_s)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from gpusoak import journal
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
-from gpusoak.actions.base import FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
+from gpusoak.actions.base import BUS_BUSY, FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import LOAD_CHARGED, Soak
 from gpusoak.sprt import Sprt, SprtParams, replay
@@ -96,7 +96,7 @@ class Sequence:
             pass  # its load failed: the previous cycle's failure, and this action never ran
         elif r.outcome == REFUSED and not self.attempts:
             self.refusal = r.reason or "refused"
-        elif r.outcome == SKIPPED:
+        elif r.outcome == SKIPPED and r.reason != BUS_BUSY:
             self.stopped = "out_of_service"  # a hung write or a GPU nothing brought back
 
     def done(self, plan: Plan) -> bool:
@@ -232,6 +232,7 @@ class Scheduler:
         self.stopping = threading.Event()  # set when the run is told to stop: no new cycle starts
         self.results: list[CycleResult] = []  # every cycle, as the workers journaled them
         soak.gate = self.gate
+        soak.parallel = plan.parallel and len(soak.gpus) > 1  # other GPUs' cycles run meanwhile
         for bdf in soak.gpus:
             for a in plan.actions:
                 self.sequences[(str(bdf), a)] = Sequence(str(bdf), a, Sprt(plan.sequential) if plan.sequential else None)

@@ -24,7 +24,17 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpusoak.model import FAILED, HUNG, RECOVERED, ActionStats, CycleResult, GpuVerdict, Verdict
+from gpusoak.model import (
+    FAILED,
+    HUNG,
+    INDEX_CHANGED,
+    MINOR_CHANGED,
+    RECOVERED,
+    ActionStats,
+    CycleResult,
+    GpuVerdict,
+    Verdict,
+)
 from gpusoak.model import INCONCLUSIVE as INCONCLUSIVE_CYCLE
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
@@ -100,6 +110,9 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
                  else f"recovered by {rung} x{n}" for rung, n in rungs.most_common()]
     not_tried = Counter(r.reason for r in results if not r.attempted)
     evidence += [f"not attempted: {why} x{n}" for why, n in not_tried.most_common()]
+    moved = Counter(f.reason for r in results if r.outcome == RECOVERED for f in r.findings
+                    if f.reason in (MINOR_CHANGED, INDEX_CHANGED))
+    evidence += [f"{why.replace('_', ' ')} in {n} recovered cycle(s)" for why, n in sorted(moved.items())]
     blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
     if blind:
         evidence.append(f"{len(blind)} cycle(s) a check could not look at: {blind[0].reason}")

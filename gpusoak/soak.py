@@ -18,8 +18,8 @@ from gpusoak import gates as health_gates
 from gpusoak import gpu_settings, ladder, mig, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release, services
-from gpusoak.actions.base import NOT_AUTHORISED, holder_refusals
-from gpusoak.errors import GpusoakError, Hung, UsageError
+from gpusoak.actions.base import BUS_BUSY, NOT_AUTHORISED, holder_refusals, slot_functions, write
+from gpusoak.errors import Busy, GpusoakError, Hung, UsageError
 from gpusoak.gates import GateLimits
 from gpusoak.host import kmsg
 from gpusoak.host.node import Node
@@ -79,6 +79,10 @@ class SoakOptions:
     # cycle and checked (mig_layout), and the load runs on their first MIG device. Without it such
     # a GPU is refused (mig_enabled): a reset destroys its instances (gpusoak/mig.py).
     allow_mig: bool = False
+    # The node's scheduler names GPUs by /dev/nvidiaN or by index (Slurm gres.conf File=/dev/nvidiaN,
+    # a device plugin or jobs by index): a minor or index that changed fails the cycle. Without it
+    # the change is a finding on a recovered cycle.
+    identity_strict: bool = False
 
     def __post_init__(self) -> None:
         if self.cycles < 1:
@@ -124,6 +128,7 @@ class Soak:
         self.ctx = options.context_for(gpus)
         self.profile: dict | None = None  # the profile and plan of a scheduled run, for the journal header
         self.gate = None  # the scheduler's NodeGate, when GPUs run in parallel
+        self.parallel = False  # set by the scheduler when other GPUs' cycles run at the same time
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
 
         self.baselines: dict[PciAddress, Snapshot] = {}
@@ -181,13 +186,23 @@ class Soak:
     def start(self, journal_path: Path, state_path: Path | None = None) -> None:
         """Save the node's state (when resets are allowed) and open the journal, whose header records
         the node and the baselines before any reset."""
+        resumed: list[str] = []
         if self.allowed:
             self.saved_state = node_state.capture(self.node, self.gpus, self.ctx)
             self.mig = {PciAddress.parse(b): mig.MigState.from_dict(d) for b, d in self.saved_state.mig.items()}
             if state_path is not None:
                 node_state.save(self.saved_state, state_path)
+            # Saved first (power/control included), so the end of the run, or `gpusoak restore`
+            # after a crash, puts runtime PM back as it was.
+            for bdf in self.gpus:
+                if on := self.hold_d0(bdf):
+                    resumed += on
+                    self.out_of_service.pop(bdf, None)
+                    self._take_baseline(bdf)  # the idle reading again, now in D0
         self.journal = Journal(journal_path, self.header())
         self._report_mig_pending()
+        if resumed:
+            self.journal.note({"type": "runtime_pm", "control_on": resumed})
         nvidia = [b for b in self.gpus if self.node.sysfs.function(b).vendor == NVIDIA_VENDOR]
         if self.allowed and nvidia and self.node.nvml is None:
             # Said before the first cycle: without NVML no cycle of these GPUs can be shown to recover.
@@ -206,6 +221,28 @@ class Soak:
                       "would apply it: its cycles are refused (mig_mode_pending)", file=sys.stderr)
                 self.journal.note({"type": "mig_mode_pending", "bdf": str(bdf), "current": state.current,
                                    "pending": state.pending})
+    def hold_d0(self, bdf: PciAddress) -> list[str]:
+        """Runtime PM off (power/control on) on each function of the slot that allows it; what was
+        written. An idle device with runtime PM allowed suspends (vfio-pci idles in D3hot:
+        vfio_pci_core_register_device's pm_runtime_allow and pm_runtime_put; RTD3 under nvidia in
+        D3cold), and a cycle compares D0 with D0. The write resumes the device before it returns
+        (drivers/base/power/sysfs.c control_store -> pm_runtime_forbid -> rpm_resume). Done before
+        the baseline and again after each action (a vfio-pci bind allows runtime PM again);
+        state.json keeps the value the end of the run puts back. A write that fails is left to the
+        checks: a device still suspended is a power check that could not look."""
+        if not self.node.sysfs.function(bdf).present:
+            return []
+        done = []
+        for f in slot_functions(self.node, bdf):
+            fn = self.node.sysfs.function(f)
+            try:
+                if fn.runtime_pm != "auto":
+                    continue
+                write(self.node, fn.path / "power" / "control", "on", self.ctx, "runtime PM off for the soak")
+            except GpusoakError:
+                continue
+            done.append(str(f))
+        return done
 
     def _stop_services(self, state_path: Path | None) -> None:
         """Stop the active GPU services once for the whole run, not per cycle: started again they
@@ -356,8 +393,15 @@ class Soak:
                 return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
                                    findings=(Finding("hung", str(err)),),
                                    events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
+            except Busy as err:
+                if err.bind_back is None:
+                    # The kernel did nothing (EAGAIN, retried once): no attempt, and no verdict on the GPU.
+                    return CycleResult(outcome=SKIPPED, duration_s=self.node.clock.monotonic() - start,
+                                       findings=(Finding(err.reason or BUS_BUSY, str(err)),), **base)
+                error = err  # the reset did not run, but the slot could not be bound back: judged
             except GpusoakError as err:
                 error = err
+            self.hold_d0(bdf)
             return self._opened(bdf, self._judge(bdf, base, cursor, start, error), cursor)
         finally:
             self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "end"))
@@ -528,6 +572,7 @@ class Soak:
             # kernel log covers all of it).
             settle_until = None
             for b in live:
+                self.hold_d0(b)
                 out[b] = self._opened(b, self._judge(b, bases[b], cursor, start, error, settle_until), cursor)
                 settle_until = self.node.clock.monotonic() if settle_until is None else settle_until
             return [out[b] for b in self.gpus]
@@ -548,22 +593,33 @@ class Soak:
         events = poll.events
         recovery_s = (poll.first_good_s if poll.first_good_s is not None else poll.at_s) - start
         post, wrong, tool = self._post_check(bdf) if poll.recovered and error is None else (None, None, False)
-        base = {**base, "post_check": post}
+        snap = poll.snapshot
+        base = {**base, "post_check": post, "minor": snap.minor if snap else None,
+                "nvml_index": snap.nvml_index if snap else None}
+        identity = tuple(verify.identity_findings(self.baselines[bdf], snap))
+        parallel = self.parallel
+        if parallel and identity:
+            # Other GPUs' cycles run meanwhile: one unbound now shifts the index, and GPUs bound
+            # back in another order take each other's minors. True of the node, but gpusoak's doing.
+            identity = tuple(Finding(f.reason, f.detail + "; a parallel run: other GPUs' cycles may have "
+                                     "caused it") for f in identity)
         duration = self.node.clock.monotonic() - start
         gates_ok = all(c.status != verify.FAIL for c in gate_checks)
+        if identity and self.options.identity_strict and not parallel:
+            gates_ok = False  # the scheduler's configuration names the old minor or index
         if poll.recovered and error is None and wrong is None and gates_ok and not any(
                 c.status == verify.BLIND for c in checks):
-            return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=recovery_s,
+            return CycleResult(outcome=RECOVERED, duration_s=duration, recovery_s=recovery_s, findings=identity,
                                checks=checks, events=events, **base)
         blind = [c for c in checks if c.status == verify.BLIND]
         if poll.recovered and error is None and gates_ok and (blind or (wrong is not None and tool)):
             # A check that could not look (NVML, or gpusoak's own post-check child broke) has not
             # passed: the cycle is inconclusive, neither recovered nor failed.
             findings = tuple(Finding(CANNOT_LOOK, f"{c.name}: {c.detail}") for c in blind) + \
-                ((wrong,) if wrong is not None and tool else ())
+                ((wrong,) if wrong is not None and tool else ()) + identity
             return CycleResult(outcome=INCONCLUSIVE, duration_s=duration, findings=findings, checks=checks,
                                events=events, **base)
-        findings = tuple(_findings(poll, error, gate_checks, [wrong] if wrong else []))
+        findings = tuple(_findings(poll, error, gate_checks, ([wrong] if wrong else []) + list(identity)))
         rungs, recovered_by = (), None
         if self.options.ladder and not poll.recovered:  # the ladder is for a GPU that did not come back
             rungs, recovered_by = ladder.climb(self, bdf)

@@ -154,7 +154,9 @@ def restore(node: Node, state: NodeState, ctx: Context, only: set[str] | None = 
         log.attempt(f"rescan {rescan.parent.name} below {rescan.parents[2].name}",
                     lambda r=rescan: write(node, r, "1", ctx, "rescanning the port's bus"))
     for f in wanted:
-        _restore_function(node, f, ctx, log)
+        # Mid-run (the ladder puts one slot's bindings back) runtime PM stays off: the soak holds the
+        # GPU in D0 until the end, when the saved power/control goes back.
+        _restore_function(node, f, ctx, log, runtime_pm=only is None)
     if only is None:
         # Before the GPU settings and persistence mode: a started nvidia-persistenced sets
         # persistence back itself (a legacy `nvidia-smi -pm 1` under a stopped daemon would be the
@@ -200,7 +202,7 @@ def _still_blocked(node: Node, functions: list[FunctionState], wait_s: float, lo
     return blocked
 
 
-def _restore_function(node: Node, f: FunctionState, ctx: Context, log: _Log) -> None:
+def _restore_function(node: Node, f: FunctionState, ctx: Context, log: _Log, runtime_pm: bool = True) -> None:
     fn = node.sysfs.function(PciAddress.parse(f.bdf))
     if not fn.present:
         log.errors.append(f"{f.bdf}: not present (a rescan of its port's bus did not bring it back, or "
@@ -218,7 +220,9 @@ def _restore_function(node: Node, f: FunctionState, ctx: Context, log: _Log) -> 
         if f.driver is not None:
             log.attempt(f"bind {f.bdf} to {f.driver}",
                         lambda: write(node, driver_path(node, f.driver, "bind"), f.bdf, ctx, "bind"))
-    if f.runtime_pm is not None and fn.present and fn.runtime_pm != f.runtime_pm:
+    # After the bindings: binding vfio-pci allows runtime PM itself (vfio_pci_core_register_device:
+    # pm_runtime_allow), unbinding it forbids it (vfio_pci_core_unregister_device).
+    if runtime_pm and f.runtime_pm is not None and fn.present and fn.runtime_pm != f.runtime_pm:
         log.attempt(f"power/control of {f.bdf} -> {f.runtime_pm}",
                     lambda: write(node, fn.path / "power" / "control", f.runtime_pm, ctx, "restoring runtime PM"))
     now = fn.reset_methods

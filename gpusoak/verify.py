@@ -19,12 +19,22 @@ from gpusoak.host import kmsg, nvml, xid
 from gpusoak.host.node import Node
 from gpusoak.host.nvml import NvmlQueryFailed
 from gpusoak.host.sysfs import NVIDIA_VENDOR
-from gpusoak.model import Check, KernelEvent, PciAddress, Snapshot, pci_matches
+from gpusoak.model import (
+    INDEX_CHANGED,
+    MINOR_CHANGED,
+    Check,
+    Finding,
+    KernelEvent,
+    PciAddress,
+    Snapshot,
+    pci_matches,
+)
 
 # SKIP: not applicable (not an NVIDIA function, an attribute this kernel lacks): no judgement is
 # owed. BLIND: the check applies but could not look (NVML unavailable, its query child broke):
 # the cycle is inconclusive, never recovered.
 PASS, FAIL, SKIP, BLIND = "pass", "fail", "skip", "cannot_look"
+NVIDIA_DRIVER = "nvidia"
 
 _FATAL_KINDS = {"fell_off_bus", "flr_not_ready", "flr_failed", "reset_failed", "d3cold",
                 "rminit_failed", "msix_failed", "link_down"}
@@ -64,28 +74,34 @@ def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
 
     try:
         power = attr("power_state", lambda: fn.power_state)
+        control = attr("power/control", lambda: fn.runtime_pm)
         driver = attr("driver", lambda: fn.driver)
         link = attr("link", lambda: fn.link)
     except DeviceGone:
         return Snapshot(str(bdf), present=False, nvml_status=_nvml_status(node, bdf)[0])
-    status, uuid = _nvml_status(node, bdf)
+    status, uuid, values = _nvml_status(node, bdf)
     siblings = tuple((str(b), node.sysfs.function(b).driver) for b in fn.sibling_functions())
-    return Snapshot(str(bdf), True, power, driver, link, uuid, status, siblings, tuple(errors))
+    return Snapshot(str(bdf), True, power, driver, link, uuid, status, siblings, tuple(errors), control,
+                    _int(values.get("minor")), _int(values.get("index")))
 
 
-def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None]:
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _nvml_status(node: Node, bdf: PciAddress) -> tuple[str, str | None, dict]:
     vendor = node.sysfs.function(bdf).vendor
     if vendor is not None and vendor != NVIDIA_VENDOR:
-        return f"not_applicable: not an NVIDIA GPU (vendor 0x{vendor:04x}): NVML has nothing to say", None
+        return f"not_applicable: not an NVIDIA GPU (vendor 0x{vendor:04x}): NVML has nothing to say", None, {}
     if node.nvml is None:
-        return f"unavailable: {node.nvml_unavailable}", None
+        return f"unavailable: {node.nvml_unavailable}", None, {}
     try:
         health = node.nvml.health(bdf)
     except (NvmlQueryFailed, NvmlUnavailable) as err:
-        return f"unavailable: NVML could not look: {err}", None  # gpusoak's child, not the GPU
+        return f"unavailable: NVML could not look: {err}", None, {}  # gpusoak's child, not the GPU
     except GpusoakError as err:
-        return f"error: {err}", None
-    return health.status, health.uuid
+        return f"error: {err}", None, {}
+    return health.status, health.uuid, health.values
 
 
 def compare(baseline: Snapshot, now: Snapshot) -> list[Check]:
@@ -95,14 +111,7 @@ def compare(baseline: Snapshot, now: Snapshot) -> list[Check]:
     checks = [Check("present", PASS)]
     if now.read_errors:
         checks.append(Check("sysfs_read", FAIL, "; ".join(now.read_errors)))
-    if now.power_state is None:
-        checks.append(Check("power_state", SKIP, "no power_state file in this kernel's sysfs"))
-    else:
-        # D0, like with like: a function no driver ever enabled reads "unknown" (the PCI core's
-        # current_state was never set; seen on Linux 6.1 in the real-kernel tier), and must read so again.
-        expected = baseline.power_state if baseline.power_state not in (None, "D0") and baseline.driver is None else "D0"
-        checks.append(Check("power_state", PASS if now.power_state == expected else FAIL,
-                            f"power state {now.power_state}, expected {expected}"))
+    checks.append(_power_check(baseline, now))
     checks.append(Check("driver", PASS if now.driver == baseline.driver else FAIL,
                         f"bound to {now.driver or 'no driver'}, expected {baseline.driver}"))
     if baseline.siblings or now.siblings:
@@ -111,6 +120,27 @@ def compare(baseline: Snapshot, now: Snapshot) -> list[Check]:
     checks.extend(_link_checks(baseline, now))
     checks.append(_nvml_check(baseline, now))
     return checks
+
+
+RUNTIME_SUSPENDED = ("D3hot", "D3cold")
+
+
+def _power_check(baseline: Snapshot, now: Snapshot) -> Check:
+    if now.power_state is None:
+        if any(e.startswith("power_state:") for e in now.read_errors):
+            return Check("power_state", FAIL, "power_state could not be read (see sysfs_read)")
+        return Check("power_state", SKIP, "no power_state file in this kernel's sysfs")
+    if now.power_state in RUNTIME_SUSPENDED and now.runtime_pm == "auto":
+        # Runtime PM allowed (vfio-pci's pm_runtime_allow, RTD3 under nvidia): an idle device
+        # suspends, so D3 says nothing about recovery either way. gpusoak resumes a GPU it may
+        # reset (power/control on, Soak.start); where it could not, the D0 was not shown.
+        return Check("power_state", BLIND, f"runtime-suspended in {now.power_state} (power/control auto): "
+                     "whether it comes back to D0 was not shown")
+    # D0, like with like: a function no driver ever enabled reads "unknown" (the PCI core's
+    # current_state was never set; seen on Linux 6.1 in the real-kernel tier), and must read so again.
+    expected = baseline.power_state if baseline.power_state not in (None, "D0") and baseline.driver is None else "D0"
+    return Check("power_state", PASS if now.power_state == expected else FAIL,
+                 f"power state {now.power_state}, expected {expected}")
 
 
 def _fmt_siblings(siblings: tuple[tuple[str, str | None], ...]) -> str:
@@ -136,6 +166,10 @@ def _nvml_check(baseline: Snapshot, now: Snapshot) -> Check:
     status = now.nvml_status
     if status.startswith("not_applicable"):
         return Check("nvml", SKIP, status)
+    if baseline.driver not in (None, NVIDIA_DRIVER) and now.driver == baseline.driver:
+        # NVML sees only the GPUs the nvidia driver drives: one left on vfio-pci (a passthrough
+        # host's) is NOT_FOUND there by design (nvmlDeviceGetHandleByPciBusId_v2).
+        return Check("nvml", SKIP, f"bound to {now.driver}, as at the baseline: NVML sees only GPUs nvidia drives")
     if status.startswith("unavailable"):
         return Check("nvml", BLIND, status)
     if status != nvml.OK:
@@ -159,6 +193,7 @@ class Poll:
     # settle window. A GPU that comes back and goes away again within it has not recovered.
     first_good_s: float | None = None
     unsettled: bool = False
+    snapshot: Snapshot | None = None  # the reading the checks were made on
 
     @property
     def fatal(self) -> list[KernelEvent]:
@@ -199,8 +234,9 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
         return max(0.01, min(expo(state), deadline_s - (clock.monotonic() - start)))
 
     def poll() -> Poll:
-        checks = compare(baseline, snapshot(node, bdf))
-        return Poll(tuple(checks), tuple(device_events(node, bdf, cursor)), clock.monotonic())
+        snap = snapshot(node, bdf)
+        checks = compare(baseline, snap)
+        return Poll(tuple(checks), tuple(device_events(node, bdf, cursor)), clock.monotonic(), snapshot=snap)
 
     retrying = Retrying(
         stop=lambda state: clock.monotonic() - start >= deadline_s - 1e-6,
@@ -226,3 +262,20 @@ def _settle(first: Poll, poll, clock, end: float) -> Poll:
         if not last.good:
             return replace(last, first_good_s=good_at, unsettled=True)
     return replace(last, first_good_s=good_at)
+
+
+def identity_findings(baseline: Snapshot, now: Snapshot | None) -> list[Finding]:
+    """What changed of the GPU's identity besides its UUID: the /dev/nvidiaN minor that Slurm's
+    gres.conf names (File=/dev/nvidiaN) and the NVML index the device plugin and CUDA number by.
+    A side unread (NVML could not say) is no change: the UUID check already judges NVML."""
+    if now is None:
+        return []
+    out = []
+    if baseline.minor is not None and now.minor is not None and now.minor != baseline.minor:
+        out.append(Finding(MINOR_CHANGED, f"/dev/nvidia{now.minor}, was /dev/nvidia{baseline.minor} at the "
+                           "baseline: a gres.conf or container naming the old node now names another GPU or none"))
+    if baseline.nvml_index is not None and now.nvml_index is not None and now.nvml_index != baseline.nvml_index:
+        out.append(Finding(INDEX_CHANGED, f"NVML index {now.nvml_index}, was {baseline.nvml_index} at the baseline: "
+                           "jobs that pick GPUs by index now get another one"))
+    return out
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from gpusoak.actions import release
 from gpusoak.actions.base import (
+    BUS_BUSY,
     SHARED_DOMAIN,
     UNSUPPORTED,
     Context,
@@ -22,9 +23,15 @@ from gpusoak.actions.base import (
     write,
 )
 from gpusoak.actions.flr import MethodReset
+from gpusoak.errors import Busy, WriteFailed
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
+
+# How long to wait before the one retry of a bridge reset the kernel answered EAGAIN: the bus lock
+# is held by another reset or a rescan of the same bus, which take a second or so (the simulator's
+# figure, not measured [I]).
+BUS_BUSY_RETRY_S = 1.0
 
 
 def no_bus_reset_quirk(device_id: int) -> bool:
@@ -87,7 +94,35 @@ class BusReset(MethodReset):
     def _reset_by(self, route: str | None, node: Node, bdf: PciAddress, ctx: Context) -> None:
         if route == "function":
             return self.reset(node, bdf, ctx)
-        port = node.sysfs.function(bdf).upstream_port
-        write(node, node.sysfs.function(port).path / "reset_subordinate", "1", ctx, "secondary bus reset")
-        return None
+        return bridge_reset(node, node.sysfs.function(bdf).upstream_port, ctx)
+
+
+def bridge_reset(node: Node, port: PciAddress, ctx: Context) -> None:
+    """``reset_subordinate`` of the port, with the two answers the kernel gives after the write:
+
+    - EAGAIN: ``__pci_reset_bus`` (drivers/pci/pci.c) could not take the bus lock
+      (``pci_bus_trylock``; "return -EAGAIN if the bus cannot be locked"): nothing was reset. Retried
+      once after a short wait; busy again, the reset did not run and the cycle is skipped (``Busy``).
+    - ENOTTY: the same code as the NO_BUS_RESET quirk (``pci_bus_resettable``), but the quirk is
+      refused before the write (``refusals``), so here it is ``pci_bridge_wait_for_secondary_bus``:
+      a device below did not come back. A failure, never "unsupported".
+    """
+    path = node.sysfs.function(port).path / "reset_subordinate"
+    for attempt in (1, 2):
+        try:
+            write(node, path, "1", ctx, "secondary bus reset")
+            return
+        except WriteFailed as err:
+            if err.errno == "EAGAIN" and attempt == 1:
+                node.clock.sleep(BUS_BUSY_RETRY_S)
+                continue
+            if err.errno == "EAGAIN":
+                raise Busy(f"the bus lock below {port} stayed busy (EAGAIN, retried once after "
+                           f"{BUS_BUSY_RETRY_S:g} s): the bus reset did not run", reason=BUS_BUSY,
+                           path=str(path)) from err
+            if err.errno == "ENOTTY":
+                raise WriteFailed(f"ENOTTY after the bus reset of {port}: a device below did not come back "
+                                  "(pci_bridge_wait_for_secondary_bus); not the NO_BUS_RESET quirk, which is "
+                                  "refused before the write", errno="ENOTTY", path=str(path)) from err
+            raise
 

@@ -169,6 +169,12 @@ class Nvml:
                 return NA(f"error: {err}")
 
         put("name", field("nvmlDeviceGetName", h), str)
+        # Identity beside the UUID: /dev/nvidia<minor> (Slurm's gres.conf File=) and NVML's index
+        # (nvidia-smi's and, with CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA's numbering): both can change
+        # after a remove/rescan or a reload (the minor is assigned at probe, nv.c
+        # nv_linux_assign_minor_locked), so each cycle records and compares them.
+        put("minor", field("nvmlDeviceGetMinorNumber", h), int)
+        put("index", field("nvmlDeviceGetIndex", h), int)
         mem = self.call("nvmlDeviceGetMemoryInfo", h)
         put("memory_total_bytes", mem, lambda m: int(m.total))
         put("memory_used_bytes", mem, lambda m: int(m.used))

@@ -43,6 +43,7 @@ KERN_ERR, KERN_WARNING, KERN_INFO = 3, 4, 6
 BOOT_OFFSET_S = 12.0  # the node has been up a little while when the soak starts
 RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 _BLOCK_FOREVER_S = 3600.0
+NV_MINOR_REGULAR_MAX = 247  # kernel-open/common/inc/nv-chardev-numbers.h NV_MINOR_DEVICE_NUMBER_REGULAR_MAX
 
 
 @dataclass
@@ -65,6 +66,7 @@ class GpuState:
     aer_corrected: int = 0
     generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
     bound_after_reset: int = 0  # st.resets when nvidia was last bound: a late fault is armed once per reset
+    rpm_state: str | None = None  # D3hot / D3cold while runtime-suspended (idle, power/control auto)
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
     settings: dict = field(default_factory=dict)  # what nvidia-smi reads and sets (scenario.SETTINGS_DEFAULTS keys)
     mig: sim_mig.MigState = field(default_factory=sim_mig.MigState)  # MIG mode and instances (sim.mig)
@@ -90,6 +92,19 @@ class SimKernel:
                             settings=dict(g.settings), mig=sim_mig.MigState.from_spec(g.mig, f"{seed}:{g.uuid}"))
             for g in scenario.gpus}
         self.overrides: dict[PciAddress, str] = {}
+        self.bus_lock_busy: dict[PciAddress, int | None] = {}  # bridge -> busy answers left (None: always)
+        # GPU -> its /dev/nvidia<minor> while bound to nvidia. At boot nvidia probed the GPUs in the
+        # scenario's order, or gave each the `minor` its [[gpu]] names (the node's history before
+        # the run: a GPU moved to vfio-pci since left a gap, say).
+        self.minors: dict[PciAddress, int] = {}
+        self._last_minor: dict[PciAddress, int] = {}
+        if "nvidia" in scenario.modules:
+            fixed = {g.bdf: g.minor for g in scenario.gpus if g.minor is not None and not g.vfio}
+            self.minors.update(fixed)
+            self._last_minor.update(fixed)
+            for g in scenario.gpus:
+                if g.bdf not in self.minors and not g.vfio:
+                    self._assign_minor(g.bdf)
         # (GPU, NVML device function) -> the pynvml error it raises there ("NoPermission",
         # "Unknown", "LibraryMismatch", ...): the scenario's [gpu] nvml_errors, or fail_nvml().
         self.nvml_errors: dict[tuple[PciAddress, str], str] = {
@@ -102,6 +117,8 @@ class SimKernel:
         self.timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, line of time, what happens)
         self._waiting: dict[threading.Event, tuple] = {}  # removes waiting for a device file to close
         self.procs.on_close(self._closed)
+        for g in scenario.gpus:
+            self._boot_power(g)
         self.published = Published(root, tree, scenario, self.procs)
         clock.on_advance(self._tick)
         self.update_refcnt()
@@ -113,6 +130,8 @@ class SimKernel:
         for g in scenario.gpus:
             self.log(KERN_INFO, f"NVRM: GPU at PCI:{g.bdf.slot}: {g.uuid}")
         sim_services.boot(self)  # persistenced and DCGM hold every GPU from boot on
+        with self._lock:
+            self.runtime_pm()  # an idle GPU with power/control auto is suspended when the run starts
 
     def fail_nvml(self, bdf: PciAddress, function: str, error: str | None) -> None:
         """Make one NVML device function fail on one GPU (None: answer again)."""
@@ -124,6 +143,13 @@ class SimKernel:
     def fail_mig_create(self, bdf: PciAddress, fails: bool = True) -> None:
         """Make the driver refuse every new MIG GPU instance on one GPU (False: create again)."""
         self.gpus[bdf].mig.create_fails = fails
+    def hold_bus_lock(self, bridge: PciAddress, times: int | None = 1) -> None:
+        """Another reset or rescan holds the bus lock below ``bridge``: its next ``times`` bridge
+        resets answer EAGAIN (None: every one; 0: free again)."""
+        if times == 0:
+            self.bus_lock_busy.pop(bridge, None)
+        else:
+            self.bus_lock_busy[bridge] = times
 
     # -- kernel log --------------------------------------------------------------------------
     def log(self, level: int, message: str, device: PciAddress | None = None, facility: int = 0) -> None:
@@ -225,6 +251,10 @@ class SimKernel:
                 st = None
             if st is not None and st.stuck and not st.alive:
                 raise OSError(errno.EINVAL, "Invalid argument", str(path))
+            if st is not None and st.rpm_state == "D3cold" and path.parent.name == str(st.spec.bdf):
+                # A runtime-suspended D3cold device is not marked disconnected: its config reads
+                # complete with all-ones, which current_link_*_show decode as Unknown and x63 [I].
+                return "Unknown\n" if path.name == "current_link_speed" else "63\n"
         return path.read_text()
 
     # -- the write seam ----------------------------------------------------------------------
@@ -233,6 +263,7 @@ class SimKernel:
             try:
                 block = self._write(Path(path), data)
             finally:
+                self.runtime_pm()
                 self.published.sync(self)
         if block is not None:
             # The kernel would not return: block outside the lock, as one device's lock would.
@@ -294,6 +325,9 @@ class SimKernel:
             return self._remove(bdf, st, data, path)
         if attr == "power/control":
             # drivers/base/power/sysfs.c control_store: "auto" or "on", anything else -EINVAL.
+            # "on" is pm_runtime_forbid, which resumes the device synchronously before it returns
+            # (drivers/base/power/runtime.c pm_runtime_forbid -> rpm_resume); "auto" is
+            # pm_runtime_allow, after which an idle device may suspend (runtime_pm below).
             if data.strip() not in ("auto", "on"):
                 raise OSError(errno.EINVAL, "Invalid argument", str(path))
             self.tree.set_attr(bdf, "power/control", data.strip())
@@ -364,6 +398,16 @@ class SimKernel:
             # __pci_reset_bus -> pci_bus_resettable: a device flagged NO_BUS_RESET below the bridge
             # makes the bus unresettable, -ENOTTY before anything is reset.
             raise OSError(errno.ENOTTY, "Inappropriate ioctl for device", str(path))
+        if bridge in self.bus_lock_busy:
+            # __pci_reset_bus: after the probe (pci_bus_reset(bus, PCI_RESET_PROBE)), pci_bus_trylock
+            # fails while another reset or a rescan holds a device lock on the bus: -EAGAIN, nothing reset.
+            left = self.bus_lock_busy[bridge]
+            if left is not None:
+                if left <= 1:
+                    del self.bus_lock_busy[bridge]
+                else:
+                    self.bus_lock_busy[bridge] = left - 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable", str(path))
         ok = True
         for st in below:
             # pci_bus_save_and_disable / pci_bus_restore: each driver below is told only through
@@ -438,6 +482,7 @@ class SimKernel:
         # power_state shows the PCI core's cached current_state (D0) unless the core saw D3cold.
         st.alive = False
         st.stuck = st.stuck or stuck
+        st.rpm_state = None
         bdf = st.spec.bdf
         self.tree.set_attr(bdf, "current_link_speed", "Unknown")
         self.tree.set_attr(bdf, "current_link_width", "63")
@@ -446,6 +491,7 @@ class SimKernel:
 
     def _revive(self, st: GpuState) -> None:
         st.alive = True
+        st.rpm_state = None
         bdf = st.spec.bdf
         self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
         self.tree.set_attr(bdf, "current_link_width", str(st.link_width))
@@ -518,6 +564,14 @@ class SimKernel:
         if st is not None and bdf == st.spec.bdf and self.driver_of(bdf) == "nvidia":
             st.generation += 1
             driver_reset.unbound(st)
+            self._free_minor(bdf)
+            if st.spec.rtd3:
+                self.tree.set_attr(bdf, "power/control", "on")  # the README's udev rule on unbind
+                self._resume(st, bdf)
+        if self.driver_of(bdf) == "vfio-pci":
+            # vfio_pci_core_unregister_device: pm_runtime_get_noresume, pm_runtime_forbid: "on" again.
+            self.tree.set_attr(bdf, "power/control", "on")
+            self._resume(st, bdf)
         self.tree.unbind(bdf)
         return None
 
@@ -535,20 +589,31 @@ class SimKernel:
             # (which release changed it [U]). nv_pci_probe returns -1 (kernel-open/nvidia/nv-pci.c),
             # and device_driver_attach returns the probe's errno to bind_store, so a real bind
             # fails with -1 (EPERM); ENODEV here is the simulator's [I].
+            self._assign_minor(bdf)  # nv_pci_probe assigns the minor before RM initialises the GPU
             if not st.alive or st.rm_lost or st.spec.profile.probe_fails(st.was_on_vfio):
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: RmInitAdapter failed! (0x26:0x56:1482)")
                 self.log(KERN_ERR, f"NVRM: GPU {bdf}: rm_init_adapter failed, device minor number "
                          f"{self.minor(bdf)}")
                 self.log(KERN_WARNING, f"nvidia: probe of {bdf} failed with error -1")
+                self._free_minor(bdf)  # the failed probe's unwinding gives the minor back
                 raise OSError(errno.ENODEV, "No such device", str(path))
             self.wipe_settings(st)
             if st.resets > st.bound_after_reset:
                 st.bound_after_reset = st.resets
                 if (delay := st.spec.profile.late_event_s(st.rng)) is not None:
                     self.after(delay, lambda: self._late_fault(st))
+            if st.spec.rtd3:
+                # NVIDIA README, "PCI-Express Runtime D3 (RTD3) Power Management", System Settings
+                # (download.nvidia.com/XFree86/Linux-x86_64/525.89.02/README/dynamicpowermanagement.html):
+                # a udev rule on "bind" of an NVIDIA VGA/3D controller to nvidia sets power/control
+                # to auto, and one on "unbind" sets it to on.
+                self.tree.set_attr(bdf, "power/control", "auto")
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True
+            # drivers/vfio/pci/vfio_pci_core.c vfio_pci_core_register_device: pm_runtime_allow (so
+            # power/control reads auto) and, unless disable_idle_d3, pm_runtime_put: it idles in D3hot.
+            self.tree.set_attr(bdf, "power/control", "auto")
         elif driver not in FUNCTIONS_DRIVERS:
             raise OSError(errno.ENODEV, "No such device", str(path))
         self.tree.bind(bdf, driver)
@@ -578,10 +643,78 @@ class SimKernel:
         return None
 
     def minor(self, bdf: PciAddress) -> int:
-        # kernel-open/nvidia/nv.c nv_linux_assign_minor_locked (from nv_pci_probe): the lowest free
-        # minor, so probe order. That probe order is the scenario's (PCI scan) order, kept across
-        # unbind/rebind, is the simulator's [I].
-        return [g.bdf for g in self.scenario.gpus].index(bdf)
+        """The GPU's /dev/nvidia<minor>: the one nvidia assigned at its probe; for a GPU not bound
+        now, the one it last had (what a stale holder of its device file would still hold)."""
+        st = self.gpu_of(bdf)
+        return self.minors[bdf] if bdf in self.minors else self._last_minor.get(
+            bdf, st.spec.minor if st is not None and st.spec.minor is not None else 0)
+
+    def _assign_minor(self, bdf: PciAddress) -> None:
+        # kernel-open/nvidia/nv.c nv_linux_assign_minor_locked (called from nv-pci.c nv_pci_probe):
+        # find_first_zero_bit over nv_linux_minor_bitmap, the lowest free minor. A GPU that comes
+        # back after a remove/rescan or a reload gets whatever is lowest then, not its old one.
+        taken = set(self.minors.values())
+        self.minors[bdf] = next(m for m in range(NV_MINOR_REGULAR_MAX + 1) if m not in taken)
+        self._last_minor[bdf] = self.minors[bdf]
+
+    def _free_minor(self, bdf: PciAddress) -> None:
+        # nv.c nv_linux_remove_minor_locked (from nv_pci_remove): clear_bit on the bitmap.
+        self.minors.pop(bdf, None)
+
+    # -- runtime PM ---------------------------------------------------------------------------
+    def _boot_power(self, g: GpuSpec) -> None:
+        """The GPU as the node booted: its power/control, and vfio-pci bound where the scenario says."""
+        self.tree.set_attr(g.bdf, "power/control", g.power_control)
+        if not g.vfio:
+            return
+        for b, _ in gpu_functions(g):
+            self.tree.unbind(b)
+            self.overrides[b] = "vfio-pci"
+            self.tree.set_attr(b, "driver_override", "vfio-pci")
+            self.tree.bind(b, "vfio-pci")
+        self.gpus[g.bdf].was_on_vfio = True
+        self.tree.set_attr(g.bdf, "power/control", "auto")  # vfio_pci_core_register_device: pm_runtime_allow
+
+    def _idle_state(self, bdf: PciAddress, st: GpuState) -> str | None:
+        """Where an idle GPU's graphics function goes under runtime PM, or None (it stays in D0).
+
+        Only with power/control "auto" (drivers/base/power/sysfs.c control_store: pm_runtime_allow)
+        and nobody using it: under vfio-pci no open device or group (vfio_pci_core_register_device
+        calls pm_runtime_put; an open resumes it), D3hot (PCI PM: vfio-pci does not remove power);
+        under nvidia with runtime D3 on (`rtd3`: NVreg_DynamicPowerManagement and a platform that
+        can cut the power, nv-pci.c nv_init_dynamic_power_management checks the port's ACPI _PR3),
+        no open /dev/nvidiaN, D3cold. The autosuspend delay is not modelled: it suspends at once [I]."""
+        control = (self.tree.dev(bdf) / "power" / "control").read_text().strip()
+        if control != "auto":
+            return None
+        driver = self.driver_of(bdf)
+        if driver == "vfio-pci" and not self.vfio_users(bdf):
+            return "D3hot"
+        if driver == "nvidia" and st.spec.rtd3 and not self.device_users(bdf):
+            return "D3cold"
+        return None  # [I] an unbound function or another driver: no runtime suspend modelled
+
+    def runtime_pm(self) -> None:
+        """Settle each GPU's runtime PM after a write or a close: an idle one suspends, one that is
+        no longer idle (or has power/control "on") resumes to D0. power/runtime_status says which
+        (drivers/base/power/sysfs.c runtime_status_show)."""
+        for bdf, st in self.gpus.items():
+            if st.removed or not st.alive or bdf not in self.tree.device_dirs:
+                continue
+            idle = self._idle_state(bdf, st)
+            if idle is not None and st.rpm_state is None:
+                st.rpm_state = idle
+                self.tree.set_attr(bdf, "power_state", idle)
+                self.tree.set_attr(bdf, "power/runtime_status", "suspended")
+            elif idle is None and st.rpm_state is not None:
+                self._resume(st, bdf)
+
+    def _resume(self, st: GpuState | None, bdf: PciAddress) -> None:
+        if st is None or bdf != st.spec.bdf or st.rpm_state is None:
+            return
+        st.rpm_state = None
+        self.tree.set_attr(bdf, "power_state", "D0")
+        self.tree.set_attr(bdf, "power/runtime_status", "active")
 
     # -- remove / rescan ---------------------------------------------------------------------
     def _remove(self, bdf: PciAddress, st: GpuState, data: str, path: Path) -> threading.Event | None:
@@ -595,6 +728,7 @@ class SimKernel:
             return self._unbind(bdf, then=lambda: self._remove(bdf, st, data, path))
         if self.driver_of(bdf) == "nvidia":
             st.generation += 1
+            self._free_minor(bdf)  # remove runs nv_pci_remove
         remove_function(self.tree, bdf)
         if bdf == st.spec.bdf:
             driver_reset.unbound(st)  # removal runs nv_pci_remove as an unbind does
@@ -666,6 +800,10 @@ class SimKernel:
             if self.driver_of(bdf) == driver:
                 if driver == "nvidia" and (st := self.gpus.get(bdf)) is not None:
                     st.generation += 1
+                    self._free_minor(bdf)
+                    if st.spec.rtd3:
+                        self.tree.set_attr(bdf, "power/control", "on")  # the README's udev rule on unbind
+                        self._resume(st, bdf)
                 self.tree.unbind(bdf)
         if driver == "nvidia":
             for st in self.gpus.values():
@@ -676,8 +814,10 @@ class SimKernel:
         return self.procs.holders(DeviceNumber(NVIDIA_MAJOR, self.minor(bdf)))
 
     def _closed(self) -> None:
-        """A descriptor closed somewhere: finish every remove that was waiting for it."""
+        """A descriptor closed somewhere: finish every remove that was waiting for it, and let an
+        idle device suspend."""
         with self._lock:
+            self.runtime_pm()
             for waiting, (bdf, finish) in list(self._waiting.items()):
                 if self.device_users(bdf):
                     continue

@@ -197,8 +197,16 @@ class SimNvmlLib:
         return self._state(h).spec.model
 
     def nvmlDeviceGetMinorNumber(self, h: SimHandle) -> int:
+        # The minor the driver assigned at probe (SimKernel.minor): /dev/nvidia<minor>.
+        return self._kernel.minor(self._state(h).spec.bdf)
+
+    def nvmlDeviceGetIndex(self, h: SimHandle) -> int:
+        # NVML API reference, nvmlDeviceGetIndex: "The order in which NVML enumerates devices has
+        # no guarantees of consistency between reboots"; the index is the device's place in
+        # nvmlDeviceGetHandleByIndex's enumeration. Ordered here by PCI bus id over the GPUs bound
+        # to nvidia (what nvidia-smi shows), so a GPU gone below another shifts it [U: the order].
         st = self._state(h)
-        return [g.bdf for g in self._kernel.scenario.gpus].index(st.spec.bdf)
+        return sorted(b for b in self._kernel.gpus if self._bound(b)).index(st.spec.bdf)
 
     def nvmlDeviceGetSerial(self, h: SimHandle) -> str:
         return self._state(h).spec.serial

@@ -66,6 +66,13 @@ class GpuSpec:
     # MIG (sim.mig): {mode = "Enabled", pending = "Disabled", layout = [19, 14], create_fails = false};
     # layout: GPU instance profile ids, each with its full compute instance. Empty: no MIG ([N/A]).
     mig: dict[str, Any] = field(default_factory=dict)
+    minor: int | None = None  # /dev/nvidia<minor> at boot (None: the next free one in scenario order)
+    # Runtime PM at boot: power/control "on" (the PCI core's default) or "auto" (a udev rule, or
+    # vfio-pci's own pm_runtime_allow). With "auto" an idle GPU drops to D3hot under vfio-pci, or to
+    # D3cold under nvidia where the driver's runtime D3 (RTD3) is on (`rtd3`).
+    power_control: str = "on"
+    rtd3: bool = False
+    vfio: bool = False  # bound to vfio-pci at boot (driver_override), as a passthrough host leaves it
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,10 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
         mig=dict(spec.get("mig", {})),
+        minor=None if spec.get("minor") is None else int(spec["minor"]),
+        power_control=_choice(spec.get("power_control", "on"), ("on", "auto"), "power_control"),
+        rtd3=bool(spec.get("rtd3", False)),
+        vfio=bool(spec.get("vfio", False)),
     )
 
 
