@@ -140,6 +140,23 @@ class Nvml:
             raise
         return NvmlHealth(str(bdf), OK, None if isinstance(uuid, NA) else uuid, values, na)
 
+    def fabric_info(self, h: Any) -> dict[str, int] | NA:
+        """The GPU's NVLink fabric registration (nvmlDeviceGetGpuFabricInfoV, nvmlGpuFabricInfo_v2_t:
+        https://docs.nvidia.com/deploy/nvml-api/structnvmlGpuFabricInfo__v2__t.html): state
+        (NVML_GPU_FABRIC_STATE_*), status (an nvmlReturn_t, meaningful once COMPLETED) and
+        healthMask (NVML_GPU_FABRIC_HEALTH_MASK_* fields). NA where NVML has no such call or the
+        GPU no fabric."""
+        import ctypes
+
+        struct = getattr(self.lib, "c_nvmlGpuFabricInfoV_t", None)
+        if struct is None:
+            return NA("c_nvmlGpuFabricInfoV_t not in this nvidia-ml-py")
+        info = struct()
+        got = self.call("nvmlDeviceGetGpuFabricInfoV", h, ctypes.byref(info))
+        if isinstance(got, NA):
+            return got
+        return {"state": int(info.state), "status": int(info.status), "health_mask": int(info.healthMask)}
+
     def probe(self, *names: str) -> str | None:
         """The first of several versioned NVML symbols this driver has; probed once, then cached."""
         key = names[0]
@@ -332,6 +349,11 @@ class NvmlClient:
     def architecture(self, bdf: PciAddress) -> int | None:
         """nvmlDeviceArchitecture_t (NVML_DEVICE_ARCH_AMPERE is 7), or None."""
         return self._optional("arch", bdf)
+
+    def fabric(self, bdf: PciAddress) -> dict[str, int] | None:
+        """The GPU's fabric registration ({state, status, health_mask}), None where NVML has none.
+        Raises where the query could not be made: the caller decides what not looking means."""
+        return self._ask("fabric", bdf)
 
     def _optional(self, op: str, bdf: PciAddress) -> Any:
         try:

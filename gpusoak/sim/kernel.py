@@ -19,7 +19,7 @@ from pathlib import Path
 from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
-from gpusoak.sim import driver_reset, profiles
+from gpusoak.sim import driver_reset, fabric, profiles
 from gpusoak.sim import services as sim_services
 from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
 from gpusoak.sim.published import Published
@@ -61,6 +61,7 @@ class GpuState:
     rm_stale: bool = False  # reset under a bound nvidia, not yet noticed (pre-GSP; sim.driver_reset)
     rm_lost: bool = False  # RM lost the GPU to a reset it was not told of, until a driver reload
     aer_corrected: int = 0
+    fabric_since: float = float("-inf")  # when it last left the NVLink fabric (sim.fabric); registered at boot
     generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
     health: dict = field(default_factory=dict)  # what the simulated NVML reads (sim.nvml.HEALTH keys)
     settings: dict = field(default_factory=dict)  # what nvidia-smi reads and sets (scenario.SETTINGS_DEFAULTS keys)
@@ -398,6 +399,7 @@ class SimKernel:
         if kind == "bus" or outcome.link_width is not None:
             st.link_width = outcome.link_width or st.spec.link_width
         self._revive(st)
+        fabric.restart(self, st)  # the reset took it out of the NVLink fabric (sim.fabric)
         if unaware:
             driver_reset.unaware_reset(self, st)
         if outcome.aer_corrected:
@@ -519,6 +521,7 @@ class SimKernel:
                 self.log(KERN_WARNING, f"nvidia: probe of {bdf} failed with error -1")
                 raise OSError(errno.ENODEV, "No such device", str(path))
             self.wipe_settings(st)
+            fabric.restart(self, st)  # RmInitAdapter: the GPU registers with the fabric again
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True

@@ -23,7 +23,7 @@ import pynvml
 
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
-from gpusoak.sim import driver_reset
+from gpusoak.sim import driver_reset, fabric
 from gpusoak.sim.kernel import GpuState, SimKernel
 
 # What a healthy H100 reads; a scenario's [gpu.health] table overrides any of these.
@@ -324,6 +324,20 @@ class SimNvmlLib:
     def nvmlDeviceGetComputeRunningProcesses(self, h: SimHandle) -> list[Any]:
         self._state(h)
         return []
+
+    # NVML API reference, nvmlDeviceGetGpuFabricInfoV: fills a caller's nvmlGpuFabricInfo_v2_t (its
+    # version field set); nvidia-ml-py passes the structure by reference. sim.fabric says what it holds.
+    c_nvmlGpuFabricInfoV_t = pynvml.c_nvmlGpuFabricInfoV_t
+
+    def nvmlDeviceGetGpuFabricInfoV(self, h: SimHandle, info: Any) -> int:
+        st = self._state(h)
+        if not self._kernel.scenario.nvswitches:
+            raise pynvml.NVMLError_NotSupported()  # [U] a GPU outside any NVLink fabric
+        out = getattr(info, "_obj", info)  # ctypes.byref(struct) or the struct itself
+        out.state = fabric.state(self._kernel, st)
+        out.status = pynvml.NVML_SUCCESS
+        out.healthMask = 0  # [I] every health field NOT_SUPPORTED: nothing unhealthy to report
+        return pynvml.NVML_SUCCESS
 
     # nvidia-ml-py's unversioned name calls the newest symbol; _v2 is the older one, which an older
     # driver's NVML has (nvidia-ml-py: nvmlDeviceGetComputeRunningProcesses_v2).

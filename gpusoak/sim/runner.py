@@ -19,7 +19,7 @@ from pathlib import Path
 from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
-from gpusoak.sim import driver_reset, modules
+from gpusoak.sim import driver_reset, fabric, modules
 from gpusoak.sim import services as sim_services
 from gpusoak.sim.kernel import KERN_INFO, SimKernel
 from gpusoak.sim.nvml import SimNvmlLib
@@ -301,6 +301,11 @@ class SimRunner:
         if st is None or not st.alive or not bound or bdf not in visible or not driver_reset.use(k, st):
             lost = st is not None and (not st.alive or (bound and st.rm_lost))
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if lost else "no CUDA device at that bus id"
+            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+        if not fabric.cuda_ready(k, st):
+            # Fabric Manager user guide: CUDA initialisation fails with cudaErrorSystemNotReady until
+            # the GPU's fabric registration has completed (sim.fabric).
+            why = "cudaErrorSystemNotReady: the GPU has not joined the NVLink fabric"
             return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
                 "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),

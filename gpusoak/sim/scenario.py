@@ -62,6 +62,7 @@ class GpuSpec:
     # NVML device function -> the pynvml error it raises on this GPU, e.g.
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
+    fabric: str = "completes"  # on an NVSwitch node: "never" keeps its registration IN_PROGRESS (sim.fabric)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
 
 
@@ -211,6 +212,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         display=bool(spec.get("display", False)),
         nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
+        fabric=_choice(spec.get("fabric", "completes"), ("completes", "never"), "fabric"),
     )
 
 
