@@ -101,3 +101,51 @@ def test_the_default_actions_on_an_nvswitch_node_are_gpu_reset_and_module_reload
     plan = json.loads(capsys.readouterr().out)
     assert plan["order"] == ["gpu_reset: each cycle on every GPU", "module_reload: each cycle node-wide"]
     assert list(plan["gpus"][0]["actions"]) == ["gpu_reset"]
+
+
+VOLTA_PAIR = """[services]
+nvidia-persistenced = "inactive"
+[[gpu]]
+bdf = "0000:18:00.0"
+arch = "volta"
+nvlink_peers = ["0000:2a:00.0"]
+[[gpu]]
+bdf = "0000:2a:00.0"
+arch = "volta"
+"""
+
+
+def test_a_pre_ampere_gpu_is_reset_with_its_nvlink_peers_in_one_command(tmp_path):
+    from gpusoak.actions import ACTIONS
+    from gpusoak.actions.base import Context
+
+    sim = _sim(tmp_path, VOLTA_PAIR)
+    peer = PciAddress.parse("0000:2a:00.0")
+    try:
+        single = sim.node.runner.run(["nvidia-smi", "-r", "-i", GPU.nvml_bus_id], timeout_s=60)
+        (step,) = ACTIONS["gpu_reset"].steps(sim.node, GPU, Context())
+        r = _cycle(sim, tmp_path)
+        resets = (sim.kernel.gpus[GPU].resets, sim.kernel.gpus[peer].resets)
+    finally:
+        sim.node.close()
+    assert single.returncode != 0 and "reset together" in single.stderr  # alone, nvidia-smi says no
+    assert str(step).endswith(f"nvidia-smi -r -i {GPU.nvml_bus_id},{peer.nvml_bus_id}")
+    assert r.outcome == RECOVERED, r.findings
+    assert resets == (1, 1)
+
+
+def test_a_parallel_run_serialises_the_cycles_of_nvlink_peers(tmp_path):
+    from gpusoak.schedule import Plan, Scheduler
+
+    sim = _sim(tmp_path, VOLTA_PAIR + '[[gpu]]\nbdf = "0000:3a:00.0"\narch = "volta"\n')
+    peer, alone = PciAddress.parse("0000:2a:00.0"), PciAddress.parse("0000:3a:00.0")
+    try:
+        soak = Soak(sim.node, "run-1", SoakOptions(actions=("gpu_reset",), ladder=False), [GPU, peer, alone])
+        soak.start(tmp_path / "journal.jsonl")
+        scheduler = Scheduler(soak, Plan(actions=("gpu_reset",), cycles=2, parallel=True))
+        locks = scheduler.peer_locks
+        scheduler.run()
+    finally:
+        sim.node.close()
+    assert locks[GPU] is locks[peer] and alone not in locks  # one group, and the lone GPU runs free
+    assert [r.outcome for r in scheduler.results] == [RECOVERED] * 6

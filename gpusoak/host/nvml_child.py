@@ -21,7 +21,7 @@ from gpusoak.errors import AccessDenied, GpusoakError, NvmlFailure, NvmlUnavaila
 from gpusoak.host.nvml import DRIVER_NOT_LOADED, NA, Nvml, NvmlHealth
 from gpusoak.model import PciAddress
 
-OPS = ("driver", "health", "minor", "pids", "arch", "fabric")
+OPS = ("driver", "health", "minor", "pids", "arch", "fabric", "peers")
 
 
 def answer(op: str, bdf_text: str | None, lib: Any = None) -> dict[str, Any]:
@@ -66,6 +66,11 @@ def _query(nvml: Nvml, op: str, bdf_text: str | None) -> Any:
     if op == "fabric":
         info = nvml.fabric_info(handle)
         return None if isinstance(info, NA) else info
+    if op == "peers":
+        peers = nvml.nvlink_peers(handle)
+        if isinstance(peers, NA):
+            raise NvmlFailure(peers.reason)
+        return peers
     if op == "minor":
         value = nvml.call("nvmlDeviceGetMinorNumber", handle)
     elif op == "arch":

@@ -62,6 +62,7 @@ class GpuSpec:
     # NVML device function -> the pynvml error it raises on this GPU, e.g.
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
+    nvlink_peers: tuple[PciAddress, ...] = ()  # GPUs this one is NVLink-connected to directly (link i: peer i)
     fabric: str = "completes"  # on an NVSwitch node: "never" keeps its registration IN_PROGRESS (sim.fabric)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
 
@@ -213,6 +214,7 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
         fabric=_choice(spec.get("fabric", "completes"), ("completes", "never"), "fabric"),
+        nvlink_peers=tuple(PciAddress.parse(a) for a in spec.get("nvlink_peers", ())),
     )
 
 
