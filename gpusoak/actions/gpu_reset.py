@@ -3,8 +3,8 @@
 Preconditions from the nvidia-smi documentation: root, no application on the device, and on Ampere
 NVSwitch systems a running Fabric Manager (Hopper and later do not need it).
 
-Before Ampere, GPUs connected by NVLink must be reset together (nvidia-smi documentation, -r:
-"Any GPUs connected via NVLink must be reset together" [U: wording from the issue, not re-read]):
+Before Ampere, GPUs connected by NVLink must be reset together (nvidia-smi documentation, -r;
+reference 4.1: "include all NVLink peers in the same command or it errors"):
 a Volta or Turing GPU with active NVLink peers (nvmlDeviceGetNvLinkRemotePciInfo_v2) is reset as
 one group, ``nvidia-smi -r -i A,B`` (a comma-separated -i list [U]), and every peer's
 preconditions hold too.

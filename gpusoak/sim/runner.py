@@ -166,7 +166,7 @@ class SimRunner:
             group.append((bdf, st))
         named = {b for b, _ in group}
         for bdf, st in group:
-            # nvidia-smi -r: before Ampere, NVLink-connected GPUs must be reset together [U wording].
+            # nvidia-smi -r: before Ampere, NVLink peers must be in the same command (reference 4.1); message text [U].
             missing = [p for p in nvlink_peers(k, bdf) if p not in named]
             if st.spec.arch in PRE_AMPERE and missing:
                 return 255, "", (f"GPU {bdf.nvml_bus_id} is NVLink-connected to {', '.join(p.nvml_bus_id for p in missing)}; "
