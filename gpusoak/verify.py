@@ -163,7 +163,7 @@ def fabric_health_problems(mask: int) -> list[str]:
     return [name for name, (shift, width, bad) in _FABRIC_HEALTH.items() if (mask >> shift) & width in bad]
 
 
-def fabric_check(node: Node, bdf: PciAddress) -> Check:
+def fabric_check(node: Node, bdf: PciAddress, switches: list[PciAddress] | None = None) -> Check:
     """On an NVSwitch node a GPU must rejoin the NVLink fabric after a reset before CUDA initialises
     (cudaErrorSystemNotReady until then; NVIDIA Fabric Manager user guide): state COMPLETED with
     status success and a clean health mask. Until then FAIL, so the poll goes on to the deadline.
@@ -171,7 +171,7 @@ def fabric_check(node: Node, bdf: PciAddress) -> Check:
     vendor = node.sysfs.function(bdf).vendor
     if vendor is not None and vendor != NVIDIA_VENDOR:
         return Check("fabric", SKIP, "not applicable: not an NVIDIA GPU")
-    switches = nvswitches(node)
+    switches = nvswitches(node) if switches is None else switches
     if not switches:
         return Check("fabric", SKIP, "not applicable: no NVSwitch on this node")
     if node.nvml is None:
@@ -230,10 +230,12 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
         # deadline could leave a simulated clock creeping towards it in ever smaller steps.
         return max(0.01, min(expo(state), deadline_s - (clock.monotonic() - start)))
 
+    switches = nvswitches(node)  # a static fact of the node: read once per recovery, not per poll
+
     def poll() -> Poll:
         checks = compare(baseline, snapshot(node, bdf))
         if all(c.status != FAIL for c in checks):  # the fabric is read once the GPU itself is back
-            checks.append(fabric_check(node, bdf))
+            checks.append(fabric_check(node, bdf, switches))
         return Poll(tuple(checks), tuple(device_events(node, bdf, cursor)), clock.monotonic())
 
     retrying = Retrying(
