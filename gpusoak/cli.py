@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="sim", help="sim, sim:SCENARIO (name or .toml) or real (default sim)")
     run.add_argument("--cycles", type=int, default=None,
                      help="cycles per GPU and action (default 20; with a sequential profile: its cap)")
-    run.add_argument("--actions", default=None, help="comma-separated actions (default flr, or the profile's)")
+    run.add_argument("--actions", default=None, help="comma-separated actions (default flr, on an NVSwitch node gpu_reset,module_reload; "
+                     "or the profile's)")
     run.add_argument("--profile", default=None, metavar="NAME|TOML",
                      help="acceptance, nightly, readmission, or a profile file (gpusoak/profiles/*.toml)")
     run.add_argument("--budget", default=None, help="a profile's time budget, e.g. 30m, 1h")
@@ -106,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="JSON for machines")
     plan = sub.add_parser("plan", help="print exactly what a run would do, and do nothing")
     plan.add_argument("--backend", default="sim", help="sim, sim:SCENARIO or real (default sim)")
-    plan.add_argument("--actions", default="flr", help="comma-separated actions (default flr)")
+    plan.add_argument("--actions", default=None,
+                      help="comma-separated actions (default flr, on an NVSwitch node gpu_reset,module_reload)")
     plan.add_argument("--gpus", default="", help="comma-separated PCI addresses (default: all NVIDIA GPUs)")
     plan.add_argument("--cycles", type=int, default=20)
     plan.add_argument("--stop-services", action="store_true", help="deprecated, now the default")
@@ -285,13 +287,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from gpusoak import plan
+    from gpusoak.actions import default_actions
     from gpusoak.plugin import open_node
     from gpusoak.soak import SoakOptions
 
-    options = SoakOptions(cycles=args.cycles, actions=tuple(a for a in args.actions.split(",") if a),
-                          keep_services=args.keep_services)
     node = open_node(args.backend, None)
     try:
+        given = tuple(a for a in (args.actions or "").split(",") if a)
+        options = SoakOptions(cycles=args.cycles, actions=given or default_actions(node),
+                              keep_services=args.keep_services)
         wanted = model.parse_addresses(args.gpus)
         report = plan.make(node, wanted or node.gpus(), options)
     finally:

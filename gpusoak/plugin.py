@@ -16,7 +16,7 @@ import pytest
 
 from gpusoak import journal as journal_mod
 from gpusoak import profile as profile_mod
-from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
+from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
 from gpusoak.errors import GpusoakError
 from gpusoak.files import write_atomically
 from gpusoak.gates import GateLimits
@@ -165,13 +165,14 @@ class SoakRun:
         destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
         self.profile = _profile(config)
         given = opt("gpusoak_actions")
-        actions = tuple(a.strip() for a in (given or "flr").split(",") if a.strip())
+        actions = tuple(a.strip() for a in (given or "").split(",") if a.strip())
         if self.profile is not None and not given:
             actions = self.profile.actions if isinstance(self.profile.actions, tuple) else tuple(ACTIONS)
         unknown = [a for a in actions if a not in ACTIONS]
         if unknown:
             raise GpusoakError(f"unknown action(s) {', '.join(unknown)}: use {', '.join(ACTIONS)}")
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+        actions = actions or default_actions(self.node)  # flr, or gpu_reset + module_reload on an NVSwitch node
         load_s = opt("gpusoak_load_seconds")
         post_s = opt("gpusoak_post_check_seconds")
         if self.profile is not None:
@@ -203,7 +204,7 @@ class SoakRun:
             gpus = wanted or found
         if self.profile is not None and self.profile.actions == SUPPORTED and not given:
             supported = supported_actions(self.node, gpus, options.context_for(gpus), actions)
-            options = replace(options, actions=supported or ("flr",))
+            options = replace(options, actions=supported or default_actions(self.node))
         self.soak = Soak(self.node, self.run_id, options, gpus)
         self.soak.node_name = (opt("gpusoak_node_name") or os.environ.get("SLURMD_NODENAME")
                                or os.environ.get("NODE_NAME") or self.node.hostname)

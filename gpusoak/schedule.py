@@ -233,9 +233,30 @@ class Scheduler:
         self.results: list[CycleResult] = []  # every cycle, as the workers journaled them
         soak.gate = self.gate
         soak.parallel = plan.parallel and len(soak.gpus) > 1  # other GPUs' cycles run meanwhile
+        self.peer_locks = self._peer_locks()
         for bdf in soak.gpus:
             for a in plan.actions:
                 self.sequences[(str(bdf), a)] = Sequence(str(bdf), a, Sprt(plan.sequential) if plan.sequential else None)
+
+    def _peer_locks(self) -> dict[PciAddress, threading.Lock]:
+        """One lock per group of pre-Ampere NVLink peers that gpu_reset resets together, so that
+        one GPU's reset never lands in its peer's cycle (and becomes the peer's failure)."""
+        if "gpu_reset" not in self.plan.gpu_actions or not self.plan.parallel:
+            return {}
+        groups: list[set[PciAddress]] = []
+        for bdf in self.soak.gpus:
+            members = {bdf, *ACTIONS["gpu_reset"].group(self.soak.node, bdf)}
+            joined = [g for g in groups if g & members]
+            for g in joined:
+                groups.remove(g)
+                members |= g
+            groups.append(members)
+        locks: dict[PciAddress, threading.Lock] = {}
+        for g in groups:
+            if len(g) > 1:
+                lock = threading.Lock()
+                locks.update(dict.fromkeys(g, lock))
+        return locks
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> dict[tuple[str, str], Sequence]:
@@ -306,7 +327,7 @@ class Scheduler:
                 break
             # In turn: the action with the fewest cycles so far (the first of them on a tie).
             seq = min(pending, key=lambda x: x.cycles) if self.plan.rotate else pending[0]
-            with self.gate.shared():
+            with self.gate.shared(), self.peer_locks.get(bdf) or contextlib.nullcontext():
                 r = self.soak.run_cycle(bdf, seq.action, seq.cycles + 1)
             with self._lock:
                 self.results.append(r)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from tenacity import Retrying, retry_if_result, wait_exponential
 
+from gpusoak.actions.base import nvswitches
 from gpusoak.errors import DeviceGone, GpusoakError, NvmlUnavailable
 from gpusoak.host import kmsg, nvml, xid
 from gpusoak.host.node import Node
@@ -179,6 +180,53 @@ def _nvml_check(baseline: Snapshot, now: Snapshot) -> Check:
     return Check("nvml", PASS, f"NVML sees {now.uuid}")
 
 
+# nvmlGpuFabricState_t (NVML API reference, Fabric definitions; nvidia-ml-py NVML_GPU_FABRIC_STATE_*).
+FABRIC_STATES = {0: "NOT_SUPPORTED", 1: "NOT_STARTED", 2: "IN_PROGRESS", 3: "COMPLETED"}
+FABRIC_COMPLETED = 3
+FABRIC_NOT_COMPLETED, FABRIC_UNHEALTHY = "fabric_not_completed", "fabric_unhealthy"
+# NVML_GPU_FABRIC_HEALTH_MASK_* fields, (shift, width mask, the values that are unhealthy): degraded
+# bandwidth TRUE, route recovery in progress TRUE, route unhealthy TRUE, access-timeout recovery
+# TRUE, and an incorrect configuration other than NOT_SUPPORTED (0) or NONE (1). Same source.
+_FABRIC_HEALTH = {"degraded_bandwidth": (0, 0x3, {1}), "route_recovery": (2, 0x3, {1}),
+                  "route_unhealthy": (4, 0x3, {1}), "access_timeout_recovery": (6, 0x3, {1}),
+                  "incorrect_configuration": (8, 0xF, set(range(2, 16)))}
+
+
+def fabric_health_problems(mask: int) -> list[str]:
+    """The health-mask fields that say the GPU's fabric is not clean."""
+    return [name for name, (shift, width, bad) in _FABRIC_HEALTH.items() if (mask >> shift) & width in bad]
+
+
+def fabric_check(node: Node, bdf: PciAddress, switches: list[PciAddress] | None = None) -> Check:
+    """On an NVSwitch node a GPU must rejoin the NVLink fabric after a reset before CUDA initialises
+    (cudaErrorSystemNotReady until then; NVIDIA Fabric Manager user guide): state COMPLETED with
+    status success and a clean health mask. Until then FAIL, so the poll goes on to the deadline.
+    No NVSwitch: not applicable. NVML unable to say on an NVSwitch node: could not look."""
+    vendor = node.sysfs.function(bdf).vendor
+    if vendor is not None and vendor != NVIDIA_VENDOR:
+        return Check("fabric", SKIP, "not applicable: not an NVIDIA GPU")
+    switches = nvswitches(node) if switches is None else switches
+    if not switches:
+        return Check("fabric", SKIP, "not applicable: no NVSwitch on this node")
+    if node.nvml is None:
+        return Check("fabric", BLIND, f"NVML unavailable on an NVSwitch node: {node.nvml_unavailable}")
+    try:
+        info = node.nvml.fabric(bdf)
+    except GpusoakError as err:  # the query child, NVML unavailable, or an NVML error on the call
+        return Check("fabric", BLIND, f"NVML could not read the fabric state: {err}")
+    if not info or info.get("state", 0) == 0:
+        return Check("fabric", BLIND, f"NVML reports no fabric state for a GPU on a node with {len(switches)} "
+                                      "NVSwitch functions (nvmlDeviceGetGpuFabricInfoV not supported)")
+    state = FABRIC_STATES.get(info["state"], str(info["state"]))
+    if info["state"] != FABRIC_COMPLETED:
+        return Check(FABRIC_NOT_COMPLETED, FAIL, f"fabric state {state}, expected COMPLETED")
+    problems = fabric_health_problems(info.get("health_mask", 0))
+    if info.get("status", 0) != 0 or problems:
+        return Check(FABRIC_UNHEALTHY, FAIL, f"fabric COMPLETED with status {info.get('status')} and health "
+                                             f"mask 0x{info.get('health_mask', 0):x} ({', '.join(problems) or 'clean'})")
+    return Check("fabric", PASS, "fabric state COMPLETED, health mask clean")
+
+
 def device_events(node: Node, bdf: PciAddress, cursor: int) -> list[KernelEvent]:
     """Events for this function (or its slot) logged after ``cursor``."""
     return [e for e in kmsg.events(node.kmsg.records_since(cursor)) if pci_matches(e.pci, bdf)]
@@ -233,9 +281,13 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
         # deadline could leave a simulated clock creeping towards it in ever smaller steps.
         return max(0.01, min(expo(state), deadline_s - (clock.monotonic() - start)))
 
+    switches = nvswitches(node)  # a static fact of the node: read once per recovery, not per poll
+
     def poll() -> Poll:
         snap = snapshot(node, bdf)
         checks = compare(baseline, snap)
+        if all(c.status != FAIL for c in checks):  # the fabric is read once the GPU itself is back
+            checks.append(fabric_check(node, bdf, switches))
         return Poll(tuple(checks), tuple(device_events(node, bdf, cursor)), clock.monotonic(), snapshot=snap)
 
     retrying = Retrying(

@@ -140,6 +140,45 @@ class Nvml:
             raise
         return NvmlHealth(str(bdf), OK, None if isinstance(uuid, NA) else uuid, values, na)
 
+    def fabric_info(self, h: Any) -> dict[str, int] | NA:
+        """The GPU's NVLink fabric registration (nvmlDeviceGetGpuFabricInfoV, nvmlGpuFabricInfo_v2_t:
+        https://docs.nvidia.com/deploy/nvml-api/structnvmlGpuFabricInfo__v2__t.html): state
+        (NVML_GPU_FABRIC_STATE_*), status (an nvmlReturn_t, meaningful once COMPLETED) and
+        healthMask (NVML_GPU_FABRIC_HEALTH_MASK_* fields). NA where NVML has no such call or the
+        GPU no fabric."""
+        import ctypes
+
+        struct = getattr(self.lib, "c_nvmlGpuFabricInfoV_t", None)
+        if struct is None:
+            return NA("c_nvmlGpuFabricInfoV_t not in this nvidia-ml-py")
+        info = struct()
+        got = self.call("nvmlDeviceGetGpuFabricInfoV", h, ctypes.byref(info))
+        if isinstance(got, NA):
+            return got
+        return {"state": int(info.state), "status": int(info.status), "health_mask": int(info.healthMask)}
+
+    def nvlink_peers(self, h: Any) -> list[str] | NA:
+        """Bus ids at the far end of the GPU's active NVLinks (nvmlDeviceGetNvLinkState, then
+        nvmlDeviceGetNvLinkRemotePciInfo_v2, link by link up to NVML_NVLINK_MAX_LINKS; a link index
+        past the GPU's last answers INVALID_ARGUMENT). NA where NVML has no NVLink calls."""
+        peers: list[str] = []
+        for link in range(int(getattr(self.lib, "NVML_NVLINK_MAX_LINKS", 18))):
+            try:
+                active = self.call("nvmlDeviceGetNvLinkState", h, link)
+            except NvmlFailure as err:
+                if err.code == getattr(self.lib, "NVML_ERROR_INVALID_ARGUMENT", 2):
+                    break
+                raise
+            if isinstance(active, NA):
+                return active if link == 0 else peers
+            if active != getattr(self.lib, "NVML_FEATURE_ENABLED", 1):
+                continue
+            remote = self.call("nvmlDeviceGetNvLinkRemotePciInfo", h, link)
+            if not isinstance(remote, NA):
+                bus_id = remote.busId
+                peers.append(bus_id.decode() if isinstance(bus_id, bytes) else str(bus_id))
+        return peers
+
     def probe(self, *names: str) -> str | None:
         """The first of several versioned NVML symbols this driver has; probed once, then cached."""
         key = names[0]
@@ -338,6 +377,24 @@ class NvmlClient:
     def architecture(self, bdf: PciAddress) -> int | None:
         """nvmlDeviceArchitecture_t (NVML_DEVICE_ARCH_AMPERE is 7), or None."""
         return self._optional("arch", bdf)
+
+    def fabric(self, bdf: PciAddress) -> dict[str, int] | None:
+        """The GPU's fabric registration ({state, status, health_mask}), None where NVML has none.
+        Raises where the query could not be made: the caller decides what not looking means."""
+        return self._ask("fabric", bdf)
+
+    def nvlink_peers(self, bdf: PciAddress) -> list[PciAddress] | None:
+        """The PCI addresses at the far end of the GPU's active NVLinks; None where NVML cannot say."""
+        ids = self._optional("peers", bdf)
+        if ids is None:
+            return None
+        out = []
+        for bus_id in ids:
+            try:
+                out.append(PciAddress.parse(str(bus_id).lower()))
+            except GpusoakError:
+                continue  # NVML's 8-digit domain form is what PciAddress reads; anything else is not a GPU we know
+        return out
 
     def _optional(self, op: str, bdf: PciAddress) -> Any:
         try:

@@ -21,7 +21,7 @@ from gpusoak.errors import AccessDenied, GpusoakError, NvmlFailure, NvmlUnavaila
 from gpusoak.host.nvml import DRIVER_NOT_LOADED, NA, Nvml, NvmlHealth
 from gpusoak.model import PciAddress
 
-OPS = ("driver", "health", "minor", "pids", "arch")
+OPS = ("driver", "health", "minor", "pids", "arch", "fabric", "peers")
 
 
 def answer(op: str, bdf_text: str | None, lib: Any = None) -> dict[str, Any]:
@@ -63,6 +63,14 @@ def _query(nvml: Nvml, op: str, bdf_text: str | None) -> Any:
     handle = nvml.handle(bdf)
     if isinstance(handle, NA):
         raise NvmlFailure(handle.reason)
+    if op == "fabric":
+        info = nvml.fabric_info(handle)
+        return None if isinstance(info, NA) else info
+    if op == "peers":
+        peers = nvml.nvlink_peers(handle)
+        if isinstance(peers, NA):
+            raise NvmlFailure(peers.reason)
+        return peers
     if op == "minor":
         value = nvml.call("nvmlDeviceGetMinorNumber", handle)
     elif op == "arch":

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 GSP_ARCHS = ("turing", "ampere", "ada", "hopper", "blackwell")
 PRE_GSP_ARCHS = ("kepler", "maxwell", "pascal", "volta")
 ARCHS = PRE_GSP_ARCHS + GSP_ARCHS
+PRE_AMPERE = ARCHS[:ARCHS.index("ampere")]  # NVLink peers reset together with nvidia-smi -r
 
 # The Xid numbers are a choice, not a fact (see above): 119 is GSP_RPC_TIMEOUT and 62 the PMU
 # (an internal micro-controller) halt, the catalog entries that fit a falcon reset under RM.

@@ -20,7 +20,7 @@ from pathlib import Path
 from gpusoak.clock import VirtualClock
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
-from gpusoak.sim import driver_reset, profiles
+from gpusoak.sim import driver_reset, fabric, profiles
 from gpusoak.sim import mig as sim_mig
 from gpusoak.sim import services as sim_services
 from gpusoak.sim.procs import NVIDIA_MAJOR, DeviceNumber, SimProcesses
@@ -64,6 +64,7 @@ class GpuState:
     rm_stale: bool = False  # reset under a bound nvidia, not yet noticed (pre-GSP; sim.driver_reset)
     rm_lost: bool = False  # RM lost the GPU to a reset it was not told of, until a driver reload
     aer_corrected: int = 0
+    fabric_since: float = float("-inf")  # when it last left the NVLink fabric (sim.fabric); registered at boot
     generation: int = 0  # bumped when the driver lets go of the GPU: NVML handles from before go stale
     bound_after_reset: int = 0  # st.resets when nvidia was last bound: a late fault is armed once per reset
     rpm_state: str | None = None  # D3hot / D3cold while runtime-suspended (idle, power/control auto)
@@ -465,6 +466,7 @@ class SimKernel:
         if kind == "bus" or outcome.link_width is not None:
             st.link_width = outcome.link_width or st.spec.link_width
         self._revive(st)
+        fabric.restart(self, st)  # the reset took it out of the NVLink fabric (sim.fabric)
         if unaware:
             driver_reset.unaware_reset(self, st)
         if outcome.aer_corrected:
@@ -608,6 +610,7 @@ class SimKernel:
                 # a udev rule on "bind" of an NVIDIA VGA/3D controller to nvidia sets power/control
                 # to auto, and one on "unbind" sets it to on.
                 self.tree.set_attr(bdf, "power/control", "auto")
+            fabric.restart(self, st)  # RmInitAdapter: the GPU registers with the fabric again
         elif driver == "vfio-pci":
             if st is not None:
                 st.was_on_vfio = True

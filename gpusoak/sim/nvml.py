@@ -23,7 +23,7 @@ import pynvml
 
 from gpusoak.errors import GpusoakError
 from gpusoak.model import PciAddress
-from gpusoak.sim import driver_reset
+from gpusoak.sim import driver_reset, fabric
 from gpusoak.sim.kernel import GpuState, SimKernel
 
 # What a healthy H100 reads; a scenario's [gpu.health] table overrides any of these.
@@ -333,9 +333,53 @@ class SimNvmlLib:
         self._state(h)
         return []
 
+    # NVML API reference, nvmlDeviceGetGpuFabricInfoV: fills a caller's nvmlGpuFabricInfo_v2_t (its
+    # version field set); nvidia-ml-py passes the structure by reference. sim.fabric says what it holds.
+    c_nvmlGpuFabricInfoV_t = pynvml.c_nvmlGpuFabricInfoV_t
+
+    def nvmlDeviceGetGpuFabricInfoV(self, h: SimHandle, info: Any) -> int:
+        st = self._state(h)
+        if not self._kernel.scenario.nvswitches:
+            raise pynvml.NVMLError_NotSupported()  # [U] a GPU outside any NVLink fabric
+        out = getattr(info, "_obj", info)  # ctypes.byref(struct) or the struct itself
+        out.state = fabric.state(self._kernel, st)
+        out.status = pynvml.NVML_SUCCESS
+        out.healthMask = 0  # [I] every health field NOT_SUPPORTED: nothing unhealthy to report
+        return pynvml.NVML_SUCCESS
+
+    # NVLink (NVML API reference, nvmlDeviceGetNvLinkState / nvmlDeviceGetNvLinkRemotePciInfo_v2;
+    # nvidia-ml-py's nvmlDeviceGetNvLinkRemotePciInfo calls the _v2 symbol). Peers are the
+    # scenario's nvlink_peers, either side naming the other, one link each; a link index past the
+    # GPU's links is InvalidArgument and an unused link reads disabled [U].
+    NVLINK_LINKS = 6  # [U] links per GPU in the simulator
+
+    def _peers(self, h: SimHandle) -> list[PciAddress]:
+        st = self._state(h)
+        return nvlink_peers(self._kernel, st.spec.bdf)
+
+    def nvmlDeviceGetNvLinkState(self, h: SimHandle, link: int) -> int:
+        peers = self._peers(h)
+        if not 0 <= link < self.NVLINK_LINKS:
+            raise pynvml.NVMLError_InvalidArgument()
+        return pynvml.NVML_FEATURE_ENABLED if link < len(peers) else pynvml.NVML_FEATURE_DISABLED
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: SimHandle, link: int) -> Any:
+        peers = self._peers(h)
+        if not 0 <= link < len(peers):
+            raise pynvml.NVMLError_InvalidArgument()
+        b = peers[link]
+        return SimpleNamespace(busId=b.nvml_bus_id, domain=b.domain, bus=b.bus, device=b.device)
+
     # nvidia-ml-py's unversioned name calls the newest symbol; _v2 is the older one, which an older
     # driver's NVML has (nvidia-ml-py: nvmlDeviceGetComputeRunningProcesses_v2).
     nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses
+
+
+def nvlink_peers(kernel: SimKernel, bdf: PciAddress) -> list[PciAddress]:
+    """The GPUs NVLink-connected to ``bdf``: its scenario peers and those naming it, in bus order."""
+    mine = set(kernel.gpus[bdf].spec.nvlink_peers) if bdf in kernel.gpus else set()
+    theirs = {g.bdf for g in kernel.scenario.gpus if bdf in g.nvlink_peers}
+    return sorted((mine | theirs) - {bdf})
 
 
 def _parse_bus_id(bus_id: str) -> PciAddress:

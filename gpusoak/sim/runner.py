@@ -19,11 +19,12 @@ from pathlib import Path
 from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
 from gpusoak.model import PciAddress
-from gpusoak.sim import driver_reset, modules
+from gpusoak.sim import driver_reset, fabric, modules
 from gpusoak.sim import mig as sim_mig
 from gpusoak.sim import services as sim_services
-from gpusoak.sim.kernel import KERN_INFO, SimKernel
-from gpusoak.sim.nvml import SimNvmlLib
+from gpusoak.sim.driver_reset import PRE_AMPERE
+from gpusoak.sim.kernel import KERN_INFO, GpuState, SimKernel
+from gpusoak.sim.nvml import SimNvmlLib, nvlink_peers
 from gpusoak.sim.procs import (
     ANY_MINOR,
     CAPS_MAJOR,
@@ -155,24 +156,34 @@ class SimRunner:
                            "Make sure that the latest NVIDIA driver is installed and running.\n")
         if "-i" not in args or args.index("-i") + 1 >= len(args):
             return 2, "", "Resetting all GPUs at once is not supported by this simulated node; pass -i.\n"
-        target = args[args.index("-i") + 1]
-        try:
-            bdf = PciAddress.parse(target.lower())
-        except Exception:
-            return 6, "", f"No devices were found matching {target}.\n"
-        st = k.gpus.get(bdf)
-        if st is None or k.driver_of(bdf) != "nvidia":
-            return 6, "", f"No devices were found matching {target}.\n"
-        if not st.alive or not driver_reset.use(k, st):
-            return 15, "", f"Unable to determine the device handle for GPU {bdf.nvml_bus_id}: GPU is lost.\n"
-        # nvidia-smi refuses while any client, monitoring ones included, has the GPU open.
-        holders = k.procs.holders(DeviceNumber(NVIDIA_MAJOR, k.minor(bdf)))
-        if holders:
-            return 255, "", (f"The following GPUs could not be reset:\n  GPU {bdf.nvml_bus_id}: In use by another client\n"
-                             f"\n1 device is currently being used by one or more other processes.\n")
-        if k.apply_reset(st, "gpu_reset"):
-            return 0, f"GPU {bdf.nvml_bus_id} was successfully reset.\nAll done.\n", ""
-        return 255, "", f"GPU {bdf.nvml_bus_id}: Unknown Error\n"
+        targets = args[args.index("-i") + 1].split(",")  # a comma-separated list of GPUs [U]
+        group: list[tuple[PciAddress, GpuState]] = []
+        for target in targets:
+            try:
+                bdf = PciAddress.parse(target.lower())
+            except Exception:
+                return 6, "", f"No devices were found matching {target}.\n"
+            st = k.gpus.get(bdf)
+            if st is None or k.driver_of(bdf) != "nvidia":
+                return 6, "", f"No devices were found matching {target}.\n"
+            if not st.alive or not driver_reset.use(k, st):
+                return 15, "", f"Unable to determine the device handle for GPU {bdf.nvml_bus_id}: GPU is lost.\n"
+            group.append((bdf, st))
+        named = {b for b, _ in group}
+        for bdf, st in group:
+            # nvidia-smi -r: before Ampere, NVLink peers must be in the same command (reference 4.1); message text [U].
+            missing = [p for p in nvlink_peers(k, bdf) if p not in named]
+            if st.spec.arch in PRE_AMPERE and missing:
+                return 255, "", (f"GPU {bdf.nvml_bus_id} is NVLink-connected to {', '.join(p.nvml_bus_id for p in missing)}; "
+                                 "they must be reset together.\n")
+            # nvidia-smi refuses while any client, monitoring ones included, has the GPU open.
+            if k.procs.holders(DeviceNumber(NVIDIA_MAJOR, k.minor(bdf))):
+                return 255, "", (f"The following GPUs could not be reset:\n  GPU {bdf.nvml_bus_id}: In use by another client\n"
+                                 f"\n1 device is currently being used by one or more other processes.\n")
+        failed = [b for b, st in group if not k.apply_reset(st, "gpu_reset")]
+        if failed:
+            return 255, "", "".join(f"GPU {b.nvml_bus_id}: Unknown Error\n" for b in failed)
+        return 0, "".join(f"GPU {b.nvml_bus_id} was successfully reset.\n" for b, _ in group) + "All done.\n", ""
 
     # -- NVML queries --------------------------------------------------------------------------
     def _nvml_child(self, args: tuple[str, ...]) -> tuple[int, str, str]:
@@ -337,6 +348,11 @@ class SimRunner:
         if st is None or not st.alive or not bound or bdf not in visible or not driver_reset.use(k, st):
             lost = st is not None and (not st.alive or (bound and st.rm_lost))
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if lost else "no CUDA device at that bus id"
+            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+        if not fabric.cuda_ready(k, st):
+            # Fabric Manager user guide: CUDA initialisation fails with cudaErrorSystemNotReady until
+            # the GPU's fabric registration has completed (sim.fabric).
+            why = "cudaErrorSystemNotReady: the GPU has not joined the NVLink fabric"
             return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
                 "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),

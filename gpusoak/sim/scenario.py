@@ -62,6 +62,8 @@ class GpuSpec:
     # NVML device function -> the pynvml error it raises on this GPU, e.g.
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
+    nvlink_peers: tuple[PciAddress, ...] = ()  # GPUs this one is NVLink-connected to directly (link i: peer i)
+    fabric: str = "completes"  # on an NVSwitch node: "never" keeps its registration IN_PROGRESS (sim.fabric)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
     # MIG (sim.mig): {mode = "Enabled", pending = "Disabled", layout = [19, 14], create_fails = false};
     # layout: GPU instance profile ids, each with its full compute instance. Empty: no MIG ([N/A]).
@@ -226,6 +228,8 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         power_control=_choice(spec.get("power_control", "on"), ("on", "auto"), "power_control"),
         rtd3=bool(spec.get("rtd3", False)),
         vfio=bool(spec.get("vfio", False)),
+        fabric=_choice(spec.get("fabric", "completes"), ("completes", "never"), "fabric"),
+        nvlink_peers=tuple(PciAddress.parse(a) for a in spec.get("nvlink_peers", ())),
     )
 
 
