@@ -38,6 +38,8 @@ from gpusoak.model import (
     Finding,
     PciAddress,
     Snapshot,
+    link_capability,
+    link_gts,
 )
 
 OUT_OF_SERVICE = "out_of_service"
@@ -109,6 +111,11 @@ class Soak:
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
 
         self.baselines: dict[PciAddress, Snapshot] = {}
+        # The link speed under load before the first reset (the first cycle's load), which the
+        # post-check's reading under load is compared with: an idle GPU's link speed drops.
+        self.loaded_speeds: dict[PciAddress, str | None] = {}
+        self.reset_once: set[PciAddress] = set()  # GPUs an action has run on
+        self.link_warnings: dict[PciAddress, list[str]] = {}  # below capability before any reset
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
@@ -127,6 +134,7 @@ class Soak:
         and the health gate: a GPU that fails it is not soaked, and the journal says why."""
         snap = verify.snapshot(self.node, bdf)
         self.baselines[bdf] = snap
+        self.link_warnings[bdf] = self._link_deficit(bdf, snap, None)
         failed = [c for c in verify.compare(snap, snap) if c.status == verify.FAIL]
         if failed:
             self.out_of_service[bdf] = f"{NOT_HEALTHY_BEFORE}: " + "; ".join(c.detail for c in failed)
@@ -137,6 +145,26 @@ class Soak:
         refused = [g for g in self.gate_results[bdf] if g.status == health_gates.FAIL]
         if refused:
             self.out_of_service[bdf] = f"{HEALTH_GATE}: " + "; ".join(f"{g.name}: {g.detail}" for g in refused)
+
+    def _link_deficit(self, bdf: PciAddress, snap: Snapshot, loaded_speed: str | None) -> list[str]:
+        """Warnings for a link below what the GPU and its port can do before any reset (a
+        BIOS-capped generation, an x8-wired slot): the node's build, not a reset's damage, so a
+        warning and never a failure; cycles compare with the baseline. Width at idle; speed only
+        under load (``loaded_speed``), as an idle GPU lowers its generation."""
+        fn = self.node.sysfs.function(bdf)
+        try:
+            port = fn.upstream_port if fn.present else None
+            port_link = self.node.sysfs.function(port).link if port is not None else None
+        except GpusoakError:
+            return []  # an unreadable port: the baseline's own checks say what is wrong
+        max_speed, max_width = link_capability(snap.link, port_link)
+        out = []
+        width = snap.link.current_width if snap.link else None
+        if loaded_speed is None and width and max_width and width < max_width:
+            out.append(f"link x{width} before any reset, capable of x{max_width} (GPU and port)")
+        if loaded_speed is not None and max_speed and (link_gts(loaded_speed) or 0.0) < (link_gts(max_speed) or 0.0):
+            out.append(f"link {loaded_speed} under load before any reset, capable of {max_speed} (GPU and port)")
+        return out
 
     def reading(self, bdf: PciAddress) -> health_gates.Reading:
         node = self.node
@@ -287,6 +315,7 @@ class Soak:
         # The markers bracket the action and its recovery (the ladder included): what the driver
         # logs in between is gpusoak's doing, for other health tools too. Never fails the cycle.
         self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))
+        self.reset_once.add(bdf)
         try:
             try:
                 action.perform(self.node, bdf, self.ctx)
@@ -320,6 +349,12 @@ class Soak:
             summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction,
                                self.baselines[bdf].uuid)
         if summary.ok:
+            if bdf not in self.reset_once and bdf not in self.loaded_speeds and self.options.load_seconds > 0:
+                self.loaded_speeds[bdf] = summary.link_speed
+                deficit = self._link_deficit(bdf, self.baselines[bdf], summary.link_speed)
+                self.link_warnings[bdf] += deficit
+                if deficit and self.journal is not None:
+                    self.journal.note({"type": "link_warning", "bdf": str(bdf), "warnings": deficit})
             return asdict(summary)
         finding = Finding(summary.reason("load"), summary.detail())
         outcome = REFUSED if summary.tool_error else FAILED  # gpusoak's own failure is never the GPU's
@@ -368,6 +403,7 @@ class Soak:
         start = self.node.clock.monotonic()
         error = None
         self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "begin"))
+        self.reset_once.update(live)
         try:
             try:
                 action.perform(self.node, None, self.ctx)
@@ -394,10 +430,14 @@ class Soak:
         through the reset (the driver prints every XID to the kernel log: nv_report_error)."""
         poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s)
         gate_checks = self._gate_checks(bdf) if poll.recovered else ()
-        checks = poll.checks + gate_checks
         events = poll.events
         recovery_s = poll.at_s - start
         post, wrong, tool = self._post_check(bdf) if poll.recovered and error is None else (None, None, False)
+        if poll.recovered and error is None:
+            # The idle poll's link_speed is a SKIP; the judgement is the post-check's, under load.
+            gate_checks = (*gate_checks, self._loaded_speed(bdf, post))
+        checks = tuple(c for c in poll.checks if not (c.name == "link_speed" and poll.recovered and error is None)) \
+            + gate_checks
         base = {**base, "post_check": post}
         duration = self.node.clock.monotonic() - start
         gates_ok = all(c.status != verify.FAIL for c in gate_checks)
@@ -421,6 +461,14 @@ class Soak:
                 self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {base['cycle']}"
         return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
                            ladder=rungs, recovered_by=recovered_by, **base)
+
+    def _loaded_speed(self, bdf: PciAddress, post: dict | None) -> Check:
+        """link_speed under load: the post-check's reading against the first cycle's load's."""
+        ran = post is not None and post.get("exit") == 0 and post.get("refusal") is None
+        if post is not None and not ran:
+            return Check("link_speed", verify.SKIP, "not compared: the post-check did not run to the end")
+        return verify.loaded_speed_check(self.loaded_speeds.get(bdf), post and post.get("link_speed"),
+                                         post_check=ran, error=post and post.get("link_error"))
 
     def _gate_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
         """The health gate after a cycle: static limits, and rates since the soak began."""
@@ -446,6 +494,7 @@ class Soak:
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
                       "out_of_service": self.out_of_service.get(b),
+                      "warnings": list(self.link_warnings.get(b, [])),
                       "health_gate": [asdict(g) for g in self.gate_results.get(b, [])]} for b in self.gpus],
         }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak.errors import GpusoakError, ScenarioError
-from gpusoak.model import PciAddress
+from gpusoak.model import PciAddress, link_gts
 from gpusoak.sim.driver_reset import ARCHS
 from gpusoak.sim.profiles import PROFILES, FaultProfile
 
@@ -63,6 +63,27 @@ class GpuSpec:
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
+    # The upstream port's capability where it is below the GPU's: a BIOS-capped generation
+    # ("16.0 GT/s PCIe"), an x8-wired slot (8). The link trains at the lesser of the two (PCIe Base
+    # Specification: link training settles on the highest rate and width both ends support).
+    port_link_speed: str | None = None
+    port_link_width: int | None = None
+
+    @property
+    def port_speed(self) -> str:
+        return self.port_link_speed or self.link_speed
+
+    @property
+    def port_width(self) -> int:
+        return self.port_link_width or self.link_width
+
+    @property
+    def trained_speed(self) -> str:
+        return min(self.link_speed, self.port_speed, key=lambda s: link_gts(s) or 0.0)
+
+    @property
+    def trained_width(self) -> int:
+        return min(self.link_width, self.port_width)
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,8 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         display=bool(spec.get("display", False)),
         nvml_errors={str(k): str(v) for k, v in spec.get("nvml_errors", {}).items()},
         settings=_settings(spec.get("settings", {})),
+        port_link_speed=str(spec["port_link_speed"]) if "port_link_speed" in spec else None,
+        port_link_width=int(spec["port_link_width"]) if "port_link_width" in spec else None,
     )
 
 
