@@ -56,6 +56,7 @@ class GpuState:
     settle_line: int = 0  # on this line of time (parallel workers each have their own)
     resets: int = 0
     link_width: int = 0  # the width the link trained at
+    link_speed: str = ""  # the speed it trained at (what it runs at under load)
     was_on_vfio: bool = False
     loaded: bool = False  # a load ran since the last reset (profiles that fail under load look)
     load_running: bool = False  # a load child is running on it now: the link runs at its trained speed
@@ -83,7 +84,7 @@ class SimKernel:
         self._lock = threading.RLock()  # RLock: a close inside a write re-checks waiting removes
         self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
-            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.trained_width, health=dict(g.health),
+            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.trained_width, link_speed=g.trained_speed, health=dict(g.health),
                             reset_method=("flr",) if no_bus_reset(g.device_id) else ("flr", "bus"),
                             settings=dict(g.settings))
             for g in scenario.gpus}
@@ -397,8 +398,9 @@ class SimKernel:
             self.log(KERN_ERR, f"NVRM: GPU {bdf}: GPU has fallen off the bus.")
             self._die(st, stuck=True)
             return False
-        if kind == "bus" or outcome.link_width is not None:
+        if kind == "bus" or outcome.link_width is not None or outcome.link_speed is not None:
             st.link_width = outcome.link_width or st.spec.trained_width
+            st.link_speed = outcome.link_speed or st.spec.trained_speed
         self._revive(st)
         if unaware:
             driver_reset.unaware_reset(self, st)
@@ -442,7 +444,7 @@ class SimKernel:
         after a reset: the kernel waits for the link to train (Data Link Layer Link Active) before
         a reset returns (drivers/pci/pci.c pci_bridge_wait_for_secondary_bus, pcie_wait_for_link_delay),
         so a GPU in use runs at speed; what the window shows is the Gen1 reading at idle."""
-        return st.spec.trained_speed if st.load_running else IDLE_LINK_SPEED
+        return (st.link_speed or st.spec.trained_speed) if st.load_running else IDLE_LINK_SPEED
 
     def load_begin(self, bdf: PciAddress) -> None:
         """A load child started on the GPU: the link rises to its trained speed."""
@@ -649,7 +651,7 @@ class SimKernel:
                 remove_function(self.tree, b)  # a partial removal: the scan re-creates the whole slot
             create_gpu(self.tree, st.spec, self.tree.groups[st.spec.bdf], bind=False)
             st.removed = False
-            st.link_width = st.spec.trained_width
+            st.link_width, st.link_speed = st.spec.trained_width, st.spec.trained_speed
             self._revive(st)
             st.reset_method = ("flr",) if no_bus_reset(st.spec.device_id) else ("flr", "bus")
             for b, _ in gpu_functions(st.spec):

@@ -63,27 +63,34 @@ class GpuSpec:
     # {nvmlDeviceGetPowerUsage = "NoPermission"}; "LibraryMismatch" for an older driver's NVML
     nvml_errors: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS_DEFAULTS))  # nvidia-smi defaults
-    # The upstream port's capability where it is below the GPU's: a BIOS-capped generation
-    # ("16.0 GT/s PCIe"), an x8-wired slot (8). The link trains at the lesser of the two (PCIe Base
-    # Specification: link training settles on the highest rate and width both ends support).
+    # The link below the GPU's capability before any reset: a BIOS-capped generation
+    # (port_link_speed = "16.0 GT/s PCIe": the port's Target Link Speed, LNKCTL2, set lower while its
+    # max_link_speed, from LNKCAP, stays) or an x8-wired slot (port_link_width = 8: both ends are x16
+    # capable, and the link trains at the lanes wired). A port whose capability itself is lower
+    # (a Gen4 port for a Gen5 GPU) is port_max_link_speed / port_max_link_width: its max_link_* say so.
+    # The link trains at the least of them all (PCIe Base Specification, link training: the highest
+    # rate and width both ends support and the lanes connect) [I: the LNKCTL2 reading of a BIOS cap].
     port_link_speed: str | None = None
     port_link_width: int | None = None
+    port_max_link_speed: str | None = None
+    port_max_link_width: int | None = None
 
     @property
     def port_speed(self) -> str:
-        return self.port_link_speed or self.link_speed
+        return self.port_max_link_speed or self.link_speed
 
     @property
     def port_width(self) -> int:
-        return self.port_link_width or self.link_width
+        return self.port_max_link_width or self.link_width
 
     @property
     def trained_speed(self) -> str:
-        return min(self.link_speed, self.port_speed, key=lambda s: link_gts(s) or 0.0)
+        caps = [s for s in (self.link_speed, self.port_speed, self.port_link_speed) if s]
+        return min(caps, key=lambda s: link_gts(s) or 0.0)
 
     @property
     def trained_width(self) -> int:
-        return min(self.link_width, self.port_width)
+        return min(w for w in (self.link_width, self.port_width, self.port_link_width) if w)
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,8 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         settings=_settings(spec.get("settings", {})),
         port_link_speed=str(spec["port_link_speed"]) if "port_link_speed" in spec else None,
         port_link_width=int(spec["port_link_width"]) if "port_link_width" in spec else None,
+        port_max_link_speed=str(spec["port_max_link_speed"]) if "port_max_link_speed" in spec else None,
+        port_max_link_width=int(spec["port_max_link_width"]) if "port_max_link_width" in spec else None,
     )
 
 
