@@ -106,7 +106,9 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings"):  # what restore changed; services stopped; settings put back after a cycle
+            # what restore changed; services stopped; settings put back after a cycle; a link below
+            # capability seen under load before the first reset (the header has the idle ones)
+            elif kind in ("restore", "services", "settings", "link_warning"):
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

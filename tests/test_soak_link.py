@@ -107,3 +107,22 @@ def test_link_capability_is_the_lesser_of_gpu_and_port():
     assert link_capability(gpu, LinkState(None, None, "Unknown", None)) == ("32.0 GT/s PCIe", 16)
     assert link_capability(None, None) == (None, None)
     assert [link_gts(t) for t in ("2.5 GT/s PCIe", "64.0 GT/s PCIe", "Unknown", None)] == [2.5, 64.0, None, None]
+
+
+def test_link_warnings_reach_result_json_and_the_html_summary(soak_of, tmp_path):
+    import jsonschema
+
+    from gpusoak.report import build, html, result_json
+
+    s, soak = soak_of('port_link_width = 8\nport_link_speed = "16.0 GT/s PCIe"')
+    soak.run_cycle(GPU, "flr", 1)
+    built = build.rebuild(tmp_path / "j.jsonl", tmp_path / "out")
+    jsonschema.validate(built.document, result_json.schema())
+    (gpu,) = built.document["gpus"]
+    assert gpu["warnings"] == [  # the width at idle (header), the speed under load (a journal note)
+        "link x8 before any reset, capable of x16 (GPU and port)",
+        "link 16.0 GT/s PCIe under load before any reset, capable of 32.0 GT/s PCIe (GPU and port)"]
+    assert built.content.problems == []
+    assert gpu["class"] != "fail"
+    page = html.summary(built.verdict, run_id="r", backend="sim", kernel=None, driver=None, document=built.document)
+    assert "warning: 0000:18:00.0: link x8 before any reset, capable of x16 (GPU and port)" in page
