@@ -112,10 +112,11 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending", "runtime_pm", AFTER_CYCLE):
+            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending", "runtime_pm", "link_warning", AFTER_CYCLE):
                 # what restore changed; services stopped; settings and MIG layouts put back after a
                 # cycle; a pending MIG-mode change found before the first reset; what a cycle's
-                # window held after it was judged; runtime PM turned off
+                # window held after it was judged; runtime PM turned off; a link
+                # below capability seen under load before the first reset (the header has the idle ones)
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

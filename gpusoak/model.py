@@ -126,6 +126,24 @@ class LinkState:
     max_width: int | None
 
 
+def link_gts(speed: str | None) -> float | None:
+    """The rate of a sysfs link speed ("32.0 GT/s PCIe", pci-sysfs.c via pci_speed_string) in GT/s;
+    None for "Unknown", a missing file or any other text."""
+    head = (speed or "").split(" GT/s")[0]
+    try:
+        return float(head) if speed and " GT/s" in speed else None
+    except ValueError:
+        return None
+
+
+def link_capability(fn: LinkState | None, port: LinkState | None) -> tuple[str | None, int | None]:
+    """The link a GPU can train at: the lesser of its own and its upstream port's maximum speed and
+    width (a link trains at the highest rate and width both ends support); None where unknown."""
+    speeds = [s for s in (fn and fn.max_speed, port and port.max_speed) if link_gts(s) is not None]
+    widths = [w for w in (fn and fn.max_width, port and port.max_width) if w]
+    return (min(speeds, key=link_gts) if speeds else None), (min(widths) if widths else None)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What one PCI function looked like at one moment (never reused across cycles)."""

@@ -39,6 +39,8 @@ from gpusoak.model import (
     Finding,
     PciAddress,
     Snapshot,
+    link_capability,
+    link_gts,
 )
 
 OUT_OF_SERVICE = "out_of_service"
@@ -132,6 +134,11 @@ class Soak:
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
 
         self.baselines: dict[PciAddress, Snapshot] = {}
+        # The link speed under load before the first reset (the first cycle's load), which the
+        # post-check's reading under load is compared with: an idle GPU's link speed drops.
+        self.loaded_speeds: dict[PciAddress, str | None] = {}
+        self.reset_once: set[PciAddress] = set()  # GPUs an action has run on
+        self.link_warnings: dict[PciAddress, list[str]] = {}  # below capability before any reset
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
@@ -156,6 +163,7 @@ class Soak:
         and the health gate: a GPU that fails it is not soaked, and the journal says why."""
         snap = verify.snapshot(self.node, bdf)
         self.baselines[bdf] = snap
+        self.link_warnings[bdf] = self._link_deficit(bdf, snap, None)
         failed = [c for c in verify.compare(snap, snap) if c.status == verify.FAIL]
         if failed:
             self.out_of_service[bdf] = f"{NOT_HEALTHY_BEFORE}: " + "; ".join(c.detail for c in failed)
@@ -166,6 +174,26 @@ class Soak:
         refused = [g for g in self.gate_results[bdf] if g.status == health_gates.FAIL]
         if refused:
             self.out_of_service[bdf] = f"{HEALTH_GATE}: " + "; ".join(f"{g.name}: {g.detail}" for g in refused)
+
+    def _link_deficit(self, bdf: PciAddress, snap: Snapshot, loaded_speed: str | None) -> list[str]:
+        """Warnings for a link below what the GPU and its port can do before any reset (a
+        BIOS-capped generation, an x8-wired slot): the node's build, not a reset's damage, so a
+        warning and never a failure; cycles compare with the baseline. Width at idle; speed only
+        under load (``loaded_speed``), as an idle GPU lowers its generation."""
+        fn = self.node.sysfs.function(bdf)
+        try:
+            port = fn.upstream_port if fn.present else None
+            port_link = self.node.sysfs.function(port).link if port is not None else None
+        except GpusoakError:
+            return []  # an unreadable port: the baseline's own checks say what is wrong
+        max_speed, max_width = link_capability(snap.link, port_link)
+        out = []
+        width = snap.link.current_width if snap.link else None
+        if loaded_speed is None and width and max_width and width < max_width:
+            out.append(f"link x{width} before any reset, capable of x{max_width} (GPU and port)")
+        if loaded_speed is not None and max_speed and (link_gts(loaded_speed) or 0.0) < (link_gts(max_speed) or 0.0):
+            out.append(f"link {loaded_speed} under load before any reset, capable of {max_speed} (GPU and port)")
+        return out
 
     def reading(self, bdf: PciAddress) -> health_gates.Reading:
         node = self.node
@@ -384,6 +412,7 @@ class Soak:
         # The markers bracket the action and its recovery (the ladder included): what the driver
         # logs in between is gpusoak's doing, for other health tools too. Never fails the cycle.
         self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, str(bdf), "begin"))
+        self.reset_once.add(bdf)
         try:
             try:
                 action.perform(self.node, bdf, self.ctx)
@@ -495,6 +524,12 @@ class Soak:
             summary = run_load(self.node, bdf, self.options.load_seconds, self.options.load_fraction,
                                self._load_uuid(bdf))
         if summary.ok:
+            if bdf not in self.reset_once and bdf not in self.loaded_speeds and self.options.load_seconds > 0:
+                self.loaded_speeds[bdf] = summary.link_speed
+                deficit = self._link_deficit(bdf, self.baselines[bdf], summary.link_speed)
+                self.link_warnings[bdf] += deficit
+                if deficit and self.journal is not None:
+                    self.journal.note({"type": "link_warning", "bdf": str(bdf), "warnings": deficit})
             return asdict(summary)
         finding = Finding(summary.reason("load"), summary.detail())
         outcome = REFUSED if summary.tool_error else FAILED  # gpusoak's own failure is never the GPU's
@@ -555,6 +590,7 @@ class Soak:
         start = self.node.clock.monotonic()
         error = None
         self.node.kmsg.mark(kmsg.cycle_marker(cycle, action_name, "node", "begin"))
+        self.reset_once.update(live)
         try:
             try:
                 action.perform(self.node, None, self.ctx)
@@ -589,10 +625,14 @@ class Soak:
         poll = verify.await_recovery(self.node, bdf, self.baselines[bdf], cursor, self.options.recovery_deadline_s,
                                      self.options.settle_s, settle_until)
         gate_checks = self._gate_checks(bdf) + self._mig_checks(bdf) if poll.recovered else ()
-        checks = poll.checks + gate_checks
         events = poll.events
         recovery_s = (poll.first_good_s if poll.first_good_s is not None else poll.at_s) - start
         post, wrong, tool = self._post_check(bdf) if poll.recovered and error is None else (None, None, False)
+        if poll.recovered and error is None:
+            # The idle poll's link_speed is a SKIP; the judgement is the post-check's, under load.
+            gate_checks = (*gate_checks, self._loaded_speed(bdf, post))
+        checks = tuple(c for c in poll.checks if not (c.name == "link_speed" and poll.recovered and error is None)) \
+            + gate_checks
         snap = poll.snapshot
         base = {**base, "post_check": post, "minor": snap.minor if snap else None,
                 "nvml_index": snap.nvml_index if snap else None}
@@ -634,6 +674,14 @@ class Soak:
         saved = self.mig.get(bdf)
         return (mig.recreate(self.node, saved, self.ctx),) if saved is not None and saved.enabled else ()
 
+    def _loaded_speed(self, bdf: PciAddress, post: dict | None) -> Check:
+        """link_speed under load: the post-check's reading against the first cycle's load's."""
+        ran = post is not None and post.get("exit") == 0 and post.get("refusal") is None
+        if post is not None and not ran:
+            return Check("link_speed", verify.SKIP, "not compared: the post-check did not run to the end")
+        return verify.loaded_speed_check(self.loaded_speeds.get(bdf), post and post.get("link_speed"),
+                                         post_check=ran, error=post and post.get("link_error"))
+
     def _gate_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
         """The health gate after a cycle: static limits, and rates since the soak began."""
         results = health_gates.evaluate(self.reading(bdf), self.readings.get(bdf), self.options.gates)
@@ -659,6 +707,7 @@ class Soak:
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
                       "out_of_service": self.out_of_service.get(b),
+                      "warnings": list(self.link_warnings.get(b, [])),
                       "health_gate": [asdict(g) for g in self.gate_results.get(b, [])]} for b in self.gpus],
         }
 

@@ -29,8 +29,11 @@ def test_healthy_cycle_recovers_and_is_journaled(sim, tmp_path):
     assert r.outcome == RECOVERED and r.findings == ()
     assert 0.1 <= r.recovery_s <= 1.5  # 100 ms FLR wait, then link retraining within a second
     statuses = {c.name: c.status for c in r.checks}
-    assert {k: statuses[k] for k in ("present", "power_state", "driver", "link_width", "link_speed", "nvml")} \
-        == dict.fromkeys(["present", "power_state", "driver", "link_width", "link_speed", "nvml"], "pass")
+    assert {k: statuses[k] for k in ("present", "power_state", "driver", "link_width", "nvml")} \
+        == dict.fromkeys(["present", "power_state", "driver", "link_width", "nvml"], "pass")
+    # Speed is compared under load only, and this run has no post-check: not applicable, said so.
+    (speed,) = [c for c in r.checks if c.name == "link_speed"]
+    assert speed.status == "skip" and speed.detail == "not compared: no load after the reset (no post-check)"
     assert statuses["gate_retired_pages"] == "pass"
     # The 10 s settle window (the default) puts the gate's reading 10 s after the baseline: a rate.
     assert r.duration_s >= 10.0 and statuses["gate_pcie_replay_rate"] == "pass"
@@ -49,7 +52,8 @@ def test_flaky_flr_fails_with_named_reasons(sim, tmp_path):
     assert reasons[0] == "flr_not_ready" and "reset_write_failed" in reasons
     # FLR now runs unbound: the bind-back of the dead GPU fails its probe, and says so.
     assert {"rminit_failed", "bind_back_failed"} <= set(reasons)
-    assert {"link_width", "link_speed", "nvml"} <= {f.reason for f in r.findings}
+    # The dead function's x63 fails link_width; its speed is not judged at idle (a GPU lowers it there).
+    assert {"link_width", "nvml"} <= {f.reason for f in r.findings}
     assert r.events[0].text == "nvidia 0000:9a:00.0: not ready 65535ms after FLR; giving up"
     # A later FLR can bring it back: the next cycles are judged on their own.
     assert any(x.outcome == RECOVERED for x in results[results.index(r) + 1:])

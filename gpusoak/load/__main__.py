@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-bytes", type=int, default=1 << 30, help="allocation chunk (default 1 GiB)")
     p.add_argument("--inject-corruption", type=int, default=0, metavar="WORDS",
                    help="flip WORDS words after writing, to prove detection (simulated node and tests)")
+    p.add_argument("--sysfs-root", default="/sys", help="where to read the GPU's PCIe link under load (default /sys)")
     return p
 
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     corrupt = _corruptor(args.inject_corruption)
     try:
         doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
+        doc["link"] = _link(args.sysfs_root, bdf)
         fill, count = kernels
         doc["vram"] = asdict(checks.vram(xp, total, min(args.chunk_bytes, max(total, 4)), sync, oom=oom,
                                          corrupt=corrupt, fill=fill, count=count))
@@ -87,6 +89,21 @@ def _setup(args, bdf: PciAddress, doc: dict):
 def _gemm(xp, args, dtype: str, sync) -> dict:
     r = checks.gemm(xp, args.gemm_size, dtype, args.seconds / 2, sync)
     return {**asdict(r), "tflops": round(r.tflops, 3)}
+
+
+def _link(root: str, bdf: PciAddress) -> dict:
+    """The link as it runs under load: read right after the GEMMs, while this process still holds
+    its CUDA context. An idle NVIDIA GPU lowers its PCIe generation ("may be lower than the max"
+    when not in use, NVML nvmlDeviceGetCurrPcieLinkGeneration), so only a reading taken while the
+    GPU works says what speed the link trained at [U: how fast the driver drops the generation once
+    the GEMMs end]. A read that fails is reported, never the load's failure."""
+    from gpusoak.host.sysfs import Sysfs
+
+    try:
+        link = Sysfs(root).function(bdf).link
+    except GpusoakError as err:
+        return {"error": str(err)}
+    return {"current_speed": link.current_speed, "current_width": link.current_width}
 
 
 def _corruptor(words: int):

@@ -29,6 +29,9 @@ class LoadSummary:
     mismatched_words: int = 0
     backed_off: bool = False
     refusal: str | None = None  # why the load was not started, or gpusoak's child broke (a reason suffix)
+    link_speed: str | None = None  # current_link_speed the child read under load; None: no such file
+    link_width: int | None = None
+    link_error: str | None = None  # the child's link read failed (its errno)
 
     @property
     def ok(self) -> bool:
@@ -80,7 +83,7 @@ def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid:
             f"no UUID for {bdf} in the baseline (NVML could not say): a load child without "
             "CUDA_VISIBLE_DEVICES=<its UUID> would open every GPU on the node"))
     argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--seconds", f"{seconds:g}",
-            "--fraction", f"{fraction:g}"]
+            "--fraction", f"{fraction:g}", "--sysfs-root", str(node.sysfs.root)]
     result = node.runner.run(argv, timeout_s=2 * seconds + 120, env=load_env(uuid))
     if result.timed_out:
         return LoadSummary(None, error=f"the load did not finish within {2 * seconds + 120:g} s")
@@ -92,12 +95,14 @@ def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid:
                            error=f"gpusoak's load child exited {result.returncode} without its report: {last}")
     gemm = {g["dtype"]: g for g in doc.get("gemm", [])}
     vram = doc.get("vram", {})
+    link = doc.get("link", {})
     return LoadSummary(
         exit=result.returncode, pid=doc.get("pid"), error=doc.get("error"),
         tflops_fp32=gemm.get("float32", {}).get("tflops"), tflops_fp16=gemm.get("float16", {}).get("tflops"),
         gemm_mismatches=sum(g.get("mismatches", 0) + g.get("exact_mismatches", 0) for g in gemm.values()),
         vram_bytes=vram.get("bytes_total", 0), mismatched_words=vram.get("mismatched_words", 0),
-        backed_off=vram.get("backed_off", False))
+        backed_off=vram.get("backed_off", False), link_speed=link.get("current_speed"),
+        link_width=link.get("current_width"), link_error=link.get("error"))
 
 
 def _last_json(text: str) -> dict | None:

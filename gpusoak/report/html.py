@@ -39,6 +39,8 @@ def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel
             said = e("; ".join(g.evidence)) if n == 0 else "″"  # once per GPU
             rows.append(f"<tr>{tds}{klass}<td>{said}</td></tr>")
     evidence = "".join(f"<li>{e(line)}</li>" for line in verdict.evidence)
+    evidence += "".join(f'<li class="gpusoak-warning">warning: {e(g.get("bdf", "?"))}: {e(w)}</li>'
+                        for g in (document or {}).get("gpus", []) if isinstance(g, dict) for w in g.get("warnings") or [])
     head = "".join(f"<th>{h}</th>" for h in ("GPU", "UUID", "action", "recovered", "lower bound (95%)",
                                             "p50 s", "p95 s", "max s", "class", "evidence"))
     return (

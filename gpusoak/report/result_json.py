@@ -38,6 +38,10 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
     outcomes = {o: 0 for o in OUTCOMES}
     for r in content.results:
         outcomes[r.outcome] += 1
+    warnings = {g.get("bdf"): list(g.get("warnings") or []) for g in h.get("gpus", [])}
+    for note in content.notes:  # found under load, after the header was written
+        if note.get("type") == "link_warning":
+            warnings.setdefault(note.get("bdf"), []).extend(note.get("warnings") or [])
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"gpusoak {__version__}",
@@ -73,6 +77,9 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
                 "reliability": {"class": g.reliability, "reasons": list(g.reliability_reasons)},
                 "sequences": g.sequences,
                 "aer_events": g.aer_events,
+                # Below capability before any reset (an x8-wired slot, a BIOS-capped generation):
+                # the node's build, reported, never a failure (1.2, optional).
+                "warnings": list(warnings.get(g.bdf, [])),
                 "actions": {
                     name: {
                         "attempts": s.attempts,

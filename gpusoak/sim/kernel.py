@@ -29,6 +29,7 @@ from gpusoak.sim.scenario import GpuSpec, Scenario
 from gpusoak.sim.tree import (
     AER_COR_NAMES,
     FUNCTIONS,
+    IDLE_LINK_SPEED,
     Tree,
     aer_text,
     create_gpu,
@@ -58,8 +59,10 @@ class GpuState:
     settle_line: int = 0  # on this line of time (parallel workers each have their own)
     resets: int = 0
     link_width: int = 0  # the width the link trained at
+    link_speed: str = ""  # the speed it trained at (what it runs at under load)
     was_on_vfio: bool = False
     loaded: bool = False  # a load ran since the last reset (profiles that fail under load look)
+    load_running: bool = False  # a load child is running on it now: the link runs at its trained speed
     corrupt: bool = False  # memory reads back wrong until the next reset
     rm_stale: bool = False  # reset under a bound nvidia, not yet noticed (pre-GSP; sim.driver_reset)
     rm_lost: bool = False  # RM lost the GPU to a reset it was not told of, until a driver reload
@@ -88,7 +91,7 @@ class SimKernel:
         self._lock = threading.RLock()  # RLock: a close inside a write re-checks waiting removes
         self._log_lock = threading.Lock()
         self.gpus: dict[PciAddress, GpuState] = {
-            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.link_width, health=dict(g.health),
+            g.bdf: GpuState(g, random.Random(f"{seed}:{g.bdf}"), link_width=g.trained_width, link_speed=g.trained_speed, health=dict(g.health),
                             reset_method=("flr",) if no_bus_reset(g.device_id) else ("flr", "bus"),
                             settings=dict(g.settings), mig=sim_mig.MigState.from_spec(g.mig, f"{seed}:{g.uuid}"))
             for g in scenario.gpus}
@@ -235,7 +238,7 @@ class SimKernel:
             if st.alive and not st.removed and st.settle_until and now >= st.settle_until \
                     and line in (st.settle_line, self.clock.main_id()):
                 st.settle_until = 0.0
-                self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
+                self.tree.set_attr(bdf, "current_link_speed", self._speed_now(st))
 
     # -- the read seam -----------------------------------------------------------------------
     def read(self, path: Path) -> str:
@@ -463,8 +466,9 @@ class SimKernel:
             self.log(KERN_ERR, f"NVRM: GPU {bdf}: GPU has fallen off the bus.")
             self._die(st, stuck=True)
             return False
-        if kind == "bus" or outcome.link_width is not None:
-            st.link_width = outcome.link_width or st.spec.link_width
+        if kind == "bus" or outcome.link_width is not None or outcome.link_speed is not None:
+            st.link_width = outcome.link_width or st.spec.trained_width
+            st.link_speed = outcome.link_speed or st.spec.trained_speed
         self._revive(st)
         fabric.restart(self, st)  # the reset took it out of the NVLink fabric (sim.fabric)
         if unaware:
@@ -495,9 +499,40 @@ class SimKernel:
         st.alive = True
         st.rpm_state = None
         bdf = st.spec.bdf
-        self.tree.set_attr(bdf, "current_link_speed", st.spec.link_speed)
+        self.tree.set_attr(bdf, "current_link_speed", self._speed_now(st))
         self.tree.set_attr(bdf, "current_link_width", str(st.link_width))
         self.tree.set_attr(bdf, "power_state", "D0")
+
+    # -- the link at idle and under load -----------------------------------------------------
+    def _speed_now(self, st: GpuState) -> str:
+        """The current link speed of a live, trained link. NVIDIA: the current PCIe generation
+        "may be lower than the max" when the GPU is not in use (NVML API reference,
+        nvmlDeviceGetCurrPcieLinkGeneration,
+        https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html; reference 2.2 and 6);
+        the width stays. Idle at IDLE_LINK_SPEED (Gen1) [U: the exact idle generation, and that the
+        change is immediate], the trained speed (the lesser of the GPU's and its port's, see
+        scenario.GpuSpec.trained_speed) while a load runs on it, also inside the retraining window
+        after a reset: the kernel waits for the link to train (Data Link Layer Link Active) before
+        a reset returns (drivers/pci/pci.c pci_bridge_wait_for_secondary_bus, pcie_wait_for_link_delay),
+        so a GPU in use runs at speed; what the window shows is the Gen1 reading at idle."""
+        return (st.link_speed or st.spec.trained_speed) if st.load_running else IDLE_LINK_SPEED
+
+    def load_begin(self, bdf: PciAddress) -> None:
+        """A load child started on the GPU: the link rises to its trained speed."""
+        self._set_load(bdf, True)
+
+    def load_end(self, bdf: PciAddress) -> None:
+        """The load child exited: the GPU idles and the link drops to the idle generation."""
+        self._set_load(bdf, False)
+
+    def _set_load(self, bdf: PciAddress, running: bool) -> None:
+        with self._lock:
+            st = self.gpus.get(bdf)
+            if st is None:
+                return
+            st.load_running = running
+            if st.alive and not st.removed and bdf in self.tree.device_dirs:
+                self.tree.set_attr(bdf, "current_link_speed", self._speed_now(st))
 
     def _aer_storm(self, st: GpuState, count: int) -> None:
         bdf = st.spec.bdf
@@ -787,7 +822,7 @@ class SimKernel:
                 remove_function(self.tree, b)  # a partial removal: the scan re-creates the whole slot
             create_gpu(self.tree, st.spec, self.tree.groups[st.spec.bdf], bind=False)
             st.removed = False
-            st.link_width = st.spec.link_width
+            st.link_width, st.link_speed = st.spec.trained_width, st.spec.trained_speed
             self._revive(st)
             st.reset_method = ("flr",) if no_bus_reset(st.spec.device_id) else ("flr", "bus")
             for b, _ in gpu_functions(st.spec):

@@ -313,11 +313,12 @@ class SimNvmlLib:
         st = self._state(h)
         return int((self._kernel.tree.dev(st.spec.bdf) / "current_link_width").read_text())
 
+    # "device + system" maxima (reference 2.2): the lesser of the GPU's and its port's capability.
     def nvmlDeviceGetMaxPcieLinkGeneration(self, h: SimHandle) -> int:
-        return _GEN.get(self._state(h).spec.link_speed, 0)
+        return _GEN.get(self._state(h).spec.trained_speed, 0)
 
     def nvmlDeviceGetMaxPcieLinkWidth(self, h: SimHandle) -> int:
-        return self._state(h).spec.link_width
+        return self._state(h).spec.trained_width
 
     def nvmlDeviceGetTotalEccErrors(self, h: SimHandle, error_type: int, counter: int) -> int:
         kind = "corrected" if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED else "uncorrected"

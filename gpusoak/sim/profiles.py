@@ -27,6 +27,7 @@ class ResetOutcome:
     reset_s: float  # how long the write (or command) blocks
     settle_s: float = 0.0  # link retraining after it returned (reads a lower speed meanwhile)
     link_width: int | None = None  # the width the link retrains at, when not the GPU's own
+    link_speed: str | None = None  # the speed it retrains at (seen under load), when not the trained one
     aer_corrected: int = 0  # corrected AER errors the reset provokes on the link
 
 
@@ -149,13 +150,15 @@ class FallsOffBusUnderLoad(FaultProfile):
 
 @dataclass(frozen=True)
 class DegradedLink(FaultProfile):
-    """With probability p a function-level reset retrains the link narrower; a bus reset, which
-    retrains the link from the port, restores it."""
+    """With probability p a function-level reset retrains the link narrower (``width``) or, with
+    ``speed`` set ("16.0 GT/s PCIe"), slower (``width = 0`` keeps the width); a bus reset, which retrains the link from the port,
+    restores it. A slower link shows under load only: at idle the GPU runs Gen1 anyway."""
 
     p: float = 0.3
     width: int = 8
+    speed: str | None = None
     NAME = "degraded-link"
-    PARAMS = ("p", "width")
+    PARAMS = ("p", "width", "speed")
 
     def __post_init__(self) -> None:
         _check_p(self.NAME, self.p)
@@ -163,7 +166,7 @@ class DegradedLink(FaultProfile):
     def reset(self, rng: random.Random, kind: str, n: int, loaded: bool = False) -> ResetOutcome:
         out = super().reset(rng, kind, n, loaded)
         if kind != "bus" and rng.random() < self.p:
-            return ResetOutcome(OK, out.reset_s, out.settle_s, link_width=self.width)
+            return ResetOutcome(OK, out.reset_s, out.settle_s, link_width=self.width or None, link_speed=self.speed)
         return out
 
 

@@ -356,12 +356,18 @@ class SimRunner:
             return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
                 "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),
-                "--chunk-bytes", str(1 << 18)]
+                "--chunk-bytes", str(1 << 18), "--sysfs-root", opts.get("--sysfs-root", "/sys")]
         if st.corrupt:
             argv += ["--inject-corruption", "4"]
         # The child (``_load``'s process) holds what CUDA's initialisation opened while this runs.
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        k.clock.advance(seconds)  # on a GPU the load takes the time it was given
+        # While it runs the GPU is in use, and its link runs at the trained speed (SimKernel._speed_now);
+        # the child reads the link from the simulated sysfs tree itself, as it does /sys on a node.
+        k.load_begin(bdf)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            k.clock.advance(seconds)  # on a GPU the load takes the time it was given
+        finally:
+            k.load_end(bdf)
         st.loaded = True
         if not st.alive or st.rm_lost:
             # Lost while the load ran (a late fault, sim.profiles.LateGspTimeout): the child's next

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak.errors import GpusoakError, ScenarioError
-from gpusoak.model import PciAddress
+from gpusoak.model import PciAddress, link_gts
 from gpusoak.sim.driver_reset import ARCHS
 from gpusoak.sim.profiles import PROFILES, FaultProfile
 
@@ -75,6 +75,34 @@ class GpuSpec:
     power_control: str = "on"
     rtd3: bool = False
     vfio: bool = False  # bound to vfio-pci at boot (driver_override), as a passthrough host leaves it
+    # The link below the GPU's capability before any reset: a BIOS-capped generation
+    # (port_link_speed = "16.0 GT/s PCIe": the port's Target Link Speed, LNKCTL2, set lower while its
+    # max_link_speed, from LNKCAP, stays) or an x8-wired slot (port_link_width = 8: both ends are x16
+    # capable, and the link trains at the lanes wired). A port whose capability itself is lower
+    # (a Gen4 port for a Gen5 GPU) is port_max_link_speed / port_max_link_width: its max_link_* say so.
+    # The link trains at the least of them all (PCIe Base Specification, link training: the highest
+    # rate and width both ends support and the lanes connect) [I: the LNKCTL2 reading of a BIOS cap].
+    port_link_speed: str | None = None
+    port_link_width: int | None = None
+    port_max_link_speed: str | None = None
+    port_max_link_width: int | None = None
+
+    @property
+    def port_speed(self) -> str:
+        return self.port_max_link_speed or self.link_speed
+
+    @property
+    def port_width(self) -> int:
+        return self.port_max_link_width or self.link_width
+
+    @property
+    def trained_speed(self) -> str:
+        caps = [s for s in (self.link_speed, self.port_speed, self.port_link_speed) if s]
+        return min(caps, key=lambda s: link_gts(s) or 0.0)
+
+    @property
+    def trained_width(self) -> int:
+        return min(w for w in (self.link_width, self.port_width, self.port_link_width) if w)
 
 
 @dataclass(frozen=True)
@@ -230,6 +258,10 @@ def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:
         vfio=bool(spec.get("vfio", False)),
         fabric=_choice(spec.get("fabric", "completes"), ("completes", "never"), "fabric"),
         nvlink_peers=tuple(PciAddress.parse(a) for a in spec.get("nvlink_peers", ())),
+        port_link_speed=str(spec["port_link_speed"]) if "port_link_speed" in spec else None,
+        port_link_width=int(spec["port_link_width"]) if "port_link_width" in spec else None,
+        port_max_link_speed=str(spec["port_max_link_speed"]) if "port_max_link_speed" in spec else None,
+        port_max_link_width=int(spec["port_max_link_width"]) if "port_max_link_width" in spec else None,
     )
 
 

@@ -123,6 +123,12 @@ def gpu_functions(gpu: GpuSpec) -> list[tuple[PciAddress, str]]:
     return out
 
 
+# An idle NVIDIA GPU's current link generation: NVML's current PCIe generation "may be lower than
+# the max" when the GPU is not in use (nvmlDeviceGetCurrPcieLinkGeneration,
+# https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html) [U: that it is Gen1].
+IDLE_LINK_SPEED = "2.5 GT/s PCIe"
+
+
 def no_bus_reset(device_id: int) -> bool:
     """drivers/pci/quirks.c quirk_nvidia_no_bus_reset: NVIDIA device ids with (id & 0xffc0) == 0x2340
     get PCI_DEV_FLAGS_NO_BUS_RESET (reference 6; H100 0x2330/0x2331 and H200 0x2335 are outside)."""
@@ -137,8 +143,10 @@ def create_gpu(tree: Tree, gpu: GpuSpec, group: int, bind: bool = True) -> None:
         "subsystem_vendor": "0x10de", "subsystem_device": "0x16c1", "revision": "0xa1",
         "numa_node": str(gpu.numa_node), "enable": "1", "d3cold_allowed": "1",
         "power_state": "D0", "power/control": "on", "power/runtime_status": "active",
-        "current_link_speed": gpu.link_speed, "max_link_speed": gpu.link_speed,
-        "current_link_width": str(gpu.link_width), "max_link_width": str(gpu.link_width),
+        # Idle: the link runs below its trained speed until a load runs (SimKernel._speed_now);
+        # the maxima are the GPU's own (LNKCAP), the current width what the link trained at.
+        "current_link_speed": IDLE_LINK_SPEED, "max_link_speed": gpu.link_speed,
+        "current_link_width": str(gpu.trained_width), "max_link_width": str(gpu.link_width),
         # [I] reset_method as drivers/pci/pci.c pci_init_reset_methods would probe it for a
         # function that has FLR and sits alone below its bridge: "flr bus" for the GPU, "flr" for
         # a companion, "pm" for the port (their probes are not modelled; a GPU with companions
@@ -207,8 +215,10 @@ def build(root: Path, scenario: Scenario) -> Tree:
                 continue
             parent = _function(tree, port, parent, {
                 "vendor": "0x8086", "device": "0x352a", "class": "0x060400",
-                "current_link_speed": gpu.link_speed, "max_link_speed": gpu.link_speed,
-                "current_link_width": str(gpu.link_width), "max_link_width": str(gpu.link_width),
+                # The port's own capability (a BIOS-capped generation, an x8-wired slot) [I: its
+                # current values stay at the trained link's; the idle drop is not modelled here].
+                "current_link_speed": gpu.trained_speed, "max_link_speed": gpu.port_speed,
+                "current_link_width": str(gpu.trained_width), "max_link_width": str(gpu.port_width),
                 "power_state": "D0", "power/control": "on", "reset_method": "pm", **_aer_files(),
             })
             put(parent / "reset_subordinate", "", 0o200)

@@ -42,7 +42,8 @@ def test_tree_is_laid_out_like_the_kernels(sim):
     assert os.readlink(real / "driver").endswith("bus/pci/drivers/nvidia")
     assert (root / "bus" / "pci" / "drivers" / "nvidia" / str(HEALTHY)).resolve() == real
     assert (real / "power_state").read_text() == "D0\n"
-    assert (real / "current_link_speed").read_text() == "32.0 GT/s PCIe\n"
+    assert (real / "current_link_speed").read_text() == "2.5 GT/s PCIe\n"  # idle: NVIDIA lowers the generation
+    assert (real / "max_link_speed").read_text() == "32.0 GT/s PCIe\n"
     assert (real / "aer_dev_correctable").read_text().splitlines()[-1] == "TOTAL_ERR_COR 0"
     assert (root / "module" / "nvidia" / "version").read_text() == "570.124.06\n"
 
@@ -79,7 +80,11 @@ def test_healthy_flr_retrains_the_link_then_settles(sim):
     sim.kernel.write(fn.path / "reset", "1")
     assert fn.link.current_speed == "2.5 GT/s PCIe"  # retraining right after the reset
     sim.node.clock.sleep(1.0)
-    assert fn.link.current_speed == "32.0 GT/s PCIe"
+    assert fn.link.current_speed == "2.5 GT/s PCIe"  # trained, and idle: the GPU lowers its generation
+    sim.kernel.load_begin(HEALTHY)
+    assert fn.link.current_speed == "32.0 GT/s PCIe"  # in use: the trained speed
+    sim.kernel.load_end(HEALTHY)
+    assert (fn.link.current_speed, fn.link.current_width) == ("2.5 GT/s PCIe", 16)  # idle again; width stays
     sim.kernel.write(drv / "bind", str(HEALTHY))
     assert sim.node.nvml.health(HEALTHY).status == OK
 
