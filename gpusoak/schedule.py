@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 
 from gpusoak import journal
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
-from gpusoak.actions.base import BUS_BUSY, FABRIC_MANAGER, IOMMU, SHARED_DOMAIN, UNSUPPORTED
+from gpusoak.actions.base import BUS_BUSY, STRUCTURAL
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import LOAD_CHARGED, Soak
 from gpusoak.sprt import Sprt, SprtParams, replay
 
 # Refusals that say the action does not apply to this hardware (it is no gap in the evidence); any
 # other refusal (a process holds the GPU, a service, no authorisation) leaves the action untested.
-STRUCTURAL = {UNSUPPORTED, SHARED_DOMAIN, IOMMU, FABRIC_MANAGER}
 
 
 @dataclass(frozen=True)

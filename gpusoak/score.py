@@ -24,12 +24,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gpusoak.actions.base import STRUCTURAL
 from gpusoak.model import (
     FAILED,
     HUNG,
     INDEX_CHANGED,
     MINOR_CHANGED,
     RECOVERED,
+    REFUSED,
     ActionStats,
     CycleResult,
     GpuVerdict,
@@ -116,11 +118,15 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
     blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
     if blind:
         evidence.append(f"{len(blind)} cycle(s) a check could not look at: {blind[0].reason}")
+    # An action the hardware rules out (every cycle refused method_unsupported, fabric_bypass, ...)
+    # does not apply to this GPU: it neither passes nor holds the GPU back. Any other refusal does.
+    judged = {a: s for a, s in stats.items()
+              if not all(r.outcome == REFUSED and r.reason in STRUCTURAL for r in by_action[a])}
     if bad:
         gpu_class = FAIL
     elif blind:
         gpu_class = INCONCLUSIVE  # what could not be looked at has not passed
-    elif stats and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in stats.values()):
+    elif judged and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in judged.values()):
         gpu_class = PASS
     else:
         gpu_class = INCONCLUSIVE

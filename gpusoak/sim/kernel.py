@@ -635,10 +635,7 @@ class SimKernel:
                 self._free_minor(bdf)  # the failed probe's unwinding gives the minor back
                 raise OSError(errno.ENODEV, "No such device", str(path))
             self.wipe_settings(st)
-            if st.resets > st.bound_after_reset:
-                st.bound_after_reset = st.resets
-                if (delay := st.spec.profile.late_event_s(st.rng)) is not None:
-                    self.after(delay, lambda: self._late_fault(st))
+            self.rm_initialised(st)
             if st.spec.rtd3:
                 # NVIDIA README, "PCI-Express Runtime D3 (RTD3) Power Management", System Settings
                 # (download.nvidia.com/XFree86/Linux-x86_64/525.89.02/README/dynamicpowermanagement.html):
@@ -655,6 +652,15 @@ class SimKernel:
         elif driver not in FUNCTIONS_DRIVERS:
             raise OSError(errno.ENODEV, "No such device", str(path))
         self.tree.bind(bdf, driver)
+
+    def rm_initialised(self, st: GpuState) -> None:
+        """RM has initialised the GPU again after a reset: on a bind (RmInitAdapter in nv_pci_probe),
+        or after nvidia-smi -r, which resets through the driver and re-initialises it in place. A
+        profile's late fault is armed once per reset, from here."""
+        if st.resets > st.bound_after_reset:
+            st.bound_after_reset = st.resets
+            if (delay := st.spec.profile.late_event_s(st.rng)) is not None:
+                self.after(delay, lambda: self._late_fault(st))
 
     def _late_fault(self, st: GpuState) -> None:
         """A profile's fault the driver reports seconds after the bind (LateGspTimeout)."""

@@ -181,6 +181,9 @@ class SimRunner:
                 return 255, "", (f"The following GPUs could not be reset:\n  GPU {bdf.nvml_bus_id}: In use by another client\n"
                                  f"\n1 device is currently being used by one or more other processes.\n")
         failed = [b for b, st in group if not k.apply_reset(st, "gpu_reset")]
+        for b, st in group:
+            if b not in failed:
+                k.rm_initialised(st)
         if failed:
             return 255, "", "".join(f"GPU {b.nvml_bus_id}: Unknown Error\n" for b in failed)
         return 0, "".join(f"GPU {b.nvml_bus_id} was successfully reset.\n" for b, _ in group) + "All done.\n", ""

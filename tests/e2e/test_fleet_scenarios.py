@@ -22,6 +22,10 @@ def test_the_bundled_scenarios_cover_every_profile():
     assert len(NODES) >= 3
 
 
+# The two single-node scenarios of issue 13: an HGX board with NVSwitches and a PCIe server.
+NEW_NODES = ["hgx-h100-nvswitch", "pcie-4gpu"]
+
+
 @pytest.mark.parametrize("node", NODES)
 def test_expected_classes_match(node, tmp_path):
     sc = scenarios.load(node)
@@ -97,3 +101,24 @@ def test_a_hanging_write_ends_the_run_in_bounded_time(tmp_path):
     classes = {g["bdf"]: g["class"] for g in result["gpus"]}
     assert classes["0000:9a:00.0"] == "fail"
     assert (tmp_path / "junit.xml").exists() and (tmp_path / "report.html").exists()
+
+
+def test_the_hgx_and_pcie_scenarios_give_each_gpu_its_class_for_its_own_reason(tmp_path):
+    """Each GPU gets the class written beside it in its file, and each odd one for its reason."""
+    reasons = {}
+    for node in NEW_NODES:
+        sc, out = scenarios.load(node), tmp_path / node
+        done = gpusoak("run", "--backend", f"sim:{node}", "--actions", ",".join(sc.actions), "--report-dir", out,
+                       "-q", timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        gpus = json.loads((out / "result.json").read_text())["gpus"]
+        assert {g["bdf"]: g["class"] for g in gpus} == {str(g.bdf): g.expect for g in sc.gpus}, [g["evidence"] for g in gpus]
+        for g in gpus:
+            reasons[g["bdf"]] = (" | ".join(g["evidence"]), g.get("warnings") or [])
+    assert "mig_enabled" in reasons["0000:2a:00.0"][0]
+    assert "xid_119" in reasons["0000:5d:00.0"][0]
+    assert "fabric_not_completed" in reasons["0000:9a:00.0"][0]
+    assert "flr: 20/20" in reasons["0000:17:00.0"][0]  # the vfio-bound GPU was soaked
+    assert "method_unsupported" in reasons["0000:31:00.0"][0]
+    assert "link_width" in reasons["0000:b1:00.0"][0]
+    assert any("x8 before any reset" in w for w in reasons["0000:ca:00.0"][1])
