@@ -78,16 +78,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="keep the GPU services running: every action they would block is refused "
                      "(service_active), naming them. nvidia-fabricmanager and nvidia-imex are never stopped")
     run.add_argument("--allow-mig", action="store_true",
-                     help="soak GPUs with MIG enabled (else refused, mig_enabled): their GPU and compute instances, which a reset destroys, are recreated after each cycle and checked (mig_layout), and the load runs on their first MIG device")
+                     help="soak GPUs with MIG enabled (else refused, mig_enabled): their GPU and compute instances, which a reset destroys, are recreated after each cycle and checked (mig_layout), and the load and post-check run on their first MIG device only")
     run.add_argument("--no-ladder", action="store_true", help="no recovery ladder after a failed cycle")
     run.add_argument("--identity-strict", action="store_true",
                      help="the scheduler names GPUs by /dev/nvidiaN or index (gres.conf File=, jobs by index): "
-                     "a minor or NVML index that changed after a cycle fails it (default: a finding)")
+                     "a minor or NVML index that changed after a cycle fails it (default: a finding); never in a "
+                     "parallel run, nor where another GPU left the driver and moved the indices")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
                      help="load before each cycle (0: none; default 20 on a real node, the scenario's on sim)")
     run.add_argument("--load-fraction", type=float, default=0.9, help="share of free GPU memory to fill")
-    run.add_argument("--post-check-seconds", type=float, default=None, help="load after recovery (0: none)")
+    run.add_argument("--post-check-seconds", type=float, default=None, help="load after recovery (0: none; default: the node's, 5 s on a real node); the link speed is "
+                     "judged under this load only, so 0 leaves it unjudged")
     run.add_argument("--write-timeout", type=float, default=90.0, help="seconds before a blocked write is hung")
     run.add_argument("--strict", action="store_true", help="exit 1 unless the node's decision is admit")
     run.add_argument("--suites", type=Path, default=None, help="suites folder (default: gpusoak's own)")

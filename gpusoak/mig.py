@@ -30,6 +30,7 @@ from gpusoak.verify import BLIND, FAIL, PASS
 
 MIG_ENABLED = "mig_enabled"  # refusal: MIG is on and the operator did not opt in (--allow-mig)
 MIG_MODE_PENDING = "mig_mode_pending"  # refusal: a reset would apply a pending MIG-mode change
+MIG_UNKNOWN = "mig_unknown"  # the MIG mode or layout could not be read before the first reset
 MIG_LAYOUT = "mig_layout"  # the recovery check: the saved instance layout is back
 
 # |   0  MIG 1g.5gb          19       11          0:1     |   (-lgi: GPU, name, profile, GI id, placement)
@@ -76,6 +77,10 @@ def refusals(state: MigState | None, allow_mig: bool) -> list[Finding]:
     under test; a MIG GPU is soaked only with the operator's opt-in (its layout is put back)."""
     if state is None:
         return []
+    if state.error is not None:
+        # Not known is not "no MIG": a MIG GPU reset without its layout saved loses its instances.
+        return [Finding(MIG_UNKNOWN, f"nvidia-smi could not say whether MIG is enabled on {state.bdf} before "
+                        f"the first reset ({state.error.strip()[:200]}): not reset, its instances would be lost")]
     out = []
     if state.change_pending:
         out.append(Finding(MIG_MODE_PENDING, f"MIG mode is {state.current} with {state.pending} pending on "

@@ -149,6 +149,7 @@ class Soak:
         self._open: dict[PciAddress, _Window] = {}
         self._after: list[dict] = []  # after_cycle records not yet taken by the scheduler
         self._windows_lock = threading.Lock()
+        self._nvidia_at_start = {g for g in node.sysfs.nvidia_gpus() if node.sysfs.function(g).driver == "nvidia"}
         for bdf in gpus:
             self._take_baseline(bdf)
 
@@ -165,6 +166,11 @@ class Soak:
         self.baselines[bdf] = snap
         self.link_warnings[bdf] = self._link_deficit(bdf, snap, None)
         failed = [c for c in verify.compare(snap, snap) if c.status == verify.FAIL]
+        # On an NVSwitch node, a GPU out of the fabric before any reset would fail every cycle for
+        # what it already was (fabric_not_completed): it is not soaked, and says why.
+        if not failed and snap.present and self.node.sysfs.function(bdf).vendor == NVIDIA_VENDOR and \
+                (fabric := verify.fabric_check(self.node, bdf)).status == verify.FAIL:
+            failed = [fabric]
         if failed:
             self.out_of_service[bdf] = f"{NOT_HEALTHY_BEFORE}: " + "; ".join(c.detail for c in failed)
             return
@@ -424,7 +430,8 @@ class Soak:
                                    events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
             except Busy as err:
                 if err.bind_back is None:
-                    # The kernel did nothing (EAGAIN, retried once): no attempt, and no verdict on the GPU.
+                    # The kernel did not reset (EAGAIN, retried once): no attempt, no verdict on the GPU.
+                    # The slot's unbind and bind back around it are not judged (docs/architecture.md).
                     return CycleResult(outcome=SKIPPED, duration_s=self.node.clock.monotonic() - start,
                                        findings=(Finding(err.reason or BUS_BUSY, str(err)),), **base)
                 error = err  # the reset did not run, but the slot could not be bound back: judged
@@ -643,6 +650,12 @@ class Soak:
             # back in another order take each other's minors. True of the node, but gpusoak's doing.
             identity = tuple(Finding(f.reason, f.detail + "; a parallel run: other GPUs' cycles may have "
                                      "caused it") for f in identity)
+        elif identity and (gone := self._drivers_gpus_changed()):
+            # NVML numbers only the GPUs nvidia drives: one that left (failed, out of the run) moves
+            # every index above it. True of the node, but that GPU's doing, not this one's.
+            parallel = True
+            identity = tuple(Finding(f.reason, f.detail + f"; nvidia no longer drives {gone}, which moves "
+                                     "the GPUs after it") for f in identity)
         duration = self.node.clock.monotonic() - start
         gates_ok = all(c.status != verify.FAIL for c in gate_checks)
         if identity and self.options.identity_strict and not parallel:
@@ -667,6 +680,11 @@ class Soak:
                 self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {base['cycle']}"
         return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
                            ladder=rungs, recovered_by=recovered_by, **base)
+
+    def _drivers_gpus_changed(self) -> str:
+        """The NVIDIA GPUs nvidia drove at the baseline and no longer does, named ("" if none)."""
+        now = {g for g in self.node.sysfs.nvidia_gpus() if self.node.sysfs.function(g).driver == "nvidia"}
+        return ", ".join(str(g) for g in sorted(self._nvidia_at_start - now))
 
     def _mig_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
         """The saved MIG layout recreated and read back (gpusoak/mig.py): before the post-check,

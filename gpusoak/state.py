@@ -85,7 +85,9 @@ def capture(node: Node, gpus: list[PciAddress], ctx: Context) -> NodeState:
             saved = gpu_settings.read(node, bdf, ctx)
             settings[str(bdf)] = saved.to_dict()
             persistence[str(bdf)] = saved.persistence_mode
-            migs[str(bdf)] = mig.read(node, bdf, ctx).to_dict()
+            # MIG instances are the nvidia driver's: a GPU another driver holds (vfio-pci) has none to lose.
+            bound = node.sysfs.function(bdf).driver == "nvidia"
+            migs[str(bdf)] = (mig.read(node, bdf, ctx) if bound else mig.MigState(str(bdf))).to_dict()
     return NodeState(
         hostname=node.hostname, backend=node.backend, functions=functions, persistence=persistence,
         settings=settings, mig=migs,

@@ -280,6 +280,7 @@ class Poll:
         return self.good or bool(self.fatal)
 
 
+SETTLE_REREAD_S = 1.0  # in a shared window, the least time after a GPU's first good poll it is read again
 SETTLE_POLL_S = 5.0  # how often the checks are read again inside the settle window (kernel events: all of it)
 
 
@@ -318,7 +319,11 @@ def await_recovery(node: Node, bdf: PciAddress, baseline: Snapshot, cursor: int,
     first = retrying(poll)
     if not first.good:
         return first
-    return _settle(first, poll, clock, first.at_s + settle_s if settle_until is None else settle_until)
+    if settle_until is None:
+        end = first.at_s + settle_s
+    else:  # a window shared with other GPUs: still read once more after this one's first good poll
+        end = max(settle_until, first.at_s + min(settle_s, SETTLE_REREAD_S))
+    return _settle(first, poll, clock, end)
 
 
 def _settle(first: Poll, poll, clock, end: float) -> Poll:

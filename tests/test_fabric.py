@@ -149,3 +149,41 @@ def test_a_parallel_run_serialises_the_cycles_of_nvlink_peers(tmp_path):
         sim.node.close()
     assert locks[GPU] is locks[peer] and alone not in locks  # one group, and the lone GPU runs free
     assert [r.outcome for r in scheduler.results] == [RECOVERED] * 6
+
+
+def test_the_fabric_query_sends_its_struct_version(tmp_path):
+    # NVML rejects a versioned struct left at version 0; the query sets it even where an older
+    # nvidia-ml-py's constructor did not.
+    import ctypes
+
+    import pynvml
+
+    from gpusoak.host.nvml import Nvml
+    from gpusoak.sim.nvml import SimNvmlLib
+
+    sim = _sim(tmp_path, HGX)
+
+    class OldStruct(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint), ("clusterUuid", ctypes.c_char * 16), ("status", ctypes.c_uint),
+                    ("cliqueId", ctypes.c_uint), ("state", ctypes.c_ubyte), ("healthMask", ctypes.c_uint)]
+
+    lib = SimNvmlLib(sim.kernel)
+    lib.c_nvmlGpuFabricInfoV_t = OldStruct
+    lib.nvmlGpuFabricInfo_v2 = pynvml.nvmlGpuFabricInfo_v2
+    lib.nvmlInit()
+    nvml = Nvml(lib)
+    h = lib.nvmlDeviceGetHandleByPciBusId(GPU.nvml_bus_id)
+    assert nvml.fabric_info(h)["state"] == 3  # COMPLETED, not a version mismatch
+
+
+def test_a_gpu_out_of_the_fabric_before_any_reset_is_not_soaked(tmp_path):
+    # Fabric Manager stopped before the run: the GPU never registers, and every cycle would fail
+    # fabric_not_completed for what it already was.
+    sim = _sim(tmp_path, HGX)
+    sim.kernel.services["nvidia-fabricmanager"] = "inactive"
+    from gpusoak.sim import fabric
+
+    fabric.restart(sim.kernel, sim.kernel.gpus[GPU])
+    r = _cycle(sim, tmp_path)
+    assert r.outcome == "skipped" and r.reason == "not_healthy_before_soak"
+    assert "fabric state" in r.findings[0].detail

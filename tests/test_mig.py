@@ -184,3 +184,13 @@ def test_run_passes_allow_mig_to_the_plugin(monkeypatch):
     monkeypatch.setattr(cli, "_finish", lambda code, *a: code)
     assert cli.main(["run", "--allow-mig", "--cycles", "1"]) == 0
     assert "--gpusoak-allow-mig" in seen[0]
+
+
+def test_a_gpu_whose_mig_state_could_not_be_read_is_not_reset(tmp_path, monkeypatch):
+    # Unknown is not "no MIG": reset without its layout saved, a MIG GPU would lose its instances.
+    from gpusoak import mig
+
+    sim = _node(tmp_path)
+    monkeypatch.setattr(mig, "read", lambda node, bdf, ctx: mig.MigState(str(bdf), error="nvidia-smi exited 9"))
+    r = _soak(sim, tmp_path, allow_mig=True).run_cycle(GPU, "flr", 1)
+    assert r.outcome == "refused" and r.reason == "mig_unknown" and "exited 9" in r.findings[0].detail

@@ -108,3 +108,19 @@ def test_the_plan_says_which_functions_get_runtime_pm_turned_off(tmp_path):
         assert f"runtime PM off for the run (power/control on; auto again at the end): {GPU}" in plan.render(p)
     finally:
         s.node.close()
+
+
+def test_an_index_moved_by_a_gpu_that_left_the_driver_is_no_failure_even_when_strict(tmp_path):
+    # NVML numbers the GPUs nvidia drives: with the first one unbound (a GPU that failed, say),
+    # the second's index drops by one. That is the other GPU's doing, not this one's.
+    s = _sim(tmp_path, [(GPU, ""), (OTHER, "")])
+    try:
+        soak = _soak(s, tmp_path, [OTHER], actions=("flr",), identity_strict=True)
+        assert soak.baselines[OTHER].nvml_index == 1
+        s.kernel.write(s.node.sysfs.root / "bus/pci/drivers/nvidia/unbind", str(GPU))
+        r = soak.run_cycle(OTHER, "flr", 1)
+        assert r.nvml_index == 0 and r.outcome == RECOVERED, r.explain()
+        (moved,) = [f for f in r.findings if f.reason == "index_changed"]
+        assert f"nvidia no longer drives {GPU}" in moved.detail
+    finally:
+        s.node.close()

@@ -169,3 +169,22 @@ def test_the_gpus_of_a_node_wide_cycle_settle_together(sim, tmp_path):
     assert [r.outcome for r in results if r.bdf != "0000:9a:00.0"] == [RECOVERED] * 7
     # One 10 s window for all eight, not eight windows one after another (80 s).
     assert sim.node.clock.monotonic() - start < 30.0
+
+
+def test_in_a_shared_window_each_gpu_is_read_again_after_its_first_good_poll(sim, tmp_path):
+    gpus = sim.node.gpus()
+    soak = Soak(sim.node, "run-1", SoakOptions(ladder=False), gpus)
+    soak.start(tmp_path / "journal.jsonl")
+    last = gpus[-1]
+    kernel = sim.kernel
+    # The last GPU goes narrower just after it is first read good, well after the first GPU's window.
+    original = soak._judge
+
+    def judge(bdf, *args, **kw):
+        if bdf == last:
+            kernel.after(0.5, lambda: kernel.tree.set_attr(last, "current_link_width", "8"))
+        return original(bdf, *args, **kw)
+
+    soak._judge = judge
+    results = {r.bdf: r for r in soak.run_node_cycle("module_reload", 1)}
+    assert results[str(last)].outcome == FAILED and UNSETTLED in {f.reason for f in results[str(last)].findings}

@@ -33,11 +33,14 @@ FABRIC_MANAGER = "fabric_manager_needed"
 FABRIC_BYPASS = "fabric_bypass"  # a sysfs reset or removal on an NVSwitch node: Fabric Manager is not told
 NVSWITCH_CLASS = 0x0680  # "bridge, other": how NVSwitch functions enumerate
 SERVICE_ACTIVE = "service_active"
+# Fabric Manager or IMEX runs: gpusoak never stops them, and rmmod nvidia fails while they hold the
+# driver, so a module reload cannot run on this node at all (structural, unlike a stoppable service).
+FABRIC_SERVICE = "fabric_service_running"
 NOT_BOUND = "not_bound"
 IOMMU = "iommu_group"
 # Refusals that are facts of the hardware or the node, not of this moment: an action refused for one
 # of them on every cycle does not apply to the GPU, and owes no evidence (score.classify_gpu).
-STRUCTURAL = frozenset({UNSUPPORTED, SHARED_DOMAIN, IOMMU, FABRIC_MANAGER, FABRIC_BYPASS})
+STRUCTURAL = frozenset({UNSUPPORTED, SHARED_DOMAIN, IOMMU, FABRIC_MANAGER, FABRIC_BYPASS, FABRIC_SERVICE})
 MODULE_NOT_LOADED = "module_not_loaded"
 DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functions outside the run
 DRIVER_MISMATCH = "driver_mismatch"  # the module on disk is not the one loaded: a reload would upgrade it

@@ -20,6 +20,7 @@ from gpusoak.actions import module_guard, services
 from gpusoak.actions.base import (
     DISPLAY,
     DRIVER_SHARED,
+    FABRIC_SERVICE,
     GPU_SERVICES,
     MODULE_IN_USE,
     MODULE_NOT_LOADED,
@@ -122,8 +123,9 @@ class ModuleReload(Action):
             out.append(Finding(SERVICE_ACTIVE, f"{', '.join(active)} active although this run stopped the GPU "
                                "services before its first cycle (the stop failed, or something started them again)"))
         if fabric := services.active(node, services.NEVER_STOPPED, ctx.command_timeout_s):
-            out.append(Finding(SERVICE_ACTIVE, f"{', '.join(fabric)} active; gpusoak never stops them (the NVSwitch "
-                               "fabric and the IMEX domain need them) and rmmod nvidia fails while they hold the driver"))
+            # First: the reason that decides, a fact of this node for the whole run.
+            out.insert(0, Finding(FABRIC_SERVICE, f"{', '.join(fabric)} active; gpusoak never stops them (the NVSwitch "
+                                  "fabric and the IMEX domain need them) and rmmod nvidia fails while they hold the driver"))
         if ctx.devices and (left := [str(g) for g in node.gpus() if g not in set(ctx.devices)]):
             out.append(Finding(DRIVER_SHARED, f"reloading nvidia would also unbind {', '.join(left)}, which "
                                "this run does not soak"))

@@ -152,6 +152,10 @@ class Nvml:
         if struct is None:
             return NA("c_nvmlGpuFabricInfoV_t not in this nvidia-ml-py")
         info = struct()
+        # A versioned struct: NVML answers ARGUMENT_VERSION_MISMATCH to version 0. nvidia-ml-py
+        # 13.x's constructor sets it (nvmlGpuFabricInfo_v2 = 0x02000024); set it where one did not.
+        if hasattr(info, "version") and not info.version:
+            info.version = getattr(self.lib, "nvmlGpuFabricInfo_v2", ctypes.sizeof(struct) | (2 << 24))
         got = self.call("nvmlDeviceGetGpuFabricInfoV", h, ctypes.byref(info))
         if isinstance(got, NA):
             return got

@@ -43,7 +43,9 @@ def state(kernel, st) -> int:
     elapsed = kernel.clock.monotonic() - st.fabric_since
     if elapsed < NOT_STARTED_S:
         return pynvml.NVML_GPU_FABRIC_STATE_NOT_STARTED
-    if st.spec.fabric == NEVER or elapsed < NOT_STARTED_S + IN_PROGRESS_S:
+    # "never": registered at boot, as every GPU is, but never again once it has left the fabric.
+    left = st.fabric_since != float("-inf")
+    if (st.spec.fabric == NEVER and left) or elapsed < NOT_STARTED_S + IN_PROGRESS_S:
         return pynvml.NVML_GPU_FABRIC_STATE_IN_PROGRESS
     return pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
 

@@ -343,6 +343,10 @@ class SimNvmlLib:
         if not self._kernel.scenario.nvswitches:
             raise pynvml.NVMLError_NotSupported()  # [U] a GPU outside any NVLink fabric
         out = getattr(info, "_obj", info)  # ctypes.byref(struct) or the struct itself
+        if getattr(out, "version", 1) != pynvml.nvmlGpuFabricInfo_v2:
+            # NVML's versioned structs: a version it does not know is ARGUMENT_VERSION_MISMATCH
+            # (nvml.h, "NVML_ERROR_ARGUMENT_VERSION_MISMATCH"); which versions a driver takes is [U].
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
         out.state = fabric.state(self._kernel, st)
         out.status = pynvml.NVML_SUCCESS
         out.healthMask = 0  # [I] every health field NOT_SUPPORTED: nothing unhealthy to report

@@ -123,7 +123,7 @@ upstream = ["0000:37:01.0"]
         node.runner.run(["systemctl", "start", "nvidia-fabricmanager"], timeout_s=5)
         s.kernel.services["nvidia-fabricmanager"] = "active"
         assert reasons("gpu_reset", "0000:3a:00.0") == []
-        assert set(reasons("module_reload", None)) == {HELD, DISPLAY, SERVICE_ACTIVE}
+        assert set(reasons("module_reload", None)) == {HELD, DISPLAY, "fabric_service_running"}
         node.is_root = False
         assert reasons("flr", "0000:3b:00.0") == [NOT_ROOT]
     finally:
