@@ -266,6 +266,11 @@ class Soak:
         checks: a device still suspended is a power check that could not look."""
         if not self.node.sysfs.function(bdf).present:
             return []
+        if self.saved_state is not None and any(f.runtime_pm == "auto" for f in self.saved_state.functions):
+            # The bind's uevent runs udev's rules after the bind returns (NVIDIA's RTD3 rule writes
+            # auto on bind): let them finish first, or they undo this write mid-poll. A node without
+            # udevadm (a container) answers 127, and the polls' power check still sees a late auto.
+            self.node.runner.run(["udevadm", "settle", "--timeout=10"], timeout_s=15)
         done = []
         for f in slot_functions(self.node, bdf):
             fn = self.node.sysfs.function(f)
