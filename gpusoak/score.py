@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpusoak.actions.base import STRUCTURAL
+from gpusoak.actions.base import FABRIC_BYPASS, FABRIC_SERVICE, UNSUPPORTED
 from gpusoak.model import (
     FAILED,
     HUNG,
@@ -93,6 +93,9 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
+NOT_FOR_THIS_GPU = frozenset({UNSUPPORTED, FABRIC_BYPASS, FABRIC_SERVICE})
+
+
 def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
                  rules: Rules = Rules()) -> GpuVerdict:
     by_action: dict[str, list[CycleResult]] = defaultdict(list)
@@ -118,10 +121,12 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
     blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
     if blind:
         evidence.append(f"{len(blind)} cycle(s) a check could not look at: {blind[0].reason}")
-    # An action the hardware rules out (every cycle refused method_unsupported, fabric_bypass, ...)
-    # does not apply to this GPU: it neither passes nor holds the GPU back. Any other refusal does.
+    # An action the GPU or the node's design rules out on every cycle (the part cannot do it, or
+    # it would bypass the running Fabric Manager) does not apply: it neither passes nor holds the
+    # GPU back. A topology refusal (a shared reset domain or IOMMU group) does hold it back: the GPU
+    # could be reset that way, only not alone, so that evidence is missing (mixed-fleet/node-c).
     judged = {a: s for a, s in stats.items()
-              if not all(r.outcome == REFUSED and r.reason in STRUCTURAL for r in by_action[a])}
+              if not all(r.outcome == REFUSED and r.reason in NOT_FOR_THIS_GPU for r in by_action[a])}
     if bad:
         gpu_class = FAIL
     elif blind:
