@@ -686,6 +686,11 @@ class SimKernel:
             pass  # a failed probe leaves the device unbound; the write itself succeeds
         return None
 
+    def nvml_index(self, bdf: PciAddress) -> int:
+        """The GPU's place, by PCI bus id, among the GPUs bound to nvidia: NVML's and nvidia-smi's
+        index here (sim.nvml nvmlDeviceGetIndex has the source and its [U])."""
+        return sorted(b for b in self.gpus if self.driver_of(b) == "nvidia").index(bdf)
+
     def minor(self, bdf: PciAddress) -> int:
         """The GPU's /dev/nvidia<minor>: the one nvidia assigned at its probe; for a GPU not bound
         now, the one it last had (what a stale holder of its device file would still hold)."""

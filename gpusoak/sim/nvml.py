@@ -206,7 +206,7 @@ class SimNvmlLib:
         # nvmlDeviceGetHandleByIndex's enumeration. Ordered here by PCI bus id over the GPUs bound
         # to nvidia (what nvidia-smi shows), so a GPU gone below another shifts it [U: the order].
         st = self._state(h)
-        return sorted(b for b in self._kernel.gpus if self._bound(b)).index(st.spec.bdf)
+        return self._kernel.nvml_index(st.spec.bdf)
 
     def nvmlDeviceGetSerial(self, h: SimHandle) -> str:
         return self._state(h).spec.serial

@@ -239,15 +239,19 @@ class SimRunner:
             rows.append(", ".join(values[q] for q in query))
         return 0, "".join(r + "\n" for r in rows), ""
 
+    def _smi_one(self, args: tuple[str, ...], what: str) -> tuple[GpuState | None, tuple[int, str, str] | None]:
+        """The one GPU ``-i`` names, or the answer nvidia-smi gives instead."""
+        if "-i" not in args:
+            return None, (2, "", f"This simulated node {what} one GPU at a time; pass -i.\n")
+        gpus, error = self._smi_gpus(args)
+        return (None, error) if error is not None else (gpus[0], None)
+
     def _smi_mig(self, args: tuple[str, ...]) -> tuple[int, str, str]:
         """``nvidia-smi mig ... -i BUS`` (sim.mig); one GPU at a time."""
-        if "-i" not in args:
-            return 2, "", "This simulated node manages MIG one GPU at a time; pass -i.\n"
-        gpus, error = self._smi_gpus(args)
+        st, error = self._smi_one(args, "manages MIG")
         if error is not None:
             return error
-        st = gpus[0]
-        index = [b for b in sorted(self._kernel.gpus) if self._kernel.driver_of(b) == "nvidia"].index(st.spec.bdf)
+        index = self._kernel.nvml_index(st.spec.bdf)
         rest = tuple(a for i, a in enumerate(args) if a != "-i" and (i == 0 or args[i - 1] != "-i"))
         return sim_mig.command(st.mig, index, rest, f"{self._kernel.scenario.seed}:{st.spec.uuid}:{st.resets}")
 
@@ -266,12 +270,9 @@ class SimRunner:
         return 0, "".join(line + "\n" for line in lines), ""
 
     def _smi_set(self, args: tuple[str, ...]) -> tuple[int, str, str]:
-        if "-i" not in args:
-            return 2, "", "This simulated node sets GPU settings one GPU at a time; pass -i.\n"
-        gpus, error = self._smi_gpus(args)
+        st, error = self._smi_one(args, "sets GPU settings")
         if error is not None:
             return error
-        st = gpus[0]
         (option,) = set(args) & set(SETTERS)
         value = args[args.index(option) + 1] if args.index(option) + 1 < len(args) else ""
         key, parse = SETTERS[option]
