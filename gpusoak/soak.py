@@ -149,7 +149,7 @@ class Soak:
         self._open: dict[PciAddress, _Window] = {}
         self._after: list[dict] = []  # after_cycle records not yet taken by the scheduler
         self._windows_lock = threading.Lock()
-        self._nvidia_at_start = {g for g in node.sysfs.nvidia_gpus() if node.sysfs.function(g).driver == "nvidia"}
+        self._nvidia_at_start = self._nvidia_driven()
         for bdf in gpus:
             self._take_baseline(bdf)
 
@@ -686,10 +686,13 @@ class Soak:
         return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
                            ladder=rungs, recovered_by=recovered_by, **base)
 
+    def _nvidia_driven(self) -> set[PciAddress]:
+        """The node's NVIDIA GPUs bound to nvidia: the ones NVML numbers."""
+        return {g for g in self.node.sysfs.nvidia_gpus() if self.node.sysfs.function(g).driver == "nvidia"}
+
     def _drivers_gpus_changed(self) -> str:
         """The NVIDIA GPUs nvidia drove at the baseline and no longer does, named ("" if none)."""
-        now = {g for g in self.node.sysfs.nvidia_gpus() if self.node.sysfs.function(g).driver == "nvidia"}
-        return ", ".join(str(g) for g in sorted(self._nvidia_at_start - now))
+        return ", ".join(str(g) for g in sorted(self._nvidia_at_start - self._nvidia_driven()))
 
     def _mig_checks(self, bdf: PciAddress) -> tuple[Check, ...]:
         """The saved MIG layout recreated and read back (gpusoak/mig.py): before the post-check,
