@@ -287,6 +287,13 @@ class Scheduler:
         clock = self.soak.node.clock
         ends: list[float] = []
 
+        # Each worker says it is done by its own event. Thread.join() cannot be trusted once a stop
+        # lands in it: on Python 3.11 a KeyboardInterrupt inside join() marks the joined thread as
+        # stopped while it still runs (Lib/threading.py, Thread._wait_for_tstate_lock, the
+        # bpo-45274 handler releases the live thread's own state lock), after which is_alive() is
+        # False and join() returns at once. Event.wait() has no such state to lose.
+        finished = {b: threading.Event() for b in self.soak.gpus}
+
         def work(bdf: PciAddress) -> None:
             try:
                 with clock.branch():
@@ -294,21 +301,28 @@ class Scheduler:
                     ends.append(clock.monotonic())
             except BaseException as err:  # a bug in gpusoak: stop the run with it, not silently
                 self.errors.append(err)
+            finally:
+                finished[bdf].set()
+
+        def wait_for_every_worker() -> None:
+            for done in finished.values():
+                done.wait()
+            for t in threads:
+                t.join()  # each has set its event: only its thread's last steps are left
 
         threads = [threading.Thread(target=work, args=(b,), name=f"gpusoak {b}", daemon=True) for b in self.soak.gpus]
         try:
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            wait_for_every_worker()
         except BaseException:
             # A stop (SIGTERM, Ctrl-C) reaches this thread only. The workers finish the cycle they
             # are in (every write and command has its deadline) and start no other; only then may
             # the run put the node back, or a restore would bind a driver under a worker's next reset.
             self.stopping.set()
-            for t in threads:
-                if t.is_alive():
-                    t.join()
+            for t, done in zip(threads, finished.values(), strict=True):
+                if t.ident is not None:  # started (a stop can land between two starts)
+                    done.wait()
             raise
         clock.merge(ends)
 
