@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the scheduler names GPUs by /dev/nvidiaN or index (gres.conf File=, jobs by index): "
                      "a minor or NVML index that changed after a cycle fails it (default: a finding); never in a "
                      "parallel run, nor where another GPU left the driver and moved the indices")
+    run.add_argument("--inventory", type=Path, default=None, metavar="JSON",
+                     help="the node's GPU inventory across reboots: a GPU in it not on the bus fails the node (gpu_missing) "
+                     "(default /var/lib/gpusoak/inventory.json for a destructive run on a real node)")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
                      help="load before each cycle (0: none; default 20 on a real node, the scenario's on sim)")
@@ -222,6 +225,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append("--gpusoak-identity-strict")
     if args.lock_file is not None:
         argv.append(f"--gpusoak-lock-file={args.lock_file.resolve()}")
+    if args.inventory is not None:
+        argv.append(f"--gpusoak-inventory={args.inventory.resolve()}")
     argv.append(f"--gpusoak-write-timeout={args.write_timeout}")
     argv.append(f"--gpusoak-load-fraction={args.load_fraction}")
     if args.load_seconds is not None:

@@ -132,6 +132,10 @@ class Soak:
         self.gate = None  # the scheduler's NodeGate, when GPUs run in parallel
         self.parallel = False  # set by the scheduler when other GPUs' cycles run at the same time
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
+        # Every NVIDIA GPU on the bus at the start, tested or not, and the inventory the node kept
+        # from its previous run (gpusoak/inventory.py): what was not tested cannot admit.
+        self.found: list[PciAddress] = node.gpus()
+        self.previous_inventory: dict | None = None
 
         self.baselines: dict[PciAddress, Snapshot] = {}
         # The link speed under load before the first reset (the first cycle's load), which the
@@ -730,6 +734,7 @@ class Soak:
             "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
             "mig": {str(b): m.to_dict() for b, m in self.mig.items()},  # before any reset (gpusoak/mig.py)
+            "inventory": {"found": [str(b) for b in self.found], "previous": self.previous_inventory},
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
                       "out_of_service": self.out_of_service.get(b),
