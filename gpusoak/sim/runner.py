@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
+from gpusoak.load import protocol
 from gpusoak.model import PciAddress
 from gpusoak.sim import driver_reset, fabric, modules
 from gpusoak.sim import mig as sim_mig
@@ -302,7 +303,7 @@ class SimRunner:
         try:
             bdf = PciAddress.parse(opts.get("--bdf", ""))
         except Exception:
-            return 2, json.dumps({"error": "bad --bdf", "exit": 2}) + "\n", ""
+            return _load_answer(protocol.BAD_OPTION, {"error": "bad --bdf"})
         pid = k.procs.spawn("python3")
         try:
             visible = self._cuda_init(pid, env)
@@ -352,12 +353,12 @@ class SimRunner:
         if st is None or not st.alive or not bound or bdf not in visible or not driver_reset.use(k, st):
             lost = st is not None and (not st.alive or (bound and st.rm_lost))
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if lost else "no CUDA device at that bus id"
-            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+            return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
         if not fabric.cuda_ready(k, st):
             # Fabric Manager user guide: CUDA initialisation fails with cudaErrorSystemNotReady until
             # the GPU's fabric registration has completed (sim.fabric).
             why = "cudaErrorSystemNotReady: the GPU has not joined the NVLink fabric"
-            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+            return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
                 "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),
                 "--chunk-bytes", str(1 << 18), "--sysfs-root", opts.get("--sysfs-root", "/sys")]
@@ -378,7 +379,7 @@ class SimRunner:
             # CUDA call fails and it exits with the error, whatever its checks found until then.
             # Which CUDA error a GPU lost to RM returns is the simulator's [I].
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable"
-            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+            return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
         return done.returncode, done.stdout, done.stderr
 
     # -- modules -------------------------------------------------------------------------------
@@ -516,3 +517,9 @@ class SimRunner:
             (sim_services.stop if verb == "stop" else sim_services.start)(self._kernel, name)
             return 0, "", ""
         return 1, "", f"Unknown command verb {verb}.\n"
+
+
+def _load_answer(verdict: str, doc: dict) -> tuple[int, str, str]:
+    """What the load child prints and exits with when the simulated GPU cannot be loaded at all
+    (gpusoak/load/protocol.py: its document, with the status it names)."""
+    return protocol.EXIT[verdict], json.dumps({**doc, "verdict": verdict, "exit": protocol.EXIT[verdict]}) + "\n", ""
