@@ -42,20 +42,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    doc = run(argv)
+    print(json.dumps(doc), flush=True)
+    return doc["exit"]
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """The load and its verdict document, without printing it: what ``main`` prints, and what the
+    simulated runner answers in process for profiles and benchmarks (gpusoak/sim/runner.py)."""
     args = _parser().parse_args(argv)
     try:
         bdf = PciAddress.parse(args.bdf)
     except GpusoakError as err:
-        return _emit({"error": str(err)}, USAGE)
+        return _verdict({"error": str(err)}, USAGE)
     if not 0.0 < args.fraction <= 0.98 or args.seconds < 0 or args.gemm_size < 16:
-        return _emit({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, USAGE)
+        return _verdict({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, USAGE)
     doc: dict[str, Any] = {"bdf": str(bdf), "array": args.array, "pid": os.getpid(), "started": time.time()}
     try:
         xp, sync, total, oom, kernels = _setup(args, bdf, doc)
     except Exception as err:  # noqa: BLE001 - every way of not getting a device is reported, not raised
         from gpusoak.load.device import CupyMissing
         code = NO_CUPY if isinstance(err, CupyMissing) else GPU
-        return _emit({**doc, "error": f"{type(err).__name__}: {err}"}, code)
+        return _verdict({**doc, "error": f"{type(err).__name__}: {err}"}, code)
     corrupt = _corruptor(args.inject_corruption)
     try:
         doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
@@ -66,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001
         from gpusoak.load.device import lost
         doc["error"] = f"{'GPU lost mid-load' if lost(err) else 'load failed'}: {type(err).__name__}: {err}"
-        return _emit(doc, GPU)
+        return _verdict(doc, GPU)
     wrong = sum(g["mismatches"] + g["exact_mismatches"] for g in doc["gemm"]) + doc["vram"]["mismatched_words"]
     doc["ok"] = wrong == 0
-    return _emit(doc, OK if wrong == 0 else WRONG)
+    return _verdict(doc, OK if wrong == 0 else WRONG)
 
 
 def _setup(args, bdf: PciAddress, doc: dict):
@@ -119,10 +127,9 @@ def _corruptor(words: int):
     return corrupt
 
 
-def _emit(doc: dict, verdict: str) -> int:
+def _verdict(doc: dict, verdict: str) -> dict[str, Any]:
     doc["verdict"], doc["exit"] = verdict, protocol.EXIT[verdict]
-    print(json.dumps(doc), flush=True)
-    return doc["exit"]
+    return doc
 
 
 if __name__ == "__main__":

@@ -101,6 +101,11 @@ class SimRunner:
         self._kernel = kernel
         self.calls: list[tuple[str, ...]] = []
         self.loads: list[LoadChild] = []  # every load child, in order (what tests look at)
+        # False: each load runs the real child process (python -m gpusoak.load on numpy), as a
+        # plain run does, so that a broken install (no numpy) shows. True: the same checking code
+        # answers in this process, for profiles and benchmarks, whose thousands of cycles would
+        # otherwise spend their time starting Python.
+        self.load_in_process = False
 
     def run(self, argv: Sequence[str], *, timeout_s: float,
             env: Mapping[str, str] | None = None) -> CommandResult:
@@ -308,7 +313,7 @@ class SimRunner:
         try:
             visible = self._cuda_init(pid, env)
             self.loads.append(LoadChild(pid, str(bdf), dict(env), k.procs.held_by(pid)))
-            return self._run_load(bdf, opts, visible)
+            return self._run_load(bdf, opts, visible, pid)
         finally:
             k.procs.exit(pid)
 
@@ -345,7 +350,8 @@ class SimRunner:
             k.procs.open(pid, f"nvidia{k.minor(b)}")
         return visible
 
-    def _run_load(self, bdf: PciAddress, opts: dict[str, str], visible: list[PciAddress]) -> tuple[int, str, str]:
+    def _run_load(self, bdf: PciAddress, opts: dict[str, str], visible: list[PciAddress],
+                  pid: int) -> tuple[int, str, str]:
         k = self._kernel
         st = k.gpus.get(bdf)
         seconds = float(opts.get("--seconds", "20"))
@@ -369,7 +375,11 @@ class SimRunner:
         # the child reads the link from the simulated sysfs tree itself, as it does /sys on a node.
         k.load_begin(bdf)
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            if self.load_in_process:
+                code, out, err = self._load_here(argv[3:], pid)
+            else:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+                code, out, err = done.returncode, done.stdout, done.stderr
             k.clock.advance(seconds)  # on a GPU the load takes the time it was given
         finally:
             k.load_end(bdf)
@@ -380,7 +390,17 @@ class SimRunner:
             # Which CUDA error a GPU lost to RM returns is the simulator's [I].
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable"
             return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
-        return done.returncode, done.stdout, done.stderr
+        return code, out, err
+
+    @staticmethod
+    def _load_here(args: Sequence[str], pid: int) -> tuple[int, str, str]:
+        """The child's own code (gpusoak/load/__main__.py ``run``) in this process: the same
+        document and status, with the simulated process's pid."""
+        from gpusoak.load.__main__ import run as load_run
+
+        doc = load_run(list(args))
+        doc["pid"] = pid
+        return doc["exit"], json.dumps(doc) + "\n", ""
 
     # -- modules -------------------------------------------------------------------------------
     # kmod's tools, reading the simulated /lib/modules (sim.modules) and /sys/module. Messages are

@@ -30,7 +30,7 @@ NEW_NODES = ["hgx-h100-nvswitch", "pcie-4gpu"]
 def test_expected_classes_match(node, tmp_path):
     sc = scenarios.load(node)
     done = gpusoak("run", "--backend", f"sim:{node}", "--actions", ",".join(sc.actions), "--report-dir", tmp_path, "-q",
-                   timeout=600)
+                   "--sim-load", "in-process", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
     got = {g["bdf"]: g["class"] for g in result["gpus"]}
@@ -109,7 +109,7 @@ def test_the_hgx_and_pcie_scenarios_give_each_gpu_its_class_for_its_own_reason(t
     for node in NEW_NODES:
         sc, out = scenarios.load(node), tmp_path / node
         done = gpusoak("run", "--backend", f"sim:{node}", "--actions", ",".join(sc.actions), "--report-dir", out,
-                       "-q", timeout=600)
+                       "-q", "--sim-load", "in-process", timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         gpus = json.loads((out / "result.json").read_text())["gpus"]
         assert {g["bdf"]: g["class"] for g in gpus} == {str(g.bdf): g.expect for g in sc.gpus}, [g["evidence"] for g in gpus]
