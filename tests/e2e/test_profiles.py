@@ -63,9 +63,11 @@ def test_readmission_is_quick_on_an_eight_gpu_node(tmp_path):
     assert len(cycles) <= 8 * 3 * 3
 
 
-# Node time for a simulated night: each cycle holds its GPU for the 10 s settle window, so twelve
-# minutes give every action a dozen cycles or so.
+# Node time for a simulated night: each cycle holds its GPU for the 10 s settle window, and these
+# nights load for 2 s before each cycle and 1 s after it (the trends are the point here, not the
+# load), so twelve minutes give every action a dozen cycles or so.
 NIGHT = "12m"
+SHORT_LOADS = ("--load-seconds", "2", "--post-check-seconds", "1")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def nightly(tmp_path_factory):
     runs = []
     for i in range(3):
         out = base / f"night{i}"
-        done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT,
+        done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT, *SHORT_LOADS,
                        "--history", history, "--seed", str(100 + i), "--report-dir", out, "-q", timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         runs.append(out)
@@ -113,7 +115,7 @@ def test_nightly_finds_a_node_getting_worse_against_a_better_baseline(nightly, t
     better["run"]["run_id"], better["run"]["started_at"] = "synthetic", "2026-01-01T00:00:00Z"
     (tmp_path / "better.json").write_text(json.dumps(better))
     out = tmp_path / "now"
-    done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT,
+    done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT, *SHORT_LOADS,
                    "--baseline", tmp_path / "better.json", "--history", tmp_path / "h", "--report-dir", out, "-q",
                    timeout=900)
     assert done.returncode == 0
