@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", default="",
                      help="PCI functions of any vendor to soak instead of the NVIDIA GPUs (e.g. 0000:03:00.0)")
     run.add_argument("--seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    run.add_argument("--sim-load", choices=("auto", "child", "in-process"), default="auto",
+                     help="simulator only: each load as the real child process, or its code in gpusoak's process "
+                     "(fast); default auto: in-process for a profile, the child otherwise")
     run.add_argument("--report-dir", type=Path, default=None, help="default: reports/<run-id>")
     run.add_argument("--destructive", action="store_true",
                      help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
@@ -215,6 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append(f"--gpusoak-devices={args.devices}")
     if args.seed is not None:
         argv.append(f"--gpusoak-seed={args.seed}")
+    if args.sim_load != "auto":
+        argv.append(f"--gpusoak-sim-load={args.sim_load}")
     if args.gates is not None:
         argv.append(f"--gpusoak-gates={args.gates.resolve()}")
     if args.stop_services and args.keep_services:

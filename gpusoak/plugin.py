@@ -98,6 +98,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="comma-separated PCI functions of any vendor to soak instead of the NVIDIA GPUs "
                 "(NVML checks are skipped for non-NVIDIA functions, with that reason)")
     g.addoption("--gpusoak-seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    g.addoption("--gpusoak-sim-load", choices=("auto", "child", "in-process"), default="auto",
+                help="simulator only: run each load as the real child process (child), or its code in gpusoak's "
+                "process (in-process: fast, for profiles and benchmarks). Default auto: in-process for a "
+                "profile's run, the child otherwise")
     g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
     g.addoption("--gpusoak-report-dir", default=None, help="report folder (default reports/<run-id>)")
     g.addoption("--gpusoak-destructive", action="store_true", default=False,
@@ -180,6 +184,9 @@ class SoakRun:
         if unknown:
             raise GpusoakError(f"unknown action(s) {', '.join(unknown)}: use {', '.join(ACTIONS)}")
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+        if self.node.simulated:
+            mode = opt("gpusoak_sim_load")
+            self.node.runner.load_in_process = mode == "in-process" or (mode == "auto" and self.profile is not None)
         actions = actions or default_actions(self.node)  # flr, or gpu_reset + module_reload on an NVSwitch node
         load_s = opt("gpusoak_load_seconds")
         post_s = opt("gpusoak_post_check_seconds")

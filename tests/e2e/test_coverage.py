@@ -20,7 +20,8 @@ def _result(out):
 
 def test_a_run_on_one_gpu_of_eight_is_a_subset_and_never_admits(tmp_path):
     out = tmp_path / "r"
-    done = gpusoak("run", "--gpus", ONE, "--cycles", 16, "--report-dir", out, "--strict", "-q")
+    done = gpusoak("run", "--gpus", ONE, "--cycles", 16, "--report-dir", out, "--strict", "-q",
+                   "--sim-load", "in-process")
     doc = _result(out)
     assert doc["gpus"][0]["class"] == "pass"  # the GPU it tested passed...
     assert doc["node"]["decision"] == "subset"  # ...but seven were never tried
@@ -72,3 +73,40 @@ def test_a_readmission_of_one_gpu_does_not_lift_the_nodes_quarantine(tmp_path):
     fleet = gpusoak("fleet", out, "--scheduler", "k8s", "--out", tmp_path / "f")
     assert fleet.returncode == 0, fleet.stderr[-2000:]
     assert "untaint" not in fleet.stdout and "quarantine:NoSchedule-" not in fleet.stdout
+
+
+UNDER_LOAD = """
+name = "two-faults-under-load"
+hostname = "sim-under-load"
+kernel = "6.8.0-48-generic"
+seed = 3
+# No load_seconds: the simulated node loads as a real node does (20 s before each cycle, a 5 s
+# post-check after it); these two faults show only under load.
+
+[[gpu]]
+bdf = "0000:18:00.0"
+profile = "falls-off-bus-under-load"
+p = 0.5
+
+[[gpu]]
+bdf = "0000:2a:00.0"
+profile = "silent-corruption"
+p = 0.5
+"""
+
+
+def test_a_scenario_without_load_settings_loads_as_a_real_node_and_its_faults_show(tmp_path):
+    # The plain run, with the real load child: the GPU that falls off the bus under load and the
+    # one whose memory returns wrong data after a reset fail, as on a real node (with no load they
+    # were admitted).
+    scenario = tmp_path / "under-load.toml"
+    scenario.write_text(UNDER_LOAD)
+    out = tmp_path / "r"
+    done = gpusoak("run", "--backend", f"sim:{scenario}", "--cycles", 4, "--report-dir", out, "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = _result(out)
+    assert doc["run"]["options"]["load_seconds"] == 20.0 and doc["run"]["options"]["post_check_seconds"] == 5.0
+    assert {g["bdf"]: g["class"] for g in doc["gpus"]} == {"0000:18:00.0": "fail", "0000:2a:00.0": "fail"}
+    evidence = {g["bdf"]: " ".join(g["evidence"]) for g in doc["gpus"]}
+    assert "mismatch" in evidence["0000:2a:00.0"]
+    assert doc["node"]["decision"] in ("quarantine", "reboot_required")
