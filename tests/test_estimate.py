@@ -20,8 +20,8 @@ def test_plan_with_the_acceptance_profile_estimates_a_real_nodes_time(capsys):
     # The actions this node supports, as the run would plan them (the simulated GPUs refuse pm_reset).
     assert [r["action"] for r in est["actions"]] == [o.split(":")[0] for o in report["order"]]
     assert "pm_reset" not in [r["action"] for r in est["actions"]] and "module_reload" in report["order"][-1]
-    # A clean GPU's cycles for the sequential test, and a real node's load and post-check (the
-    # simulated node's own load default is 0), the settle window, each assumed time with its basis.
+    # A clean GPU's cycles for the sequential test, a real node's load and post-check (whatever the
+    # scenario's), the settle window, and each assumed time with its basis.
     assert est["cycles"] == 150 and est["gpus"] == 8 and est["parallel"]
     pc = est["per_cycle"]
     assert (pc["load_s"], pc["post_check_s"], pc["settle_s"]) == (20.0, 5.0, 10.0)

@@ -27,8 +27,9 @@ profile = "healthy"
 bdf = "0000:18:00.0"
 """
 
-# The nightly profile with a coarser test, so that two one-minute nights can decide: H1 0.3 against
-# H0 0.01 accepts a clean GPU after 9 cycles; a simulated minute holds 6 (the 10 s settle window).
+# The nightly profile with a coarser test and no load, so that two one-minute nights can decide:
+# H1 0.3 against H0 0.01 accepts a clean GPU after 9 cycles; a simulated minute holds 6 (the 10 s
+# settle window).
 PROFILE = """\
 description = "nightly, with a test that decides in a few cycles"
 actions = ["flr"]
@@ -37,6 +38,8 @@ rotate = true
 budget = "1m"
 trends = true
 history = "{history}"
+load_seconds = 0
+post_check_seconds = 0
 
 [sequential]
 p0 = 0.01
