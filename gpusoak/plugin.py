@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from gpusoak import carry as carry_mod
 from gpusoak import inventory as inventory_file
 from gpusoak import journal as journal_mod
 from gpusoak import profile as profile_mod
-from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
+from gpusoak import trends
+from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
 from gpusoak.errors import GpusoakError
 from gpusoak.files import write_atomically
 from gpusoak.gates import GateLimits
@@ -161,6 +163,7 @@ class SoakRun:
         self.scheduler: Scheduler | None = None
         self.scheduled: dict[tuple[str, str, int], CycleResult] | None = None
         self.scheduled_node: dict[tuple[str, int], list[CycleResult]] = {}
+        self.carried: dict[tuple[str, str], carry_mod.Carried] = {}
         if self.replay_path:
             content = journal_mod.read(Path(self.replay_path))
             self.replayed = content.results
@@ -227,6 +230,7 @@ class SoakRun:
                 "budget_s": self.plan.budget_s, "rotate": self.plan.rotate, "parallel": self.plan.parallel,
                 "sequential": self.plan.sequential.to_dict() if self.plan.sequential else None},
                 "baseline": opt("gpusoak_baseline"), "history": opt("gpusoak_history") or self.profile.history}
+            self._carry(opt("gpusoak_history"))
         lock_path = opt("gpusoak_lock_file") or (DEFAULT_LOCK if self.node.backend == "real" and destructive else None)
         self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None
         if self.lock is not None:
@@ -238,6 +242,23 @@ class SoakRun:
         self.soak.start(self.journal_path, self.report_dir / "state.json")
         if inventory_path is not None:
             self._keep_inventory(Path(inventory_path))
+
+    def _carry(self, given_history: str | None) -> None:
+        """A profile that keeps a history (nightly) goes on from the evidence of the earlier runs
+        there (gpusoak/carry.py), recorded in the journal header so that a rebuilt report starts
+        where this run did. A profile without one (acceptance, readmission) starts afresh, also
+        when --history names a folder to compare with."""
+        assert self.soak is not None and self.node is not None and self.plan is not None
+        if self.profile is None or self.profile.history is None or self.plan.sequential is None:
+            return
+        folder = Path(given_history or self.profile.history)
+        history = trends.load([folder]) if folder.is_dir() else trends.History()  # none yet: the first night
+        found = carry_mod.carry(history, folder, self.soak.node_name or self.node.hostname,
+                                self.node.driver_version(), self.node.kernel, dict(ACTION_SEMANTICS),
+                                [(str(b), self.soak.baselines[b].uuid) for b in self.soak.gpus],
+                                self.plan.actions, self.plan.sequential)
+        self.carried = found.sequences
+        self.soak.carried = found.to_dict()
 
     def _keep_inventory(self, path: Path) -> None:
         """Rewrite the node's inventory with what this run found, unless a GPU of it is missing:
@@ -300,7 +321,8 @@ class SoakRun:
             return self.scheduled
         assert self.soak is not None and self.plan is not None
         self.scheduler = Scheduler(self.soak, self.plan, on_progress=self._progress,
-                                   progress_every_s=1.0 if self.node and self.node.simulated else 5.0)
+                                   progress_every_s=1.0 if self.node and self.node.simulated else 5.0,
+                                   carried=self.carried)
         try:
             self.scheduler.run()
         finally:

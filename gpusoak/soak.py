@@ -129,6 +129,7 @@ class Soak:
         self.gpus = gpus
         self.ctx = options.context_for(gpus)
         self.profile: dict | None = None  # the profile and plan of a scheduled run, for the journal header
+        self.carried: dict | None = None  # evidence taken over from earlier runs (gpusoak.carry.Carry.to_dict)
         self.gate = None  # the scheduler's NodeGate, when GPUs run in parallel
         self.parallel = False  # set by the scheduler when other GPUs' cycles run at the same time
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
@@ -743,6 +744,7 @@ class Soak:
             "options": asdict(self.options),
             "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
+            "carried": self.carried,  # what each sequential test started from (gpusoak/carry.py)
             "mig": {str(b): m.to_dict() for b, m in self.mig.items()},  # before any reset (gpusoak/mig.py)
             "inventory": {"found": [str(b) for b in self.found], "previous": self.previous_inventory},
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,

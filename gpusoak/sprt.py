@@ -110,9 +110,26 @@ class Sprt:
                 "llr": round(self.llr, 6), "decision": self.outcome}
 
 
-def replay(params: SprtParams, failures: list[bool]) -> Sprt:
-    """The test's state after a sequence of attempted cycles (in order)."""
-    test = Sprt(params)
+def resume(params: SprtParams, cycles: int, failures: int) -> Sprt:
+    """The test after ``cycles`` attempted cycles of which ``failures`` failed, taken over from
+    earlier runs (gpusoak/carry.py). Exact: the ratio after n cycles with k failures is
+    k * ln(p1/p0) + (n - k) * ln((1-p1)/(1-p0)) whatever their order, and a test still open after
+    them never crossed a bound on the way. Totals that already cross one decide at once."""
+    if not 0 <= failures <= cycles:
+        raise ValueError(f"failures {failures} not within 0..{cycles}")
+    test = Sprt(params, llr=failures * params.step_fail + (cycles - failures) * params.step_ok,
+                cycles=cycles, failures=failures)
+    if cycles and test.llr >= params.upper:
+        test.decision = ACCEPT_H1
+    elif cycles and test.llr <= params.lower:
+        test.decision = ACCEPT_H0
+    return test
+
+
+def replay(params: SprtParams, failures: list[bool], carried: tuple[int, int] = (0, 0)) -> Sprt:
+    """The test's state after a sequence of attempted cycles (in order), started from the
+    ``carried`` (cycles, failures) of earlier runs."""
+    test = resume(params, *carried)
     for failed in failures:
         if test.done:
             break
