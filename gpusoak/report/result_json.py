@@ -16,8 +16,9 @@ from gpusoak.files import write_atomically
 from gpusoak.journal import JournalContent
 from gpusoak.model import FIRST_SEMANTICS, OUTCOMES, Verdict
 
-SCHEMA_VERSION = "1.2"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
+SCHEMA_VERSION = "1.3"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
 # 1.2 added: run.actions_semantics, trends.not_compared
+# 1.3 added: node.decision admit_long_jobs_only (a profile's run whose worst GPU is long-jobs-only)
 
 
 def schema() -> dict[str, Any]:
