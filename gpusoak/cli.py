@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", default="",
                      help="PCI functions of any vendor to soak instead of the NVIDIA GPUs (e.g. 0000:03:00.0)")
     run.add_argument("--seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    run.add_argument("--sim-load", choices=("auto", "child", "in-process"), default="auto",
+                     help="simulator only: each load as the real child process, or its code in gpusoak's process "
+                     "(fast); default auto: in-process for a profile, the child otherwise")
     run.add_argument("--report-dir", type=Path, default=None, help="default: reports/<run-id>")
     run.add_argument("--destructive", action="store_true",
                      help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
@@ -84,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the scheduler names GPUs by /dev/nvidiaN or index (gres.conf File=, jobs by index): "
                      "a minor or NVML index that changed after a cycle fails it (default: a finding); never in a "
                      "parallel run, nor where another GPU left the driver and moved the indices")
+    run.add_argument("--inventory", type=Path, default=None, metavar="JSON",
+                     help="the node's GPU inventory across reboots: a GPU in it not on the bus fails the node (gpu_missing) "
+                     "(default /var/lib/gpusoak/inventory.json for a destructive run on a real node)")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
                      help="load before each cycle (0: none; default 20 on a real node, the scenario's on sim)")
@@ -207,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append(f"--gpusoak-devices={args.devices}")
     if args.seed is not None:
         argv.append(f"--gpusoak-seed={args.seed}")
+    if args.sim_load != "auto":
+        argv.append(f"--gpusoak-sim-load={args.sim_load}")
     if args.gates is not None:
         argv.append(f"--gpusoak-gates={args.gates.resolve()}")
     if args.stop_services and args.keep_services:
@@ -222,6 +230,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append("--gpusoak-identity-strict")
     if args.lock_file is not None:
         argv.append(f"--gpusoak-lock-file={args.lock_file.resolve()}")
+    if args.inventory is not None:
+        argv.append(f"--gpusoak-inventory={args.inventory.resolve()}")
     argv.append(f"--gpusoak-write-timeout={args.write_timeout}")
     argv.append(f"--gpusoak-load-fraction={args.load_fraction}")
     if args.load_seconds is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gpusoak import inventory as inventory_file
 from gpusoak import journal as journal_mod
 from gpusoak import profile as profile_mod
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
@@ -78,6 +79,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "configuration names GPUs so: gres.conf File=/dev/nvidiaN, jobs by index); default: a finding")
     g.addoption("--gpusoak-lock-file", default=None,
                 help=f"lock file that keeps one destructive run per node (default {DEFAULT_LOCK} on a real node)")
+    g.addoption("--gpusoak-inventory", default=None, metavar="JSON",
+                help="the node's GPU inventory across reboots: a GPU in it that is not on the bus fails the node "
+                "(gpu_missing); rewritten with what was found when none is missing (default "
+                "/var/lib/gpusoak/inventory.json for a destructive run on a real node)")
     g.addoption("--gpusoak-load-seconds", type=float, default=None,
                 help="compute + VRAM load before each cycle, in a child process (0: none; default 20 on a "
                 "real node, the scenario's on the simulator)")
@@ -91,6 +96,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="comma-separated PCI functions of any vendor to soak instead of the NVIDIA GPUs "
                 "(NVML checks are skipped for non-NVIDIA functions, with that reason)")
     g.addoption("--gpusoak-seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    g.addoption("--gpusoak-sim-load", choices=("auto", "child", "in-process"), default="auto",
+                help="simulator only: run each load as the real child process (child), or its code in gpusoak's "
+                "process (in-process: fast, for profiles and benchmarks). Default auto: in-process for a "
+                "profile's run, the child otherwise")
     g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
     g.addoption("--gpusoak-report-dir", default=None, help="report folder (default reports/<run-id>)")
     g.addoption("--gpusoak-destructive", action="store_true", default=False,
@@ -172,6 +181,9 @@ class SoakRun:
         if unknown:
             raise GpusoakError(f"unknown action(s) {', '.join(unknown)}: use {', '.join(ACTIONS)}")
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+        if self.node.simulated:
+            mode = opt("gpusoak_sim_load")
+            self.node.runner.load_in_process = mode == "in-process" or (mode == "auto" and self.profile is not None)
         actions = actions or default_actions(self.node)  # flr, or gpu_reset + module_reload on an NVSwitch node
         load_s = opt("gpusoak_load_seconds")
         post_s = opt("gpusoak_post_check_seconds")
@@ -219,7 +231,25 @@ class SoakRun:
         self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None
         if self.lock is not None:
             self.lock.acquire()
+        inventory_path = opt("gpusoak_inventory") or (
+            inventory_file.DEFAULT_INVENTORY if self.node.backend == "real" and destructive else None)
+        if inventory_path is not None:
+            self.soak.previous_inventory = inventory_file.read(Path(inventory_path))
         self.soak.start(self.journal_path, self.report_dir / "state.json")
+        if inventory_path is not None:
+            self._keep_inventory(Path(inventory_path))
+
+    def _keep_inventory(self, path: Path) -> None:
+        """Rewrite the node's inventory with what this run found, unless a GPU of it is missing:
+        that one must keep failing the node's runs until someone removes it on purpose."""
+        assert self.soak is not None and self.node is not None
+        previous = self.soak.previous_inventory
+        found = [str(b) for b in self.soak.found]
+        if previous is not None and any(b not in found for b in previous["gpus"]):
+            return
+        entries = [{"bdf": b, "device": f"0x{d:04x}" if (d := self.node.sysfs.function(g).device_id) else None}
+                   for b, g in zip(found, self.soak.found, strict=True)]
+        inventory_file.write(path, self.run_id, self.soak.node_name or self.node.hostname, entries)
 
     # -- collection --------------------------------------------------------------------------
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:

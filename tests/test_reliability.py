@@ -6,12 +6,13 @@ import pytest
 
 from gpusoak import score, verify
 from gpusoak.host import klog
-from gpusoak.load.child import LoadSummary
+from gpusoak.load import protocol
+from gpusoak.load.child import CHILD_CRASHED, LoadSummary
 from gpusoak.model import Check, CycleResult, Finding, KernelEvent
 
-OK = asdict(LoadSummary(0, vram_bytes=1 << 20))  # a clean load check, as the journal holds it
-WRONG = asdict(LoadSummary(1, mismatched_words=3, vram_bytes=1 << 20))  # the GPU returned wrong data
-NO_CHILD = asdict(LoadSummary(1, refusal="child_crashed", error="no report"))  # gpusoak's own child broke
+OK = asdict(LoadSummary(0, protocol.OK, vram_bytes=1 << 20))  # a clean load check, as the journal holds it
+WRONG = asdict(LoadSummary(10, protocol.WRONG, mismatched_words=3, vram_bytes=1 << 20))  # the GPU returned wrong data
+NO_CHILD = asdict(LoadSummary(1, refusal=CHILD_CRASHED, error="no report"))  # gpusoak's own child broke
 
 
 def _r(outcome="recovered", action="flr", cycle=1, findings=(), checks=(), events=(), recovered_by=None,
