@@ -51,8 +51,8 @@ def test_every_reliability_class_is_reached_by_a_scenario_the_tests_run():
 
 def test_a_rare_flr_the_first_rung_cures_is_admitted_for_long_jobs_only(tmp_path):
     # 60 cycles: the one failure (cycle 51) leaves the sequential test undecided at the cap, and one
-    # failure in 60 bounds the rate below 10 % (53 would do). A post-check, no load: one load child
-    # per cycle, the least that checks the GPU before each reset and after the cure.
+    # failure in 60 bounds the rate below 10 % (53 would do). A post-check and no load: the least
+    # that checks the GPU before each reset (the cycle before's post-check) and after the cure.
     sc = scenarios.load("rare-flr")
     done = gpusoak("run", "--backend", "sim:rare-flr", "--profile", "acceptance", "--actions", "flr", "--cycles", "60",
                    "--post-check-seconds", "0.5", "--report-dir", tmp_path, "-q", "--strict", timeout=600)
