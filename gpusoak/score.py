@@ -14,6 +14,9 @@ Node decision
   ``quarantine``    any GPU is ``fail``.
   ``admit``         every GPU is ``pass``.
   ``retest``        otherwise: nothing failed, but the evidence is too thin to admit.
+
+With a profile, the reliability classes (``reliability``) decide instead (``CLASS_DECISION``); a
+node whose worst GPU is long-jobs-only gets ``admit_long_jobs_only``, never a plain ``admit``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gpusoak import verify
+from gpusoak.load.child import LoadSummary
 from gpusoak.model import (
     FAILED,
     HUNG,
@@ -43,14 +48,18 @@ Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED = "admit", "quarantine", "retest", "reboot_required"
+ADMIT_LONG_JOBS_ONLY = "admit_long_jobs_only"  # a profile's decision for a long-jobs-only node (CLASS_DECISION)
 GPU_CLASSES = (PASS, FAIL, INCONCLUSIVE)
 SUBSET = "subset"  # nothing failed, but not every GPU on the bus was tested (gpusoak/verdict/inventory.py)
-DECISIONS = (ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED, SUBSET)
+DECISIONS = (ADMIT, ADMIT_LONG_JOBS_ONLY, QUARANTINE, RETEST, REBOOT_REQUIRED, SUBSET)
 
 
 @dataclass(frozen=True)
 class Rules:
     min_lower_bound: float = 0.80
+    # long-jobs-only needs the failure rate of each action that failed bounded below this: its
+    # Wilson 95 % upper bound (docs/verdict.md says why 10 %, and the cycles that takes).
+    max_failure_upper: float = 0.10
 
 
 def wilson_lower_bound(successes: int, attempts: int, z: float = Z95) -> float:
@@ -64,6 +73,20 @@ def wilson_lower_bound(successes: int, attempts: int, z: float = Z95) -> float:
     centre = p + z2 / (2 * attempts)
     spread = z * math.sqrt(p * (1 - p) / attempts + z2 / (4 * attempts * attempts))
     return max(0.0, (centre - spread) / (1 + z2 / attempts))
+
+
+def wilson_upper_bound(count: int, attempts: int, z: float = Z95) -> float:
+    """Upper end of the Wilson score interval for the proportion count/attempts (1.0 with no
+    attempts): how high a failure rate the cycles cannot rule out."""
+    if attempts <= 0:
+        return 1.0
+    if not 0 <= count <= attempts:
+        raise ValueError(f"count {count} not within 0..{attempts}")
+    p = count / attempts
+    z2 = z * z
+    centre = p + z2 / (2 * attempts)
+    spread = z * math.sqrt(p * (1 - p) / attempts + z2 / (4 * attempts * attempts))
+    return min(1.0, (centre + spread) / (1 + z2 / attempts))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -172,15 +195,36 @@ CHURN_SAFE, LONG_JOBS_ONLY, QUARANTINE_CLASS = "churn-safe", "long-jobs-only", "
 REBOOT_CLASS, HARDWARE, UNPROVEN = "reboot-required", "hardware-investigation", "inconclusive"
 RELIABILITY_CLASSES = (CHURN_SAFE, LONG_JOBS_ONLY, UNPROVEN, QUARANTINE_CLASS, HARDWARE, REBOOT_CLASS)  # best first
 KEEP_QUARANTINED = "keep_quarantined"
-CLASS_DECISION = {CHURN_SAFE: ADMIT, LONG_JOBS_ONLY: ADMIT, UNPROVEN: RETEST, QUARANTINE_CLASS: QUARANTINE,
-                  HARDWARE: QUARANTINE, REBOOT_CLASS: REBOOT_REQUIRED}
+# A long-jobs-only GPU is admitted with its label, never as a plain admit: its resets fail now and
+# then, so the churn that resets GPUs (vfio-pci resets a function on every open and release,
+# drivers/vfio/pci/vfio_pci_core.c vfio_pci_core_enable / vfio_pci_dev_set_try_reset; remediation
+# by "nvidia-smi -r", which NVIDIA's NVSentinel falls back from to a reboot when the reset fails,
+# NVIDIA/NVSentinel#1240) must be kept away from it.
+CLASS_DECISION = {CHURN_SAFE: ADMIT, LONG_JOBS_ONLY: ADMIT_LONG_JOBS_ONLY, UNPROVEN: RETEST,
+                  QUARANTINE_CLASS: QUARANTINE, HARDWARE: QUARANTINE, REBOOT_CLASS: REBOOT_REQUIRED}
 FIRST_RUNG = "flr"  # ladder.RUNGS[0]
 SUSPECT_EVENTS = {"msix_failed": "MSI-X failure", "fell_off_bus": "fell off the bus"}
+# The one fatal event (verify.FATAL_KINDS) that says only that a reset did not finish in time:
+# after an FLR, drivers/pci/pci.c pcie_flr -> pci_dev_wait polls the function's Command register
+# while its reads complete as all-ones (the device asks for more time with Request Retry Status),
+# and after PCIE_RESET_READY_POLL_MS (60 s: "the spec does not provide an upper limit, but 60 sec
+# ought to be enough") logs "not ready %dms after FLR; giving up" and returns -ENOTTY. The limit is
+# a judgement ("varies depending on the platform and the reliability of its set of devices", linux-
+# pci, "PCI: Make PCIE_RESET_READY_POLL_MS configurable", Feb 2020). Whether a further reset brings
+# such a function back is what the ladder's first rung, an FLR again, finds out [I: that it can is
+# the field's experience, the flaky-flr profile's model]. nvidia-smi's documentation: a GPU reset
+# "is not guaranteed to work in all cases", and "it is recommended that the health of each reset
+# GPU be verified before further use": hence the load checks around each such failure.
+RESET_PATH_EVENTS = frozenset({"flr_not_ready"})
+# What follows from it in the same cycle: nvidia bound back to a function that does not answer
+# cannot initialise it (RmInitAdapter failed) [I: the simulator's model of that bind; on a real node
+# NVRM may log the probe-time "fallen off the bus" lines instead, which stay hardware-investigation].
+AFTER_NOT_READY = frozenset({"rminit_failed"})
 
 
 def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None = None,
                 before: str | None = None, rules: Rules = Rules()) -> tuple[str, tuple[str, ...]]:
-    """A GPU's reliability class and why, from its cycles.
+    """A GPU's reliability class and why, from its cycles (in the order they ran).
 
     ``outcomes``: each action's sequential-test outcome (reliable, unreliable, undecided,
     not_applicable), where the run had one. ``before``: the GPU's class in the run before this one
@@ -189,6 +233,35 @@ def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None 
     bad = [r for r in results if r.outcome in (FAILED, HUNG)]
     if any(r.recovered_by == REBOOT_REQUIRED for r in bad):
         return REBOOT_CLASS, ("nothing on the recovery ladder brought it back",)
+    if hardware := _hardware(results, bad, before):
+        return HARDWARE, tuple(dict.fromkeys(hardware))
+    serious = _serious(results) + _too_often(results, bad, rules)
+    gated = [r for r in results if r.reason == "health_gate"]
+    if gated:
+        serious.append(f"failed the health gate: {gated[0].findings[0].detail}")
+    if serious:
+        return QUARANTINE_CLASS, tuple(dict.fromkeys(serious))
+    blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
+    if not bad and blind:
+        return UNPROVEN, (f"{len(blind)} cycle(s) a check could not look at ({blind[0].reason}): "
+                          "what could not be looked at has not passed",)
+    if bad and (unchecked := _unchecked(results)):
+        return UNPROVEN, tuple(unchecked)
+    if bad:
+        return LONG_JOBS_ONLY, _long_jobs(results, bad)
+    if outcomes is not None:
+        applicable = {a: o for a, o in outcomes.items() if o != "not_applicable"}
+        if applicable and all(o == "reliable" for o in applicable.values()):
+            return CHURN_SAFE, tuple(f"{a}: reliable by the sequential test" for a in sorted(applicable))
+        undecided = sorted(a for a, o in applicable.items() if o != "reliable")
+        return UNPROVEN, (f"no failures, but not yet shown reliable: {', '.join(undecided) or 'no action applies'}",)
+    stats = [action_stats([r for r in results if r.action == a]) for a in sorted({r.action for r in results})]
+    if stats and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in stats):
+        return CHURN_SAFE, (f"every action recovered every time, lower bound >= {rules.min_lower_bound}",)
+    return UNPROVEN, ("no failures, but too few cycles to say",)
+
+
+def _hardware(results: Sequence[CycleResult], bad: list[CycleResult], before: str | None) -> list[str]:
     hardware: list[str] = []
     for r in results:
         for e in r.events:
@@ -206,44 +279,111 @@ def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None 
             hardware.append("row remap failure at the baseline gate")
     if bad and before in (QUARANTINE_CLASS, HARDWARE, REBOOT_CLASS):
         hardware.append(f"fails again after a reboot (it was {before})")
-    if hardware:
-        return HARDWARE, tuple(dict.fromkeys(hardware))
-    serious: list[str] = []
-    for r in bad:
+    return hardware
+
+
+def _serious(results: Sequence[CycleResult]) -> list[str]:
+    """Each failure that is more than a reset that did not finish (quarantine whatever the rate)."""
+    out = []
+    for i, r in enumerate(results):
+        if r.outcome not in (FAILED, HUNG):
+            continue
+        where = f"{r.action} cycle {r.cycle}"
+        after = _around(results, i)[1]
         if r.outcome == HUNG:
-            serious.append(f"{r.action} cycle {r.cycle} hung")
+            out.append(f"{where} hung")
         elif r.recovered_by is not None and r.recovered_by != FIRST_RUNG:
-            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}; only {r.recovered_by} brought it back")
+            out.append(f"{where}: {r.reason}; only {r.recovered_by} brought it back")
         elif r.recovered_by is None:
-            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}")
-        elif any(f.reason.startswith("xid_") or f.reason in ("aer", "d3cold", "rminit_failed", "flr_not_ready",
-                                                              "reset_failed", "link_down") for f in r.findings):
-            serious.append(f"{r.action} cycle {r.cycle}: fatal event {r.reason}")
-        elif any(f.reason.startswith("gate_") or f.reason.startswith("post_check") or f.reason.startswith("load")
-                 for f in r.findings):
-            serious.append(f"{r.action} cycle {r.cycle}: {r.reason}")
-    gated = [r for r in results if r.reason == "health_gate"]
-    if gated:
-        serious.append(f"failed the health gate: {gated[0].findings[0].detail}")
-    if serious:
-        return QUARANTINE_CLASS, tuple(dict.fromkeys(serious))
-    blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
-    if not bad and blind:
-        return UNPROVEN, (f"{len(blind)} cycle(s) a check could not look at ({blind[0].reason}): "
-                          "what could not be looked at has not passed",)
-    if bad:
-        return LONG_JOBS_ONLY, (f"{len(bad)} reset(s) failed, each brought back by {FIRST_RUNG}, with no fatal "
-                                "event and clean load checks: fine for long jobs, not for churn",)
-    if outcomes is not None:
-        applicable = {a: o for a, o in outcomes.items() if o != "not_applicable"}
-        if applicable and all(o == "reliable" for o in applicable.values()):
-            return CHURN_SAFE, tuple(f"{a}: reliable by the sequential test" for a in sorted(applicable))
-        undecided = sorted(a for a, o in applicable.items() if o != "reliable")
-        return UNPROVEN, (f"no failures, but not yet shown reliable: {', '.join(undecided) or 'no action applies'}",)
-    stats = [action_stats([r for r in results if r.action == a]) for a in sorted({r.action for r in results})]
-    if stats and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in stats):
-        return CHURN_SAFE, (f"every action recovered every time, lower bound >= {rules.min_lower_bound}",)
-    return UNPROVEN, ("no failures, but too few cycles to say",)
+            out.append(f"{where}: {r.reason}")  # no ladder judged it (none ran, or the failure came late)
+        elif beyond := _beyond_reset_path(r):
+            out.append(f"{where}: fatal event {beyond}")
+        elif any(f.reason.startswith(("gate_", "post_check", "load")) for f in r.findings):
+            out.append(f"{where}: {r.reason}")
+        elif after is not None and (wrong := _gpu_fault(after)):
+            # The GPU came back and then computed wrong: not a reset that merely did not finish.
+            out.append(f"{where}: the load check after {FIRST_RUNG} brought it back failed ({wrong})")
+    return out
+
+
+def _beyond_reset_path(r: CycleResult) -> str:
+    """The cycle's fatal events other than an FLR that did not finish and what follows from it."""
+    fatal = [f.reason for f in r.findings if verify.is_fatal_reason(f.reason)]
+    allowed = RESET_PATH_EVENTS | (AFTER_NOT_READY if RESET_PATH_EVENTS & set(fatal) else frozenset())
+    return ", ".join(dict.fromkeys(x for x in fatal if x not in allowed))
+
+
+def _too_often(results: Sequence[CycleResult], bad: list[CycleResult], rules: Rules) -> list[str]:
+    """Actions whose failure rate the cycles cannot bound below ``rules.max_failure_upper``: a GPU
+    that fails that often (or was not cycled enough to say otherwise) is not admitted even for long
+    jobs, however its retries went."""
+    out = []
+    for action, failed, attempts, upper in _rates(results, bad):
+        if upper >= rules.max_failure_upper:
+            out.append(f"{action}: {failed} of {attempts} attempted cycles failed; the failure rate may be as high as "
+                       f"{upper:.1%} (Wilson 95 % upper bound), not below {rules.max_failure_upper:.0%}")
+    return out
+
+
+def _rates(results: Sequence[CycleResult], bad: list[CycleResult]) -> list[tuple[str, int, int, float]]:
+    """(action, failed, attempted, Wilson upper bound of the failure rate) per action that failed."""
+    out = []
+    for action in sorted({r.action for r in bad}):
+        attempted = [r for r in results if r.action == action and r.attempted]
+        failed = sum(1 for r in attempted if r.outcome in (FAILED, HUNG))
+        out.append((action, failed, len(attempted), wilson_upper_bound(failed, len(attempted))))
+    return out
+
+
+def _unchecked(results: Sequence[CycleResult]) -> list[str]:
+    """Failures the first rung cured with no clean load check right before the reset or right after
+    the cure: whether the GPU runs clean was not looked at (no load asked for, or gpusoak's own
+    child could not run), so long-jobs-only is not shown."""
+    out = []
+    for i, r in enumerate(results):
+        if r.outcome != FAILED:
+            continue
+        sides = ("before the reset", f"after {FIRST_RUNG} brought it back")
+        for side, summary in zip(sides, _around(results, i), strict=True):
+            why = "none ran" if summary is None else _tool_fault(summary)
+            if why:
+                out.append(f"{r.action} cycle {r.cycle} failed and {FIRST_RUNG} brought it back, but no load checked it "
+                           f"{side} ({why}): long-jobs-only is not shown (run with a load or a post-check)")
+    return out
+
+
+def _around(results: Sequence[CycleResult], i: int) -> tuple[dict | None, dict | None]:
+    """The load checks nearest results[i]'s reset: the last one before it (its own load, else an
+    earlier cycle's load or post-check) and the first one after the rung that cured it (its own
+    post-check, which the ladder runs, else a later cycle's load or post-check)."""
+    before = after = None
+    for j, r in enumerate(results):
+        for phase, summary in ((0, r.load), (1, r.post_check)):
+            if summary is None:
+                continue
+            if (j, phase) < (i, 1):
+                before = summary
+            elif after is None:
+                after = summary
+    return before, after
+
+
+def _gpu_fault(summary: dict) -> str:
+    """What a load check found wrong with the GPU (a wrong result, a GPU error); "" if nothing."""
+    s = LoadSummary(**summary)
+    return "" if s.ok or s.tool_error else s.reason("load_check")
+
+
+def _tool_fault(summary: dict) -> str:
+    """Why gpusoak's own load child could not look (no UUID, a crash, no cupy); "" if it looked."""
+    s = LoadSummary(**summary)
+    return s.reason("load_check") if s.tool_error else ""
+
+
+def _long_jobs(results: Sequence[CycleResult], bad: list[CycleResult]) -> tuple[str, ...]:
+    return tuple(f"{action}: {failed} of {attempts} attempted cycles failed, each brought back by {FIRST_RUNG} with "
+                 f"clean load checks before and after; the failure rate is below {upper:.1%} (Wilson 95 % upper "
+                 "bound): fine for long jobs, not for churn" for action, failed, attempts, upper in _rates(results, bad))
 
 
 def worst(classes: Iterable[str]) -> str:

@@ -44,6 +44,13 @@ def test_a_full_run_admits_a_subset_does_not_and_a_missing_gpu_quarantines():
     assert inventory.apply(failed, part).decision == score.QUARANTINE
 
 
+def test_a_subset_does_not_admit_for_long_jobs_only_either():
+    g = GpuVerdict(A, None, score.FAIL, {}, reliability=score.LONG_JOBS_ONLY)
+    long_jobs = Verdict("n", score.ADMIT_LONG_JOBS_ONLY, (g,), (), score.LONG_JOBS_ONLY, "acceptance")
+    assert inventory.apply(long_jobs, inventory.coverage(_header([A, B], [A]))).decision == score.SUBSET
+    assert inventory.apply(long_jobs, inventory.coverage(_header([A], [A]))).decision == score.ADMIT_LONG_JOBS_ONLY
+
+
 def test_the_inventory_file_reads_back_and_refuses_what_it_cannot_read(tmp_path):
     path = tmp_path / "inventory.json"
     assert inventory_file.read(path) is None  # the node's first run
