@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from gpusoak import journal
+from gpusoak import journal, score
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.actions.base import BUS_BUSY
 from gpusoak.carry import Carried
@@ -72,6 +72,9 @@ class Sequence:
     stopped: str = ""  # why cycling stopped: decided, cap, budget, not_applicable, out_of_service
     refusal: str = ""
     history: list[tuple[int, bool]] = field(default_factory=list)  # (cycle, failed) of each attempt, in order
+    # Every failure so far was a reset that did not finish, cured by the ladder's first rung: the
+    # long-jobs-only kind (score.reliability), which needs its rate bounded, not only detected.
+    curable: bool = True
     carried: Carried | None = None  # what the test took over from earlier runs
 
     @classmethod
@@ -97,6 +100,7 @@ class Sequence:
         if self.history[at][1]:
             return
         self.history[at] = (cycle, True)
+        self.curable = False  # a fault found after its cycle (a late event, a failed load) is no cured reset
         self.failures += 1
         if self.test is not None:
             self.test = replay(self.test.params, [f for _, f in self.history], self.carried_counts)
@@ -107,6 +111,8 @@ class Sequence:
             self.attempts += 1
             failed = r.outcome in (FAILED, HUNG)
             self.failures += failed
+            if failed and not score.cured_at_first_rung(r):
+                self.curable = False
             self.history.append((r.cycle, failed))
             if self.test is not None:
                 self.test.add(failed)
@@ -122,12 +128,21 @@ class Sequence:
     def done(self, plan: Plan) -> bool:
         if self.stopped:
             return True
+        capped = self.cycles + self.carried_counts[0] >= plan.max_cycles()  # carried attempts count toward the cap
         if self.refusal:
             self.stopped = "not_applicable"
+        elif self.test is not None and self.test.decision == "unreliable" and self.curable and self.failures \
+                and not self.carried_counts[1]:
+            # Unreliable for churn, but each failure so far a reset the first rung cured: cycle on
+            # until the rate is bounded below or above the long-jobs limit (score.rate_bounded).
+            if score.rate_bounded(self.failures, self.attempts + self.carried_counts[0]):
+                self.stopped = "bounded"
+            elif capped:
+                self.stopped = "cap"
         elif self.test is not None and self.test.decision != "continue":
             self.stopped = "decided"
-        elif self.cycles + self.carried_counts[0] >= plan.max_cycles():
-            self.stopped = "cap"  # carried attempts count toward the cap
+        elif capped:
+            self.stopped = "cap"
         return bool(self.stopped)
 
     @property

@@ -306,6 +306,22 @@ def _serious(results: Sequence[CycleResult]) -> list[str]:
     return out
 
 
+def cured_at_first_rung(r: CycleResult) -> bool:
+    """A failed cycle of the long-jobs-only kind: a reset that did not finish, brought back by the
+    ladder's first rung, with no other fatal event (its load checks are judged at the end)."""
+    return r.outcome == FAILED and r.recovered_by == FIRST_RUNG and not _beyond_reset_path(r)
+
+
+def rate_bounded(failures: int, attempts: int, rules: Rules = Rules()) -> bool:
+    """Whether ``attempts`` cycles with ``failures`` settle the long-jobs question: the failure
+    rate's Wilson 95 % interval lies wholly below ``max_failure_upper`` (long jobs may have it), or
+    wholly at or above it (quarantine)."""
+    if attempts <= 0:
+        return False
+    return (wilson_upper_bound(failures, attempts) < rules.max_failure_upper
+            or wilson_lower_bound(failures, attempts) >= rules.max_failure_upper)
+
+
 def _beyond_reset_path(r: CycleResult) -> str:
     """The cycle's fatal events other than an FLR that did not finish and what follows from it."""
     fatal = [f.reason for f in r.findings if verify.is_fatal_reason(f.reason)]

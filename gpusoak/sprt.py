@@ -12,7 +12,7 @@ Defaults, and why (docs/verdict.md): ``p1 = 0.02`` is the failure rate we must c
 ``beta = 0.05`` (95 % power); ``p0 = 0.0005`` (one failed reset in 2,000) is what we accept; ``alpha
 = 0.05``. A GPU with no failures is accepted after 150 clean cycles, the least any test can use: 149
 clean cycles are needed before a 2 % failure rate is ruled out with 95 % power (0.98^149 < 0.05).
-A failure in the first 37 cycles rejects at once; a later one sets the count back by about 188
+A failure in the first 38 cycles rejects at once; a later one sets the count back by about 188
 cycles. Exactly (``operating_characteristic``), with the cap at 300: a GPU failing 2 % of resets
 is passed as reliable with probability 0.048; one failing 0.05 % is called unreliable with
 probability 0.022 and left undecided with 0.050. tests/test_sprt.py checks these over many

@@ -69,16 +69,17 @@ def test_nights_add_up_until_the_test_decides_and_the_decision_stands_until_a_fa
     assert _flr(n14)["carried"]["attempts"] == 0 and _flr(n14)["carried"]["standing"] == "night-13"
     assert _flr(n14)["sprt"]["cycles"] == 12 and _flr(n14)["outcome"] == "reliable"
     assert n14["gpus"][0]["reliability"]["class"] == "churn-safe"
-    # A failure ends the standing decision; early in the new test it rejects at once.
+    # A failure ends the standing decision; early in the new test it rejects at once (a failure the
+    # first rung cured: the night cycles on to bound its rate, schedule.Sequence.done).
     n15 = _night(15, h, fails=(5,))
     assert _flr(n15)["outcome"] == "unreliable" and n15["gpus"][0]["reliability"]["class"] == "quarantine"
     # An unreliable test never closes: the next night starts decided, resets nothing (no cycle ran),
     # and the GPU cannot be churn-safe.
     n16 = _night(16, h, cycles=0)
-    assert _flr(n16)["carried"] == {**_flr(n16)["carried"], "runs": 2, "attempts": 17, "failures": 1}
+    assert _flr(n16)["carried"] == {**_flr(n16)["carried"], "runs": 2, "attempts": 24, "failures": 1}
     assert _flr(n16)["outcome"] == "unreliable" and _flr(n16)["stopped"] == "decided"
     assert n16["gpus"][0]["reliability"]["class"] == "inconclusive" and n16["node"]["decision"] == "retest"
-    assert any("flr unreliable: 17 attempts (1 failed) carried" in r for r in n16["gpus"][0]["reliability"]["reasons"])
+    assert any("flr unreliable: 24 attempts (1 failed) carried" in r for r in n16["gpus"][0]["reliability"]["reasons"])
 
 
 def test_a_driver_or_kernel_change_starts_afresh_and_runs_before_it_never_count_again(tmp_path):

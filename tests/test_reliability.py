@@ -184,3 +184,40 @@ def test_reboot_required_comes_first_and_the_node_takes_its_worst_class():
     assert score.worst([score.CHURN_SAFE, score.HARDWARE, score.QUARANTINE_CLASS]) == score.HARDWARE
     assert score.CLASS_DECISION[score.LONG_JOBS_ONLY] == score.ADMIT_LONG_JOBS_ONLY
     assert score.CLASS_DECISION[score.HARDWARE] == score.QUARANTINE
+
+
+def test_an_early_cured_giving_up_keeps_cycling_until_its_rate_is_bounded():
+    # One "giving up" at cycle 3 makes the sequential test call the GPU unreliable at once, after 3
+    # cycles, where no failure rate can be bounded: the GPU would be quarantine for being unlucky
+    # early. A sequence whose failures were all cured at the first rung cycles on until the Wilson
+    # interval of its rate lies below (53 cycles with one failure) or above the 10 % limit.
+    from gpusoak.schedule import Plan, Sequence
+    from gpusoak.sprt import SprtParams
+
+    params = SprtParams()
+    plan = Plan(actions=("flr",), sequential=params)
+    cured = Sequence.start("0000:18:00.0", "flr", params)
+    cycles = [_r(cycle=c, load=OK, post_check=OK) for c in (1, 2)] + [_gave_up(3)]
+    for r in cycles:
+        cured.record(r)
+    assert cured.test.decision == "unreliable" and not cured.done(plan)  # decided for churn, not for long jobs
+    c = 3
+    while not cured.done(plan):
+        c += 1
+        r = _r(cycle=c, load=OK, post_check=OK)
+        cycles.append(r)
+        cured.record(r)
+    assert cured.stopped == "bounded" and cured.attempts == 53 and cured.failures == 1
+    assert score.reliability(cycles)[0] == score.LONG_JOBS_ONLY
+    # Not so for a failure that needed more than the first rung: it decides at once.
+    deep = Sequence.start("0000:18:00.0", "flr", params)
+    for r in [_r(cycle=1), _gave_up(2, recovered_by="bus_reset")]:
+        deep.record(r)
+    assert deep.done(plan) and deep.stopped == "decided"
+    # And a cured one that fails too often stops once its rate is surely above the limit.
+    often = Sequence.start("0000:18:00.0", "flr", params)
+    n = 0
+    while not often.done(plan):
+        n += 1
+        often.record(_gave_up(n) if n % 3 == 0 else _r(cycle=n, load=OK, post_check=OK))
+    assert often.stopped == "bounded" and n < 60 and score.wilson_lower_bound(often.failures, often.attempts) >= 0.10
