@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpusoak.score import (
+from gpusoak.verdict.score import (
     CHURN_SAFE,
     HARDWARE,
     LONG_JOBS_ONLY,
@@ -44,7 +44,7 @@ from gpusoak.score import (
     REBOOT_CLASS,
     wilson_lower_bound,
 )
-from gpusoak.sprt import SprtParams
+from gpusoak.verdict.sprt import SprtParams
 
 P0, P1 = SprtParams().p0, SprtParams().p1
 ALPHA, BETA = SprtParams().alpha, SprtParams().beta

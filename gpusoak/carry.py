@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak import trends
-from gpusoak.sprt import ACCEPT_H0, ACCEPT_H1, SprtParams, resume
+from gpusoak.verdict.sprt import ACCEPT_H0, ACCEPT_H1, SprtParams, resume
 
 RELIABLE, UNRELIABLE = ACCEPT_H0, ACCEPT_H1
 

@@ -24,8 +24,8 @@ from gpusoak.model import PciAddress
 from gpusoak.profile import SUPPORTED, Profile
 from gpusoak.schedule import supported_actions
 from gpusoak.soak import SoakOptions
-from gpusoak.sprt import Sprt
 from gpusoak.verdict import refusals
+from gpusoak.verdict.sprt import Sprt
 
 U = "[U]"
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from gpusoak.files import write_atomically
 from gpusoak.host.commands import CommandResult, Runner, SubprocessRunner
-from gpusoak.score import ADMIT_LONG_JOBS_ONLY, RELIABILITY_CLASSES
+from gpusoak.verdict.score import ADMIT_LONG_JOBS_ONLY, RELIABILITY_CLASSES
 
 DRAIN = ("quarantine", "reboot_required", "keep_quarantined")
 # Slurm and Kubernetes node names: letters, digits, dot, dash, underscore; never a leading dash

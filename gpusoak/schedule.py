@@ -4,7 +4,7 @@ Per-GPU actions run on every selected GPU at once, one worker thread per GPU. Ea
 shared side of the node gate. Node-scope actions (module reload) hold its exclusive side, so they
 run only while no per-GPU cycle does. Every result goes to the soak's one journal.
 
-For each GPU and action, a sequential test (``gpusoak.sprt``) stops the cycling as soon as it
+For each GPU and action, a sequential test (``gpusoak.verdict.sprt``) stops the cycling as soon as it
 decides; without one, a fixed number of cycles runs. A budget (node time) stops every worker
 before its next cycle. Nightly runs rotate through the actions, so a budget cut leaves every
 action with some cycles.
@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from gpusoak import journal, score
+from gpusoak import journal
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.actions.base import BUS_BUSY
 from gpusoak.carry import Carried
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import LOAD_CHARGED, Soak
-from gpusoak.sprt import ACCEPT_H0, CONTINUE, Sprt, SprtParams, replay, resume
-from gpusoak.verdict import refusals
+from gpusoak.verdict import refusals, score
+from gpusoak.verdict.sprt import ACCEPT_H0, CONTINUE, Sprt, SprtParams, replay, resume
 
 # Refusals that say the action does not apply to this hardware (it is no gap in the evidence); any
 # other refusal (a process holds the GPU, a service, no authorisation) leaves the action untested.

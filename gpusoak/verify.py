@@ -16,7 +16,7 @@ from tenacity import Retrying, retry_if_result, wait_exponential
 
 from gpusoak.actions.base import nvswitches
 from gpusoak.errors import DeviceGone, GpusoakError, NvmlUnavailable
-from gpusoak.host import kmsg, nvml, xid
+from gpusoak.host import kmsg, nvml
 from gpusoak.host.node import Node
 from gpusoak.host.nvml import NvmlQueryFailed
 from gpusoak.host.sysfs import NVIDIA_VENDOR
@@ -32,41 +32,14 @@ from gpusoak.model import (
     pci_matches,
 )
 
+# Which kernel events fail a cycle: the verdict's one list (callers use them through this module).
+from gpusoak.verdict.events import FATAL_KINDS, event_reason, is_fatal, is_fatal_reason  # noqa: F401
+
 # SKIP: not applicable (not an NVIDIA function, an attribute this kernel lacks): no judgement is
 # owed. BLIND: the check applies but could not look (NVML unavailable, its query child broke):
 # the cycle is inconclusive, never recovered.
 PASS, FAIL, SKIP, BLIND = "pass", "fail", "skip", "cannot_look"
 NVIDIA_DRIVER = "nvidia"
-
-# The kernel events that fail a cycle by their kind alone (host/klog.py KINDS); an XID fails it by
-# the catalog's action, an AER by its severity. The one list: score.reliability reads it too.
-FATAL_KINDS = frozenset({"fell_off_bus", "flr_not_ready", "flr_failed", "reset_failed", "d3cold",
-                         "rminit_failed", "msix_failed", "link_down"})
-
-
-def is_fatal(event: KernelEvent) -> bool:
-    """The one place that decides which kernel events fail a cycle."""
-    if event.kind == "xid":
-        return event.xid is not None and xid.fails_cycle(event.xid)
-    if event.kind == "aer":
-        return event.severity in ("nonfatal", "fatal")
-    return event.kind in FATAL_KINDS
-
-
-def event_reason(event: KernelEvent) -> str:
-    return f"xid_{event.xid}" if event.kind == "xid" else event.kind
-
-
-def is_fatal_reason(reason: str | None) -> bool:
-    """Whether a finding's reason names an event ``is_fatal`` passed (``event_reason`` of it): the
-    verdict reads a cycle's findings, so it asks here instead of keeping a list of its own. Only
-    an uncorrectable AER becomes a finding, so "aer" is one."""
-    if reason is None:
-        return False
-    if reason.startswith("xid_") and reason[4:].isdigit():
-        return xid.fails_cycle(int(reason[4:]))
-    return reason == "aer" or reason in FATAL_KINDS
-
 
 def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
     """A fresh read of everything recovery is judged on."""

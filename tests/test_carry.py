@@ -12,7 +12,7 @@ from gpusoak.carry import Carried
 from gpusoak.model import CycleResult, Finding
 from gpusoak.report import build, result_json
 from gpusoak.schedule import Plan, Sequence
-from gpusoak.sprt import SprtParams
+from gpusoak.verdict.sprt import SprtParams
 
 BDF, UUID, NODE = "0000:18:00.0", "GPU-1", "node-1"
 DRIVER, KERNEL = "570.124.06", "6.8.0-48-generic"

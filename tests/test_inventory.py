@@ -5,10 +5,9 @@ import json
 import pytest
 
 from gpusoak import inventory as inventory_file
-from gpusoak import score
 from gpusoak.errors import GpusoakError
 from gpusoak.model import GpuVerdict, Verdict
-from gpusoak.verdict import inventory
+from gpusoak.verdict import inventory, score
 
 A, B, C = "0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0"
 

@@ -4,11 +4,12 @@ from dataclasses import asdict
 
 import pytest
 
-from gpusoak import score, verify
+from gpusoak import verify
 from gpusoak.host import klog
 from gpusoak.load import protocol
 from gpusoak.load.child import CHILD_CRASHED, LoadSummary
 from gpusoak.model import Check, CycleResult, Finding, KernelEvent
+from gpusoak.verdict import score
 
 OK = asdict(LoadSummary(0, protocol.OK, vram_bytes=1 << 20))  # a clean load check, as the journal holds it
 WRONG = asdict(LoadSummary(10, protocol.WRONG, mismatched_words=3, vram_bytes=1 << 20))  # the GPU returned wrong data
@@ -192,7 +193,7 @@ def test_an_early_cured_giving_up_keeps_cycling_until_its_rate_is_bounded():
     # early. A sequence whose failures were all cured at the first rung cycles on until the Wilson
     # interval of its rate lies below (53 cycles with one failure) or above the 10 % limit.
     from gpusoak.schedule import Plan, Sequence
-    from gpusoak.sprt import SprtParams
+    from gpusoak.verdict.sprt import SprtParams
 
     params = SprtParams()
     plan = Plan(actions=("flr",), sequential=params)

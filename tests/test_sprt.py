@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from gpusoak.sprt import (
+from gpusoak.verdict.sprt import (
     ACCEPT_H0,
     ACCEPT_H1,
     CONTINUE,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gpusoak import carry, journal, score, trends
+from gpusoak import carry, journal, trends
 from gpusoak.model import CycleResult, Verdict
 from gpusoak.report import junit, result_json
 from gpusoak.schedule import Plan, Sequence
-from gpusoak.sprt import SprtParams
-from gpusoak.verdict import inventory
+from gpusoak.verdict import inventory, score
+from gpusoak.verdict.sprt import SprtParams
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gpusoak.model import GpuVerdict, Verdict
-from gpusoak.score import (
+from gpusoak.verdict.score import (
     ADMIT,
     ADMIT_LONG_JOBS_ONLY,
     FAIL,

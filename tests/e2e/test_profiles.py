@@ -10,9 +10,10 @@ import subprocess
 import jsonschema
 import pytest
 
-from gpusoak import fleet, score
+from gpusoak import fleet
 from gpusoak.report import result_json
 from gpusoak.sim import scenario as scenarios
+from gpusoak.verdict import score
 from tests.e2e.conftest import gpusoak
 
 NODES = scenarios.fleet("mixed-fleet")

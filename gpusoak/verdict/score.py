@@ -27,8 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpusoak import verify
-from gpusoak.load.child import LoadSummary
+from gpusoak.load.protocol import LoadSummary
 from gpusoak.model import (
     FAILED,
     HUNG,
@@ -42,7 +41,7 @@ from gpusoak.model import (
     Verdict,
 )
 from gpusoak.model import INCONCLUSIVE as INCONCLUSIVE_CYCLE
-from gpusoak.verdict import refusals
+from gpusoak.verdict import events, refusals
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -204,7 +203,7 @@ CLASS_DECISION = {CHURN_SAFE: ADMIT, LONG_JOBS_ONLY: ADMIT_LONG_JOBS_ONLY, UNPRO
                   QUARANTINE_CLASS: QUARANTINE, HARDWARE: QUARANTINE, REBOOT_CLASS: REBOOT_REQUIRED}
 FIRST_RUNG = "flr"  # ladder.RUNGS[0]
 SUSPECT_EVENTS = {"msix_failed": "MSI-X failure", "fell_off_bus": "fell off the bus"}
-# The one fatal event (verify.FATAL_KINDS) that says only that a reset did not finish in time:
+# The one fatal event (events.FATAL_KINDS) that says only that a reset did not finish in time:
 # after an FLR, drivers/pci/pci.c pcie_flr -> pci_dev_wait polls the function's Command register
 # while its reads complete as all-ones (the device asks for more time with Request Retry Status),
 # and after PCIE_RESET_READY_POLL_MS (60 s: "the spec does not provide an upper limit, but 60 sec
@@ -324,7 +323,7 @@ def rate_bounded(failures: int, attempts: int, rules: Rules = Rules()) -> bool:
 
 def _beyond_reset_path(r: CycleResult) -> str:
     """The cycle's fatal events other than an FLR that did not finish and what follows from it."""
-    fatal = [f.reason for f in r.findings if verify.is_fatal_reason(f.reason)]
+    fatal = [f.reason for f in r.findings if events.is_fatal_reason(f.reason)]
     allowed = RESET_PATH_EVENTS | (AFTER_NOT_READY if RESET_PATH_EVENTS & set(fatal) else frozenset())
     return ", ".join(dict.fromkeys(x for x in fatal if x not in allowed))
 
