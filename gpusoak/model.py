@@ -112,6 +112,10 @@ class Check:
     name: str
     status: str  # pass, fail, skip
     detail: str = ""
+    # What was compared, where the check compares values (the link: width in lanes, speed in GT/s):
+    # the verdict reads these, never the prose of ``detail``.
+    expected: float | None = None
+    actual: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
@@ -267,6 +271,7 @@ class GpuVerdict:
     reliability_reasons: tuple[str, ...] = ()
     sequences: dict[str, dict] = field(default_factory=dict)  # per action: cycles, outcome, the SPRT's state
     aer_events: int = 0  # AER events seen in this GPU's cycles (trends compare the rate)
+    needs_reboot: bool = False  # nothing on the recovery ladder brought it back in some cycle
 
 
 @dataclass(frozen=True)

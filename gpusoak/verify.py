@@ -141,7 +141,8 @@ def _link_checks(baseline: Snapshot, now: Snapshot) -> list[Check]:
         width = Check("link_width", SKIP, "no current_link_width file in this kernel's sysfs")
     else:
         width = Check("link_width", PASS if n.current_width == b.current_width else FAIL,
-                      f"link x{n.current_width}, expected x{b.current_width}")
+                      f"link x{n.current_width}, expected x{b.current_width}",
+                      expected=b.current_width, actual=n.current_width)
     # Speed is not compared at idle: an idle NVIDIA GPU lowers its PCIe generation ("may be lower
     # than the max" when not in use, NVML nvmlDeviceGetCurrPcieLinkGeneration), so two idle
     # readings need not agree. It is compared under load (loaded_speed_check).
@@ -164,7 +165,8 @@ def loaded_speed_check(before: str | None, after: str | None, *, post_check: boo
     if after is None:
         return Check("link_speed", SKIP, "no current_link_speed file in this kernel's sysfs")
     lower = (link_gts(after) or 0.0) < (link_gts(before) or 0.0)
-    return Check("link_speed", FAIL if lower else PASS, f"link {after} under load, expected {before}")
+    return Check("link_speed", FAIL if lower else PASS, f"link {after} under load, expected {before}",
+                 expected=link_gts(before), actual=link_gts(after))
 
 
 def _nvml_check(baseline: Snapshot, now: Snapshot) -> Check:

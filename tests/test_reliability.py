@@ -160,10 +160,12 @@ def test_quarantine_for_a_deeper_rung_a_fatal_event_a_hang_a_gate_or_a_wrong_res
 def test_hardware_investigation_for_xid_79_msix_a_degraded_link_remap_failure_or_a_recurrence():
     xid79 = KernelEvent("xid", "NVRM: Xid (PCI:0000:18:00): 79, GPU has fallen off the bus.", pci="0000:18:00", xid=79)
     msix = KernelEvent("msix_failed", "NVRM: GPU 0000:18:00.0: Failed to enable MSI-X.", pci="0000:18:00.0")
-    narrow = Check("link_width", "fail", "link x8, expected x16")
+    narrow = Check("link_width", "fail", "link x8, expected x16", expected=16, actual=8)
+    slow = Check("link_speed", "fail", "link 16.0 GT/s PCIe under load, expected 32.0 GT/s PCIe", expected=32.0, actual=16.0)
     remap = Check("gate_row_remap", "fail", "remapped_rows_failure: a row remap failure")
     for r in (_r("failed", events=[xid79], recovered_by="flr"), _r("failed", events=[msix], recovered_by="flr"),
               _r("failed", checks=[narrow], findings=[Finding("link_width", "x8")], recovered_by="rebind"),
+              _r("failed", checks=[slow], findings=[Finding("link_speed", "16.0")], recovered_by="rebind"),
               _r("failed", checks=[remap], findings=[Finding("gate_row_remap", "failure")])):
         assert score.reliability(CLEAN + [r])[0] == score.HARDWARE
     again = _r("failed", findings=[Finding("recovery_timeout", "x")], recovered_by="flr", load=OK, post_check=OK)
@@ -172,8 +174,14 @@ def test_hardware_investigation_for_xid_79_msix_a_degraded_link_remap_failure_or
 
 
 def test_a_dead_function_is_not_a_degraded_link():
-    gone = Check("link_width", "fail", "link x63, expected x16")  # all-ones config space
-    r = _r("failed", checks=[gone], findings=[Finding("present", "gone")], recovered_by="bus_reset")
+    gone = Check("link_width", "fail", "link x63, expected x16", expected=16, actual=63)  # all-ones config space
+    unknown = Check("link_speed", "fail", "link Unknown under load, expected 32.0 GT/s PCIe", expected=32.0)
+    for c in (gone, unknown):
+        r = _r("failed", checks=[c], findings=[Finding("present", "gone")], recovered_by="bus_reset")
+        assert score.reliability(CLEAN + [r])[0] == score.QUARANTINE_CLASS
+    # The verdict reads the compared values, never the message: the same words without them say nothing.
+    prose = Check("link_width", "fail", "link x8, expected x16")
+    r = _r("failed", checks=[prose], findings=[Finding("link_width", "x8")], recovered_by="bus_reset")
     assert score.reliability(CLEAN + [r])[0] == score.QUARANTINE_CLASS
 
 

@@ -22,7 +22,6 @@ node whose worst GPU is long-jobs-only gets ``admit_long_jobs_only``, never a pl
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from gpusoak.model import (
     RECOVERED,
     REFUSED,
     ActionStats,
+    Check,
     CycleResult,
     GpuVerdict,
     Verdict,
@@ -155,13 +155,14 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
         gpu_class = PASS
     else:
         gpu_class = INCONCLUSIVE
-    return GpuVerdict(bdf, uuid, gpu_class, stats, tuple(evidence))
+    return GpuVerdict(bdf, uuid, gpu_class, stats, tuple(evidence),
+                      needs_reboot=any(r.recovered_by == REBOOT_REQUIRED for r in bad))
 
 
 def decide(hostname: str, gpus: Sequence[GpuVerdict]) -> Verdict:
     failing = [g for g in gpus if g.gpu_class == FAIL]
     thin = [g for g in gpus if g.gpu_class == INCONCLUSIVE]
-    dead = [g for g in failing if any(e.startswith("needs a reboot") for e in g.evidence)]
+    dead = [g for g in failing if g.needs_reboot]
     if dead:
         decision = REBOOT_REQUIRED
         evidence = tuple(f"{g.bdf} needs a reboot: {'; '.join(g.evidence)}" for g in dead) + tuple(
@@ -221,42 +222,91 @@ RESET_PATH_EVENTS = frozenset({"flr_not_ready"})
 AFTER_NOT_READY = frozenset({"rminit_failed"})
 
 
+@dataclass(frozen=True)
+class _Evidence:
+    """What every reliability rule reads: a GPU's cycles, in the order they ran."""
+    results: Sequence[CycleResult]
+    outcomes: dict[str, str] | None  # each action's sequential-test outcome, where the run had one
+    before: str | None  # the GPU's class in the run before this one (a readmission)
+    rules: Rules
+
+    @property
+    def bad(self) -> list[CycleResult]:
+        return [r for r in self.results if r.outcome in (FAILED, HUNG)]
+
+
+def _needs_reboot(ev: _Evidence) -> tuple[str, ...]:
+    return ("nothing on the recovery ladder brought it back",) if any(
+        r.recovered_by == REBOOT_REQUIRED for r in ev.bad) else ()
+
+
+def _hardware_fault(ev: _Evidence) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_hardware(ev.results, ev.bad, ev.before)))
+
+
+def _quarantine(ev: _Evidence) -> tuple[str, ...]:
+    serious = _serious(ev.results) + _too_often(ev.results, ev.bad, ev.rules)
+    gated = [r for r in ev.results if r.reason == "health_gate"]
+    if gated:
+        serious.append(f"failed the health gate: {gated[0].findings[0].detail}")
+    return tuple(dict.fromkeys(serious))
+
+
+def _could_not_look(ev: _Evidence) -> tuple[str, ...]:
+    """What could not be looked at has not passed: a cycle a check could not look at, or a failure
+    the first rung cured with no load check around it."""
+    blind = [r for r in ev.results if r.outcome == INCONCLUSIVE_CYCLE]
+    if not ev.bad and blind:
+        return (f"{len(blind)} cycle(s) a check could not look at ({blind[0].reason}): "
+                "what could not be looked at has not passed",)
+    return tuple(_unchecked(ev.results)) if ev.bad else ()
+
+
+def _for_long_jobs(ev: _Evidence) -> tuple[str, ...]:
+    return _long_jobs(ev.results, ev.bad) if ev.bad else ()
+
+
+def _churn_safe(ev: _Evidence) -> tuple[str, ...]:
+    if ev.outcomes is not None:
+        applicable = {a: o for a, o in ev.outcomes.items() if o != "not_applicable"}
+        if applicable and all(o == "reliable" for o in applicable.values()):
+            return tuple(f"{a}: reliable by the sequential test" for a in sorted(applicable))
+        return ()
+    stats = [action_stats([r for r in ev.results if r.action == a]) for a in sorted({r.action for r in ev.results})]
+    if stats and all(s.attempts > 0 and s.lower_bound >= ev.rules.min_lower_bound for s in stats):
+        return (f"every action recovered every time, lower bound >= {ev.rules.min_lower_bound}",)
+    return ()
+
+
+# The reliability classes as one ordered rule table: tried from the top, the first rule that gives
+# reasons decides (docs/verdict.md lists the classes in this order; a test holds them together).
+RELIABILITY_RULES = (
+    (REBOOT_CLASS, _needs_reboot),
+    (HARDWARE, _hardware_fault),
+    (QUARANTINE_CLASS, _quarantine),
+    (UNPROVEN, _could_not_look),
+    (LONG_JOBS_ONLY, _for_long_jobs),
+    (CHURN_SAFE, _churn_safe),
+)
+
+
 def reliability(results: Sequence[CycleResult], outcomes: dict[str, str] | None = None,
                 before: str | None = None, rules: Rules = Rules()) -> tuple[str, tuple[str, ...]]:
     """A GPU's reliability class and why, from its cycles (in the order they ran).
 
     ``outcomes``: each action's sequential-test outcome (reliable, unreliable, undecided,
     not_applicable), where the run had one. ``before``: the GPU's class in the run before this one
-    (a readmission after a reboot), to tell a fault that recurs after a reboot.
+    (a readmission after a reboot), to tell a fault that recurs after a reboot. No rule matching:
+    no failure, but not shown reliable (inconclusive).
     """
-    bad = [r for r in results if r.outcome in (FAILED, HUNG)]
-    if any(r.recovered_by == REBOOT_REQUIRED for r in bad):
-        return REBOOT_CLASS, ("nothing on the recovery ladder brought it back",)
-    if hardware := _hardware(results, bad, before):
-        return HARDWARE, tuple(dict.fromkeys(hardware))
-    serious = _serious(results) + _too_often(results, bad, rules)
-    gated = [r for r in results if r.reason == "health_gate"]
-    if gated:
-        serious.append(f"failed the health gate: {gated[0].findings[0].detail}")
-    if serious:
-        return QUARANTINE_CLASS, tuple(dict.fromkeys(serious))
-    blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
-    if not bad and blind:
-        return UNPROVEN, (f"{len(blind)} cycle(s) a check could not look at ({blind[0].reason}): "
-                          "what could not be looked at has not passed",)
-    if bad and (unchecked := _unchecked(results)):
-        return UNPROVEN, tuple(unchecked)
-    if bad:
-        return LONG_JOBS_ONLY, _long_jobs(results, bad)
+    ev = _Evidence(results, outcomes, before, rules)
+    for cls, rule in RELIABILITY_RULES:
+        if why := rule(ev):
+            return cls, why
     if outcomes is not None:
         applicable = {a: o for a, o in outcomes.items() if o != "not_applicable"}
-        if applicable and all(o == "reliable" for o in applicable.values()):
-            return CHURN_SAFE, tuple(f"{a}: reliable by the sequential test" for a in sorted(applicable))
         undecided = sorted(a for a, o in applicable.items() if o != "reliable")
         return UNPROVEN, (f"no failures, but not yet shown reliable: {', '.join(undecided) or 'no action applies'}",)
-    stats = [action_stats([r for r in results if r.action == a]) for a in sorted({r.action for r in results})]
-    if stats and all(s.attempts > 0 and s.lower_bound >= rules.min_lower_bound for s in stats):
-        return CHURN_SAFE, (f"every action recovered every time, lower bound >= {rules.min_lower_bound}",)
     return UNPROVEN, ("no failures, but too few cycles to say",)
 
 
@@ -269,7 +319,7 @@ def _hardware(results: Sequence[CycleResult], bad: list[CycleResult], before: st
             elif e.kind in SUSPECT_EVENTS:
                 hardware.append(f"{SUSPECT_EVENTS[e.kind]} in {r.action} cycle {r.cycle}")
         for c in r.checks:
-            if c.name in ("link_width", "link_speed") and c.status == "fail" and _degraded(c.detail):
+            if c.name in ("link_width", "link_speed") and c.status == "fail" and _degraded(c):
                 hardware.append(f"link degraded after {r.action} cycle {r.cycle}: {c.detail}")
             if c.name == "gate_row_remap" and c.status == "fail" and "failure" in c.detail:
                 hardware.append(f"row remap failure: {c.detail}")
@@ -406,15 +456,8 @@ def worst(classes: Iterable[str]) -> str:
     return RELIABILITY_CLASSES[max(ranked)] if ranked else UNPROVEN
 
 
-_WIDTH = re.compile(r"link x(\d+), expected x(\d+)")
-_SPEED = re.compile(r"link ([\d.]+) GT/s.*, expected ([\d.]+) GT/s")
-
-
-def _degraded(detail: str) -> bool:
+def _degraded(check: Check) -> bool:
     """A link that came back narrower or slower; not one that reads as gone (all-ones config
-    space decodes to width 63 and speed Unknown: that is a dead function, not a degraded link)."""
-    if m := _WIDTH.search(detail):  # all-ones reads as x63, never below a real width (x32 at most)
-        return int(m[1]) < int(m[2])
-    if m := _SPEED.search(detail):
-        return float(m[1]) < float(m[2])
-    return False
+    space decodes to width 63, above any real width (x32 at most), and speed Unknown, which has no
+    GT/s: that is a dead function, not a degraded link)."""
+    return check.actual is not None and check.expected is not None and check.actual < check.expected
