@@ -12,8 +12,8 @@
 Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
 node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option (checked
 before the first cycle: gpusoak/options.py), a report folder that holds an earlier run, or an
-output path that cannot be written; 3 no GPU to test: the node shows no NVIDIA GPU and no
---devices were named (no verdict at all, not even retest); 4 the run could not complete (see the
+output path that cannot be written; 3 no GPU to test: the node shows no NVIDIA GPU, no
+--devices were named and its inventory lists none (no verdict at all, not even retest); 4 the run could not complete (see the
 message; every finished cycle is in the journal).
 """
 
@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", default="",
                      help="PCI functions of any vendor to soak instead of the NVIDIA GPUs (e.g. 0000:03:00.0)")
     run.add_argument("--seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    run.add_argument("--sim-load", choices=("auto", "child", "in-process"), default="auto",
+                     help="simulator only: each load as the real child process, or its code in gpusoak's process "
+                     "(fast); default auto: in-process for a profile, the child otherwise")
     run.add_argument("--report-dir", type=Path, default=None,
                      help="default: reports/<run-id>; a folder that holds an earlier run is refused (see --resume)")
     run.add_argument("--resume", default=None, metavar="RUN_ID",
@@ -92,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the scheduler names GPUs by /dev/nvidiaN or index (gres.conf File=, jobs by index): "
                      "a minor or NVML index that changed after a cycle fails it (default: a finding); never in a "
                      "parallel run, nor where another GPU left the driver and moved the indices")
+    run.add_argument("--inventory", type=Path, default=None, metavar="JSON",
+                     help="the node's GPU inventory across reboots: a GPU in it not on the bus fails the node (gpu_missing) "
+                     "(default /var/lib/gpusoak/inventory.json for a destructive run on a real node)")
     run.add_argument("--lock-file", type=Path, default=None, help="default /run/gpusoak.lock on a real node")
     run.add_argument("--load-seconds", type=float, default=None,
                      help="load before each cycle (0: none; default 20 on a real node, the scenario's on sim)")
@@ -211,6 +217,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append(f"--gpusoak-devices={args.devices}")
     if args.seed is not None:
         argv.append(f"--gpusoak-seed={args.seed}")
+    if args.sim_load != "auto":
+        argv.append(f"--gpusoak-sim-load={args.sim_load}")
     if args.gates is not None:
         argv.append(f"--gpusoak-gates={args.gates.resolve()}")
     if args.stop_services and args.keep_services:
@@ -226,6 +234,8 @@ def _run(args: argparse.Namespace) -> int:
         argv.append("--gpusoak-identity-strict")
     if args.lock_file is not None:
         argv.append(f"--gpusoak-lock-file={args.lock_file.resolve()}")
+    if args.inventory is not None:
+        argv.append(f"--gpusoak-inventory={args.inventory.resolve()}")
     argv.append(f"--gpusoak-write-timeout={args.write_timeout}")
     argv.append(f"--gpusoak-load-fraction={args.load_fraction}")
     if args.load_seconds is not None:

@@ -172,6 +172,13 @@ def _metrics(value: Any, given: Given) -> str | None:
     return writable_folder(path.parent)
 
 
+def _inventory(value: Any, given: Given) -> str | None:
+    path = Path(value)
+    if path.is_dir():
+        return "is a folder: give the file to keep"
+    return writable_folder(path.parent)  # rewritten right after the run starts, before its first cycle
+
+
 def _history(value: Any, given: Given) -> str | None:
     path = Path(value)
     if path.exists() and not path.is_dir():
@@ -197,6 +204,7 @@ RULES: tuple[Rule, ...] = (
     Rule("resume", _resume, "It continues a run that stopped, in that run's report folder"),
     Rule("metrics", _metrics, "The Prometheus textfile written at the end of the run"),
     Rule("history", _history, "The folder this run's result.json joins at the end"),
+    Rule("inventory", _inventory, "The node's GPU inventory, rewritten when the run starts"),
     # Last: its check creates the folder, which a refusal of any other option should not leave behind.
     Rule("report-dir", _report_dir, "One run's folder: its journal, saved node state and reports"),
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from gpusoak import inventory as inventory_file
 from gpusoak import journal as journal_mod
 from gpusoak import options as options_mod
 from gpusoak import profile as profile_mod
@@ -84,6 +85,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "configuration names GPUs so: gres.conf File=/dev/nvidiaN, jobs by index); default: a finding")
     g.addoption("--gpusoak-lock-file", default=None,
                 help=f"lock file that keeps one destructive run per node (default {DEFAULT_LOCK} on a real node)")
+    g.addoption("--gpusoak-inventory", default=None, metavar="JSON",
+                help="the node's GPU inventory across reboots: a GPU in it that is not on the bus fails the node "
+                "(gpu_missing); rewritten with what was found when none is missing (default "
+                "/var/lib/gpusoak/inventory.json for a destructive run on a real node)")
     g.addoption("--gpusoak-load-seconds", type=float, default=None,
                 help="compute + VRAM load before each cycle, in a child process (0: none; default 20 on a "
                 "real node, the scenario's on the simulator)")
@@ -97,6 +102,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="comma-separated PCI functions of any vendor to soak instead of the NVIDIA GPUs "
                 "(NVML checks are skipped for non-NVIDIA functions, with that reason)")
     g.addoption("--gpusoak-seed", type=int, default=None, help="simulator seed (default: the scenario's)")
+    g.addoption("--gpusoak-sim-load", choices=("auto", "child", "in-process"), default="auto",
+                help="simulator only: run each load as the real child process (child), or its code in gpusoak's "
+                "process (in-process: fast, for profiles and benchmarks). Default auto: in-process for a "
+                "profile's run, the child otherwise")
     g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
     g.addoption("--gpusoak-report-dir", default=None,
                 help="report folder (default reports/<run-id>); one that holds an earlier run is refused")
@@ -178,12 +187,15 @@ class SoakRun:
         self.run_id = resume or opt("gpusoak_run_id") or new_run_id()
         self.report_dir = Path(opt("gpusoak_report_dir") or config.rootpath / "reports" / self.run_id)
         self.journal_path = self.report_dir / "journal.jsonl"
+        destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
+        inventory = opt("gpusoak_inventory") or (
+            inventory_file.DEFAULT_INVENTORY if opt("gpusoak_backend") == "real" and destructive else None)
         options_mod.validate(options_mod.Given(
             {**{name: opt("gpusoak_" + name.replace("-", "_")) for name in options_mod.NAMES},
-             "report-dir": self.report_dir, "profile": opt("gpusoak_profile"), "backend": opt("gpusoak_backend")},
-            prefix="--gpusoak-"))
+             "report-dir": self.report_dir, "inventory": inventory, "profile": opt("gpusoak_profile"),
+             "backend": opt("gpusoak_backend")}, prefix="--gpusoak-"))
         self.done: set[tuple[str, int, str]] = set()  # (action, cycle, bdf) in the journal of a continued run
-        destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
+        self.inventory_path = Path(inventory) if inventory is not None else None
         self.profile = _profile(config)
         given = opt("gpusoak_actions")
         actions = tuple(a.strip() for a in (given or "").split(",") if a.strip())
@@ -202,6 +214,9 @@ class SoakRun:
     def _start(self, config: pytest.Config, actions: tuple[str, ...], given: str | None, destructive: bool,
                resume: str | None) -> None:
         opt = config.getoption
+        if self.node.simulated:
+            mode = opt("gpusoak_sim_load")
+            self.node.runner.load_in_process = mode == "in-process" or (mode == "auto" and self.profile is not None)
         actions = actions or default_actions(self.node)  # flr, or gpu_reset + module_reload on an NVSwitch node
         load_s = opt("gpusoak_load_seconds")
         post_s = opt("gpusoak_post_check_seconds")
@@ -218,7 +233,10 @@ class SoakRun:
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),
                               post_check_seconds=self.node.post_check_seconds_default if post_s is None else post_s)
-        gpus = select_gpus(self.node, parse_addresses(opt("gpusoak_devices")), parse_addresses(opt("gpusoak_gpus")))
+        inventory_path = self.inventory_path
+        previous = inventory_file.read(inventory_path) if inventory_path is not None else None
+        gpus = select_gpus(self.node, parse_addresses(opt("gpusoak_devices")), parse_addresses(opt("gpusoak_gpus")),
+                           expected=previous["gpus"] if previous else [])
         if self.profile is not None and self.profile.actions == SUPPORTED and not given:
             supported = supported_actions(self.node, gpus, options.context_for(gpus), actions)
             options = replace(options, actions=supported or default_actions(self.node))
@@ -238,7 +256,11 @@ class SoakRun:
         self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None
         if self.lock is not None:
             self.lock.acquire()
+        if inventory_path is not None:
+            self.soak.previous_inventory = previous
         self.soak.start(self.journal_path, self.report_dir / "state.json")
+        if inventory_path is not None:
+            self._keep_inventory(inventory_path)
         if resume:
             started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
             self.soak.journal.note({"type": "resume", "started_at": started, "cycles_before": len(self.done)})
@@ -255,6 +277,18 @@ class SoakRun:
             raise UsageError(f"every cycle of run {self.run_id} is in {self.journal_path}: nothing to continue "
                              f"(`gpusoak report {self.journal_path}` rebuilds its reports)")
         return done
+
+    def _keep_inventory(self, path: Path) -> None:
+        """Rewrite the node's inventory with what this run found, unless a GPU of it is missing:
+        that one must keep failing the node's runs until someone removes it on purpose."""
+        assert self.soak is not None and self.node is not None
+        previous = self.soak.previous_inventory
+        found = [str(b) for b in self.soak.found]
+        if previous is not None and any(b not in found for b in previous["gpus"]):
+            return
+        entries = [{"bdf": b, "device": f"0x{d:04x}" if (d := self.node.sysfs.function(g).device_id) else None}
+                   for b, g in zip(found, self.soak.found, strict=True)]
+        inventory_file.write(path, self.run_id, self.soak.node_name or self.node.hostname, entries)
 
     # -- collection --------------------------------------------------------------------------
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -402,9 +436,12 @@ class SoakRun:
             self.node.close()
 
 
-def select_gpus(node: Node, devices: list[PciAddress], wanted: list[PciAddress]) -> list[PciAddress]:
+def select_gpus(node: Node, devices: list[PciAddress], wanted: list[PciAddress],
+                expected: list[str] = ()) -> list[PciAddress]:
     """The functions to soak: the named PCI functions (--devices), else the named NVIDIA GPUs
-    (--gpus), else every NVIDIA GPU of the node; NoGpu when that is none."""
+    (--gpus), else every NVIDIA GPU of the node. None at all is NoGpu, unless the node's inventory
+    (``expected``) lists GPUs: then they are missing, which the verdict fails the node for
+    (gpu_missing), never "nothing to test"."""
     if devices:
         present = set(node.sysfs.pci_devices())
         missing = [str(b) for b in devices if b not in present]
@@ -415,7 +452,7 @@ def select_gpus(node: Node, devices: list[PciAddress], wanted: list[PciAddress])
     missing = [str(b) for b in wanted if b not in found]
     if missing:
         raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
-    if not found:  # a node without GPUs has nothing to judge: no verdict, not even retest
+    if not found and not expected:  # a node without GPUs has nothing to judge: no verdict, not even retest
         raise NoGpu(f"no NVIDIA GPU on {node.hostname} ({node.backend}): no PCI function under "
                     f"{node.sysfs.root / 'bus' / 'pci' / 'devices'} has NVIDIA's vendor id and a display class, "
                     "so there is nothing to test (to soak other PCI functions, name them with --devices)")

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 from gpusoak import journal
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
-from gpusoak.actions.base import BUS_BUSY, STRUCTURAL
+from gpusoak.actions.base import BUS_BUSY
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import LOAD_CHARGED, Soak
 from gpusoak.sprt import Sprt, SprtParams, replay
+from gpusoak.verdict import refusals
 
 # Refusals that say the action does not apply to this hardware (it is no gap in the evidence); any
 # other refusal (a process holds the GPU, a service, no authorisation) leaves the action untested.
@@ -94,7 +95,9 @@ class Sequence:
         elif r.outcome == REFUSED and r.reason == LOAD_CHARGED:
             pass  # its load failed: the previous cycle's failure, and this action never ran
         elif r.outcome == REFUSED and not self.attempts:
-            self.refusal = r.reason or "refused"
+            # The reason that rules the action out, where one does; else the first.
+            self.refusal = next((f.reason for f in r.findings if refusals.not_applicable(f.reason)),
+                                r.reason or "refused")
         elif r.outcome == SKIPPED and r.reason != BUS_BUSY:
             self.stopped = "out_of_service"  # a hung write or a GPU nothing brought back
 
@@ -114,7 +117,7 @@ class Sequence:
         """reliable / unreliable / undecided (sequential), or passed / failed (fixed); not_applicable
         where the hardware rules the action out, untested where something else refused it."""
         if self.refusal:
-            return "not_applicable" if self.refusal in STRUCTURAL else "untested"
+            return "not_applicable" if refusals.not_applicable(self.refusal) else "untested"
         if self.test is not None:
             return self.test.outcome
         return "failed" if self.failures else ("passed" if self.attempts else "not_applicable")
@@ -431,14 +434,19 @@ def _duration(seconds: float) -> str:
 
 
 def supported_actions(node, gpus: list[PciAddress], ctx, candidates: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The actions this node can run at all: those that at least one selected GPU does not refuse
-    (per-GPU actions), or that the node does not refuse (node-scope ones). Read-only."""
+    """The actions that apply to this node: all but those that every selected GPU (or, for a
+    node-scope action, the node) refuses for a reason of the hardware or the node's build. An
+    action refused for a reason of the moment (a service, a holder) stays in the plan: its cycles
+    are refused and reported, and the node cannot be admitted without them. Read-only."""
+    def ruled_out(refused: list) -> bool:
+        return refusals.rules_out(f.reason for f in refused)
+
     out = []
     for name in candidates or tuple(ACTIONS):
         action = ACTIONS[name]
         if action.scope == "node":
-            if not action.refusals(node, None, ctx):
+            if not ruled_out(action.refusals(node, None, ctx)):
                 out.append(name)
-        elif any(not action.refusals(node, b, ctx) for b in gpus):
+        elif not gpus or not all(ruled_out(action.refusals(node, b, ctx)) for b in gpus):
             out.append(name)
     return tuple(out)

@@ -24,7 +24,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpusoak.actions.base import FABRIC_BYPASS, FABRIC_SERVICE, UNSUPPORTED
 from gpusoak.model import (
     FAILED,
     HUNG,
@@ -38,13 +37,15 @@ from gpusoak.model import (
     Verdict,
 )
 from gpusoak.model import INCONCLUSIVE as INCONCLUSIVE_CYCLE
+from gpusoak.verdict import refusals
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED = "admit", "quarantine", "retest", "reboot_required"
 GPU_CLASSES = (PASS, FAIL, INCONCLUSIVE)
-DECISIONS = (ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED)
+SUBSET = "subset"  # nothing failed, but not every GPU on the bus was tested (gpusoak/verdict/inventory.py)
+DECISIONS = (ADMIT, QUARANTINE, RETEST, REBOOT_REQUIRED, SUBSET)
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,6 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
-NOT_FOR_THIS_GPU = frozenset({UNSUPPORTED, FABRIC_BYPASS, FABRIC_SERVICE})
-
-
 def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
                  rules: Rules = Rules()) -> GpuVerdict:
     by_action: dict[str, list[CycleResult]] = defaultdict(list)
@@ -121,12 +119,12 @@ def classify_gpu(bdf: str, uuid: str | None, results: Sequence[CycleResult],
     blind = [r for r in results if r.outcome == INCONCLUSIVE_CYCLE]
     if blind:
         evidence.append(f"{len(blind)} cycle(s) a check could not look at: {blind[0].reason}")
-    # An action the GPU or the node's design rules out on every cycle (the part cannot do it, or
-    # it would bypass the running Fabric Manager) does not apply: it neither passes nor holds the
-    # GPU back. A topology refusal (a shared reset domain or IOMMU group) does hold it back: the GPU
-    # could be reset that way, only not alone, so that evidence is missing (mixed-fleet/node-c).
+    # An action refused on every cycle for a reason of the hardware or the node's build does not
+    # apply: it neither passes nor holds the GPU back. Any other refusal leaves its evidence missing
+    # (gpusoak/verdict/refusals.py, one table for every reason).
     judged = {a: s for a, s in stats.items()
-              if not all(r.outcome == REFUSED and r.reason in NOT_FOR_THIS_GPU for r in by_action[a])}
+              if not all(r.outcome == REFUSED and refusals.rules_out(f.reason for f in r.findings)
+                         for r in by_action[a])}
     if bad:
         gpu_class = FAIL
     elif blind:

@@ -130,6 +130,10 @@ class Soak:
         self.gate = None  # the scheduler's NodeGate, when GPUs run in parallel
         self.parallel = False  # set by the scheduler when other GPUs' cycles run at the same time
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
+        # Every NVIDIA GPU on the bus at the start, tested or not, and the inventory the node kept
+        # from its previous run (gpusoak/inventory.py): what was not tested cannot admit.
+        self.found: list[PciAddress] = node.gpus()
+        self.previous_inventory: dict | None = None
 
         self.baselines: dict[PciAddress, Snapshot] = {}
         # The link speed under load before the first reset (the first cycle's load), which the
@@ -137,6 +141,9 @@ class Soak:
         self.loaded_speeds: dict[PciAddress, str | None] = {}
         self.reset_once: set[PciAddress] = set()  # GPUs an action has run on
         self.link_warnings: dict[PciAddress, list[str]] = {}  # below capability before any reset
+        # GPUs CUDA cannot load (not bound to nvidia at the baseline: vfio-pci for a VM, no driver,
+        # another vendor's function): no load and no post-check, and the reports say so.
+        self.no_load: dict[PciAddress, str] = {}
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
@@ -163,6 +170,11 @@ class Soak:
         snap = verify.snapshot(self.node, bdf)
         self.baselines[bdf] = snap
         self.link_warnings[bdf] = self._link_deficit(bdf, snap, None)
+        fn = self.node.sysfs.function(bdf)
+        if (self.options.load_seconds > 0 or self.options.post_check_seconds > 0) and \
+                (fn.vendor != NVIDIA_VENDOR or fn.driver != "nvidia"):
+            self.no_load[bdf] = (f"no load and no post-check: bound to {fn.driver or 'no driver'}, which CUDA "
+                                 "cannot use; the recovery is judged on sysfs (and NVML where it applies) alone")
         failed = [c for c in verify.compare(snap, snap) if c.status == verify.FAIL]
         # On an NVSwitch node, a GPU out of the fabric before any reset would fail every cycle for
         # what it already was (fabric_not_completed): it is not soaked, and says why.
@@ -525,6 +537,8 @@ class Soak:
     def _load(self, bdf: PciAddress, base: dict) -> dict | CycleResult | None:
         """The load before the reset; its child has exited before this returns. A GPU that cannot
         take its load is not reset: the cycle fails (or, without cupy, is refused) with the reason."""
+        if bdf in self.no_load:
+            return None
         if self.options.load_seconds <= 0:
             if self.options.post_check_seconds <= 0 or self.baselines[bdf].uuid:
                 return None
@@ -555,7 +569,7 @@ class Soak:
 
     def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None, bool]:
         """(summary, what was wrong, whether that was gpusoak's own failure rather than the GPU's)."""
-        if self.options.post_check_seconds <= 0:
+        if self.options.post_check_seconds <= 0 or bdf in self.no_load:
             return None, None, False
         summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5),
                            self._load_uuid(bdf))
@@ -728,10 +742,11 @@ class Soak:
             "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
             "mig": {str(b): m.to_dict() for b, m in self.mig.items()},  # before any reset (gpusoak/mig.py)
+            "inventory": {"found": [str(b) for b in self.found], "previous": self.previous_inventory},
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,
                       "baseline": asdict(self.baselines[b]),
                       "out_of_service": self.out_of_service.get(b),
-                      "warnings": list(self.link_warnings.get(b, [])),
+                      "warnings": [*self.link_warnings.get(b, []), *([self.no_load[b]] if b in self.no_load else [])],
                       "health_gate": [asdict(g) for g in self.gate_results.get(b, [])]} for b in self.gpus],
         }
 

@@ -64,13 +64,13 @@ def test_budget_and_seed_are_checked_against_the_other_options(tmp_path, capsys,
     assert "--seed 7: a real node has no simulator to seed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", ["--report-dir", "--metrics", "--history"])
+@pytest.mark.parametrize("option", ["--report-dir", "--metrics", "--history", "--inventory"])
 def test_an_output_path_that_cannot_be_written_is_refused_before_the_first_cycle(option, tmp_path, capsys, no_pytest):
     # Under a regular file: no one can create it, root included (chmod does not stop root). The
     # metrics file used to fail only at the end of the soak; --history without a profile was never looked at.
     (tmp_path / "file").write_text("")
     target = tmp_path / "file" / "sub"
-    args = ["run", option, str(target / "x.prom" if option == "--metrics" else target)]
+    args = ["run", option, str(target / "x.json" if option in ("--metrics", "--inventory") else target)]
     if option != "--report-dir":
         args += ["--report-dir", str(tmp_path / "r")]
     assert cli.main(args) == cli.EXIT_USAGE

@@ -53,5 +53,8 @@ def test_a_node_that_shows_no_gpu_has_nothing_to_test(tmp_path):
         sim.kernel.write(sim.node.sysfs.function(gpu).path / "remove", "1")  # gone from the bus
         with pytest.raises(NoGpu, match="no NVIDIA GPU on .*nothing to test"):
             select_gpus(sim.node, [], [])
+        # A GPU the node's inventory lists is missing, not "nothing to test": the run goes on, and
+        # its verdict fails the node (gpu_missing).
+        assert select_gpus(sim.node, [], [], expected=["0000:18:00.0"]) == []
     finally:
         sim.node.close()

@@ -42,8 +42,9 @@ def test_load_runs_in_a_child_and_the_soak_process_never_imports_cupy():
     assert doc["outcome"] == "recovered" and doc["load"]["exit"] == 0 and doc["post"]["exit"] == 0
     assert doc["load"]["pid"] != doc["pid"] and doc["post"]["pid"] not in (doc["pid"], doc["load"]["pid"])
     assert doc["load"]["vram_bytes"] > 0 and doc["load"]["mismatched_words"] == 0
-    # The soak's process has the parent side of the load only: no cupy, no device code, no checks.
-    assert doc["modules"] == ["gpusoak.load", "gpusoak.load.child"]
+    # The soak's process has the parent side of the load only (and the protocol it shares with the
+    # child): no cupy, no device code, no checks.
+    assert doc["modules"] == ["gpusoak.load", "gpusoak.load.child", "gpusoak.load.protocol"]
 
 
 def test_a_gpu_that_falls_off_only_under_load(tmp_path):
@@ -81,8 +82,10 @@ class _BrokenLoadChild:
     """The node's runner, except that gpusoak's load child dies as a missing numpy makes it die:
     a traceback and Python's own exit 1, no report (the plain-install bug this guards)."""
 
-    def __init__(self, inner, after=0):
+    def __init__(self, inner, after=0, answer=None):
         self.inner, self.after, self.calls = inner, after, 0
+        self.answer = answer or (1, "", "Traceback (most recent call last):\n"
+                                 "ModuleNotFoundError: No module named 'numpy'\n")
 
     def run(self, argv, *, timeout_s, env=None):
         from gpusoak.host.commands import CommandResult
@@ -90,8 +93,7 @@ class _BrokenLoadChild:
         if list(argv[1:3]) == ["-m", "gpusoak.load"]:
             self.calls += 1
             if self.calls > self.after:
-                return CommandResult(tuple(argv), 1, "", "Traceback (most recent call last):\n"
-                                     "ModuleNotFoundError: No module named 'numpy'\n", 0.1)
+                return CommandResult(tuple(argv), *self.answer, 0.1)
         return self.inner.run(argv, timeout_s=timeout_s, env=env)
 
     def __getattr__(self, name):
@@ -120,3 +122,33 @@ def test_a_post_check_child_that_crashes_leaves_the_cycle_unjudged(tmp_path):
         assert [f.reason for f in r.findings] == ["post_check_child_crashed"]
     finally:
         s.node.close()
+
+
+def test_a_load_child_that_reports_and_then_dies_is_gpusoaks_failure(tmp_path):
+    # A document, then an exception on the way out (Python exits 1 for it): the status is not the
+    # one the document names, so neither can be trusted, and 1 must not read as "wrong result".
+    import json
+
+    report = json.dumps({"bdf": str(GPU), "pid": 7, "gemm": [], "vram": {"mismatched_words": 0},
+                         "ok": True, "verdict": "ok", "exit": 0})
+    s, soak = _soak(tmp_path, "", load_seconds=1.0, ladder=False)
+    try:
+        s.node.runner = _BrokenLoadChild(s.node.runner, answer=(
+            1, report + "\n", "Exception ignored in: <_io.TextIOWrapper name='<stdout>'>\nBrokenPipeError\n"))
+        r = soak.run_cycle(GPU, "flr", 1)
+        assert r.outcome == "refused", r.explain()
+        (f,) = r.findings
+        assert f.reason == "load_child_crashed" and "BrokenPipeError" in f.detail and "'ok'" in f.detail
+    finally:
+        s.node.close()
+
+
+def test_no_verdict_of_the_load_child_exits_with_a_status_python_gives_on_its_own():
+    from gpusoak.load import protocol
+
+    # 1: an uncaught exception; 2: argparse's usage error; 120: a failed flush at exit.
+    assert not {1, 2, 120} & set(protocol.EXIT.values())
+    assert len(set(protocol.EXIT.values())) == len(protocol.EXIT)
+    assert protocol.verdict_of({"verdict": "ok", "exit": 0}, 0) == "ok"
+    assert protocol.verdict_of({"verdict": "ok", "exit": 0}, 1) is None
+    assert protocol.verdict_of({"verdict": "wrong_result", "exit": 1}, 1) is None

@@ -38,9 +38,7 @@ SERVICE_ACTIVE = "service_active"
 FABRIC_SERVICE = "fabric_service_running"
 NOT_BOUND = "not_bound"
 IOMMU = "iommu_group"
-# Refusals that are facts of the hardware or the node, not of this moment: an action refused for one
-# of them on every cycle does not apply to the GPU, and owes no evidence (score.classify_gpu).
-STRUCTURAL = frozenset({UNSUPPORTED, SHARED_DOMAIN, IOMMU, FABRIC_MANAGER, FABRIC_BYPASS, FABRIC_SERVICE})
+# What each refusal means for the verdict (not applicable, or retest): gpusoak/verdict/refusals.py.
 MODULE_NOT_LOADED = "module_not_loaded"
 DRIVER_SHARED = "driver_shared"  # unloading the module would also unbind functions outside the run
 DRIVER_MISMATCH = "driver_mismatch"  # the module on disk is not the one loaded: a reload would upgrade it

@@ -1,8 +1,9 @@
 """``python -m gpusoak.load``: load one GPU (or the CPU) with checked compute and memory, print JSON.
 
-Exit status: 0 every result checked out; 1 a wrong product or a corrupted word; 2 a bad option;
-3 cupy is missing (the message names the extra to install); 4 the GPU failed or was lost mid-load
-(the JSON says so).
+The last line printed is the verdict document (gpusoak/load/protocol.py): ``verdict`` and
+``exit``. Exit status: 0 every result checked out; 10 a wrong product or a corrupted word; 11 a bad
+option; 12 cupy is missing (the message names the extra to install); 13 the GPU failed or was lost
+mid-load. None is one Python gives on its own (1 for an uncaught exception, 2 for argparse's).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import asdict
 from typing import Any
 
 from gpusoak.errors import GpusoakError
-from gpusoak.load import checks
+from gpusoak.load import checks, protocol
 from gpusoak.model import PciAddress
 
-EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_NO_CUPY, EXIT_GPU = 0, 1, 2, 3, 4
+OK, WRONG, USAGE, NO_CUPY, GPU = (protocol.OK, protocol.WRONG, protocol.BAD_OPTION, protocol.UNAVAILABLE,
+                                  protocol.GPU_FAILED)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,20 +42,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    doc = run(argv)
+    print(json.dumps(doc), flush=True)
+    return doc["exit"]
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """The load and its verdict document, without printing it: what ``main`` prints, and what the
+    simulated runner answers in process for profiles and benchmarks (gpusoak/sim/runner.py)."""
     args = _parser().parse_args(argv)
     try:
         bdf = PciAddress.parse(args.bdf)
     except GpusoakError as err:
-        return _emit({"error": str(err)}, EXIT_USAGE)
+        return _verdict({"error": str(err)}, USAGE)
     if not 0.0 < args.fraction <= 0.98 or args.seconds < 0 or args.gemm_size < 16:
-        return _emit({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, EXIT_USAGE)
+        return _verdict({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, USAGE)
     doc: dict[str, Any] = {"bdf": str(bdf), "array": args.array, "pid": os.getpid(), "started": time.time()}
     try:
         xp, sync, total, oom, kernels = _setup(args, bdf, doc)
     except Exception as err:  # noqa: BLE001 - every way of not getting a device is reported, not raised
         from gpusoak.load.device import CupyMissing
-        code = EXIT_NO_CUPY if isinstance(err, CupyMissing) else EXIT_GPU
-        return _emit({**doc, "error": f"{type(err).__name__}: {err}"}, code)
+        code = NO_CUPY if isinstance(err, CupyMissing) else GPU
+        return _verdict({**doc, "error": f"{type(err).__name__}: {err}"}, code)
     corrupt = _corruptor(args.inject_corruption)
     try:
         doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
@@ -64,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001
         from gpusoak.load.device import lost
         doc["error"] = f"{'GPU lost mid-load' if lost(err) else 'load failed'}: {type(err).__name__}: {err}"
-        return _emit(doc, EXIT_GPU)
+        return _verdict(doc, GPU)
     wrong = sum(g["mismatches"] + g["exact_mismatches"] for g in doc["gemm"]) + doc["vram"]["mismatched_words"]
     doc["ok"] = wrong == 0
-    return _emit(doc, EXIT_OK if wrong == 0 else EXIT_WRONG)
+    return _verdict(doc, OK if wrong == 0 else WRONG)
 
 
 def _setup(args, bdf: PciAddress, doc: dict):
@@ -117,10 +127,9 @@ def _corruptor(words: int):
     return corrupt
 
 
-def _emit(doc: dict, code: int) -> int:
-    doc["exit"] = code
-    print(json.dumps(doc))
-    return code
+def _verdict(doc: dict, verdict: str) -> dict[str, Any]:
+    doc["verdict"], doc["exit"] = verdict, protocol.EXIT[verdict]
+    return doc
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ import sys
 from dataclasses import dataclass
 
 from gpusoak.host.node import Node
+from gpusoak.load import protocol
 from gpusoak.model import PciAddress
-
-# Exit codes of python -m gpusoak.load (see gpusoak/load/__main__.py).
-_REASONS = {1: "wrong_result", 2: "bad_option", 3: "unavailable", 4: "gpu_failed"}
 
 
 @dataclass(frozen=True)
 class LoadSummary:
     exit: int | None  # None: the child did not finish in time
+    verdict: str | None = None  # the child's own (protocol.VERDICTS), when its document and status agreed
     pid: int | None = None
     error: str | None = None
     tflops_fp32: float | None = None
@@ -35,13 +34,13 @@ class LoadSummary:
 
     @property
     def ok(self) -> bool:
-        return self.exit == 0 and self.refusal is None
+        return self.verdict == protocol.OK and self.refusal is None
 
     @property
     def tool_error(self) -> bool:
         """gpusoak could not load the GPU (no child started, a child that crashed or printed no
         report, a bad option, no cupy): never the GPU's failure."""
-        return self.refusal is not None or self.exit in (2, EXIT_UNAVAILABLE)
+        return self.refusal is not None or self.verdict in protocol.TOOL_ERRORS
 
     def reason(self, phase: str) -> str:
         """``load_...`` before the reset, ``post_check_...`` after it."""
@@ -49,9 +48,9 @@ class LoadSummary:
             return f"{phase}_{self.refusal}"
         if self.exit is None:
             return f"{phase}_hung"
-        if self.exit == 1:
+        if self.verdict == protocol.WRONG:
             return f"{phase}_{'compute' if self.gemm_mismatches else 'memory'}_mismatch"
-        return f"{phase}_{_REASONS.get(self.exit, 'error')}"
+        return f"{phase}_{self.verdict or 'error'}"
 
     def detail(self) -> str:
         if self.error:
@@ -61,8 +60,7 @@ class LoadSummary:
 
 
 NO_UUID = "no_gpu_uuid"
-CHILD_CRASHED = "child_crashed"  # the child printed no report: an import error, a crash (exit 1 is Python's too)
-EXIT_UNAVAILABLE = 3  # python -m gpusoak.load's "cannot load here": the cycle is refused, not failed
+CHILD_CRASHED = "child_crashed"  # no verdict whose status the child really exited with: an import error, a crash
 
 
 def load_env(uuid: str) -> dict[str, str]:
@@ -79,7 +77,7 @@ def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid:
     """The load child for the GPU whose UUID is ``uuid`` (the baseline's); without one it is
     refused with the reason rather than run with every GPU visible."""
     if not uuid:
-        return LoadSummary(EXIT_UNAVAILABLE, refusal=NO_UUID, error=(
+        return LoadSummary(None, protocol.UNAVAILABLE, refusal=NO_UUID, error=(
             f"no UUID for {bdf} in the baseline (NVML could not say): a load child without "
             "CUDA_VISIBLE_DEVICES=<its UUID> would open every GPU on the node"))
     argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--seconds", f"{seconds:g}",
@@ -88,16 +86,19 @@ def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid:
     if result.timed_out:
         return LoadSummary(None, error=f"the load did not finish within {2 * seconds + 120:g} s")
     doc = _last_json(result.stdout)
-    if doc is None or "bdf" not in doc:
-        # Its verdict is the document; an uncaught exception also exits 1, like a wrong result.
+    verdict = protocol.verdict_of(doc, result.returncode)
+    if verdict is None or doc is None:
+        # No verdict, or one the child did not exit with: it crashed (an uncaught exception exits
+        # 1, a failed flush 120), and nothing is known of the GPU.
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        said = f" (its last report said {doc.get('verdict')!r}, exit {doc.get('exit')})" if doc else ""
         return LoadSummary(result.returncode, refusal=CHILD_CRASHED,
-                           error=f"gpusoak's load child exited {result.returncode} without its report: {last}")
+                           error=f"gpusoak's load child exited {result.returncode} without its report{said}: {last}")
     gemm = {g["dtype"]: g for g in doc.get("gemm", [])}
     vram = doc.get("vram", {})
     link = doc.get("link", {})
     return LoadSummary(
-        exit=result.returncode, pid=doc.get("pid"), error=doc.get("error"),
+        exit=result.returncode, verdict=verdict, pid=doc.get("pid"), error=doc.get("error"),
         tflops_fp32=gemm.get("float32", {}).get("tflops"), tflops_fp16=gemm.get("float16", {}).get("tflops"),
         gemm_mismatches=sum(g.get("mismatches", 0) + g.get("exact_mismatches", 0) for g in gemm.values()),
         vram_bytes=vram.get("bytes_total", 0), mismatched_words=vram.get("mismatched_words", 0),

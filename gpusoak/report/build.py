@@ -10,6 +10,7 @@ from gpusoak.model import CycleResult, Verdict
 from gpusoak.report import junit, result_json
 from gpusoak.schedule import Plan, Sequence
 from gpusoak.sprt import Sprt, SprtParams
+from gpusoak.verdict import inventory
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ def verdict_of(content: journal.JournalContent, before: dict[str, str] | None = 
     known = {bdf for bdf, _ in gpus}
     gpus += sorted({(r.bdf, r.uuid) for r in content.results if r.bdf not in known})
     base = score.verdict(h.get("hostname") or "unknown", gpus, content.results)
-    return with_reliability(base, content.results, h.get("profile"), before or {})
+    judged = with_reliability(base, content.results, h.get("profile"), before or {})
+    return inventory.apply(judged, inventory.coverage(h))  # what was not tested cannot admit
 
 
 def sequences_of(results: list[CycleResult], profile: dict | None) -> dict[tuple[str, str], Sequence]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpusoak.model import RECOVERED, CycleResult, Verdict
 
-_COLOURS = {"admit": "#1a7f37", "quarantine": "#cf222e", "retest": "#9a6700", "keep_quarantined": "#cf222e",
+_COLOURS = {"admit": "#1a7f37", "quarantine": "#cf222e", "retest": "#9a6700", "keep_quarantined": "#cf222e", "subset": "#9a6700",
             "pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
 
 

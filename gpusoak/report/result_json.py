@@ -15,9 +15,10 @@ from gpusoak import __version__
 from gpusoak.files import write_atomically
 from gpusoak.journal import JournalContent
 from gpusoak.model import FIRST_SEMANTICS, OUTCOMES, Verdict
+from gpusoak.verdict import inventory
 
-SCHEMA_VERSION = "1.2"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
-# 1.2 added: run.actions_semantics, trends.not_compared
+SCHEMA_VERSION = "1.3"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
+# 1.2 added: run.actions_semantics, trends.not_compared; 1.3: inventory, node.decision subset
 
 
 def schema() -> dict[str, Any]:
@@ -56,6 +57,9 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
             "profile": h.get("profile"),
             "actions_semantics": semantics_of(h),
         },
+        # Every NVIDIA GPU found, the ones tested, and the node's previous inventory (1.3; null for
+        # a journal from before it was recorded).
+        "inventory": cov.to_dict() if (cov := inventory.coverage(h)) is not None else None,
         "node": {
             "hostname": verdict.hostname,
             "name": h.get("node_name") or verdict.hostname,

@@ -75,8 +75,10 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
         modules_root=root,  # the simulated node's "/": its lib/modules/<release> (sim.modules)
         stat=processes.stat,
         pid=processes.self_pid,
-        load_seconds_default=scenario.load_seconds,
-        post_check_seconds_default=min(scenario.load_seconds, 1.0),
+        # A real node's load and post-check (Node's defaults) unless the scenario turns them off.
+        load_seconds_default=Node.load_seconds_default if scenario.load_seconds is None else scenario.load_seconds,
+        post_check_seconds_default=Node.post_check_seconds_default if scenario.post_check_seconds is None
+        else scenario.post_check_seconds,
     )
     if owned:
         node._close.append(lambda: shutil.rmtree(root, ignore_errors=True))

@@ -174,7 +174,7 @@ class DegradedLink(FaultProfile):
 class AerStorm(FaultProfile):
     """Every reset provokes a burst of corrected AER errors on the GPU's link."""
 
-    per_reset: int = 40
+    per_reset: int = 120  # about 180/min at a real node's cycle of some 40 s: three times the 60/min gate
     NAME = "aer-storm"
     PARAMS = ("per_reset",)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gpusoak.host import nvml_child
 from gpusoak.host.commands import CommandResult
+from gpusoak.load import protocol
 from gpusoak.model import PciAddress
 from gpusoak.sim import driver_reset, fabric, modules
 from gpusoak.sim import mig as sim_mig
@@ -100,6 +101,11 @@ class SimRunner:
         self._kernel = kernel
         self.calls: list[tuple[str, ...]] = []
         self.loads: list[LoadChild] = []  # every load child, in order (what tests look at)
+        # False: each load runs the real child process (python -m gpusoak.load on numpy), as a
+        # plain run does, so that a broken install (no numpy) shows. True: the same checking code
+        # answers in this process, for profiles and benchmarks, whose thousands of cycles would
+        # otherwise spend their time starting Python.
+        self.load_in_process = False
 
     def run(self, argv: Sequence[str], *, timeout_s: float,
             env: Mapping[str, str] | None = None) -> CommandResult:
@@ -302,12 +308,12 @@ class SimRunner:
         try:
             bdf = PciAddress.parse(opts.get("--bdf", ""))
         except Exception:
-            return 2, json.dumps({"error": "bad --bdf", "exit": 2}) + "\n", ""
+            return _load_answer(protocol.BAD_OPTION, {"error": "bad --bdf"})
         pid = k.procs.spawn("python3")
         try:
             visible = self._cuda_init(pid, env)
             self.loads.append(LoadChild(pid, str(bdf), dict(env), k.procs.held_by(pid)))
-            return self._run_load(bdf, opts, visible)
+            return self._run_load(bdf, opts, visible, pid)
         finally:
             k.procs.exit(pid)
 
@@ -344,7 +350,8 @@ class SimRunner:
             k.procs.open(pid, f"nvidia{k.minor(b)}")
         return visible
 
-    def _run_load(self, bdf: PciAddress, opts: dict[str, str], visible: list[PciAddress]) -> tuple[int, str, str]:
+    def _run_load(self, bdf: PciAddress, opts: dict[str, str], visible: list[PciAddress],
+                  pid: int) -> tuple[int, str, str]:
         k = self._kernel
         st = k.gpus.get(bdf)
         seconds = float(opts.get("--seconds", "20"))
@@ -352,12 +359,12 @@ class SimRunner:
         if st is None or not st.alive or not bound or bdf not in visible or not driver_reset.use(k, st):
             lost = st is not None and (not st.alive or (bound and st.rm_lost))
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable" if lost else "no CUDA device at that bus id"
-            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+            return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
         if not fabric.cuda_ready(k, st):
             # Fabric Manager user guide: CUDA initialisation fails with cudaErrorSystemNotReady until
             # the GPU's fabric registration has completed (sim.fabric).
             why = "cudaErrorSystemNotReady: the GPU has not joined the NVLink fabric"
-            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
+            return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
                 "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),
                 "--chunk-bytes", str(1 << 18), "--sysfs-root", opts.get("--sysfs-root", "/sys")]
@@ -368,7 +375,11 @@ class SimRunner:
         # the child reads the link from the simulated sysfs tree itself, as it does /sys on a node.
         k.load_begin(bdf)
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            if self.load_in_process:
+                code, out, err = self._load_here(argv[3:], pid)
+            else:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+                code, out, err = done.returncode, done.stdout, done.stderr
             k.clock.advance(seconds)  # on a GPU the load takes the time it was given
         finally:
             k.load_end(bdf)
@@ -378,8 +389,18 @@ class SimRunner:
             # CUDA call fails and it exits with the error, whatever its checks found until then.
             # Which CUDA error a GPU lost to RM returns is the simulator's [I].
             why = "GPU lost mid-load: cudaErrorDevicesUnavailable"
-            return 4, json.dumps({"bdf": str(bdf), "error": why, "exit": 4}) + "\n", ""
-        return done.returncode, done.stdout, done.stderr
+            return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
+        return code, out, err
+
+    @staticmethod
+    def _load_here(args: Sequence[str], pid: int) -> tuple[int, str, str]:
+        """The child's own code (gpusoak/load/__main__.py ``run``) in this process: the same
+        document and status, with the simulated process's pid."""
+        from gpusoak.load.__main__ import run as load_run
+
+        doc = load_run(list(args))
+        doc["pid"] = pid
+        return doc["exit"], json.dumps(doc) + "\n", ""
 
     # -- modules -------------------------------------------------------------------------------
     # kmod's tools, reading the simulated /lib/modules (sim.modules) and /sys/module. Messages are
@@ -516,3 +537,9 @@ class SimRunner:
             (sim_services.stop if verb == "stop" else sim_services.start)(self._kernel, name)
             return 0, "", ""
         return 1, "", f"Unknown command verb {verb}.\n"
+
+
+def _load_answer(verdict: str, doc: dict) -> tuple[int, str, str]:
+    """What the load child prints and exits with when the simulated GPU cannot be loaded at all
+    (gpusoak/load/protocol.py: its document, with the status it names)."""
+    return protocol.EXIT[verdict], json.dumps({**doc, "verdict": verdict, "exit": protocol.EXIT[verdict]}) + "\n", ""

@@ -126,7 +126,10 @@ class Scenario:
     devkmsg: str = "ratelimit"  # the printk.devkmsg setting: ratelimit (the default), on, off
     nvswitches: int = 0  # NVSwitch functions on the node (Fabric Manager matters on Ampere)
     actions: tuple[str, ...] = ("flr",)  # the actions the scenario's expected classes assume
-    load_seconds: float = 0.0  # default load before each cycle on this node (0: none)
+    # The load before each cycle and the post-check after it: a real node's (gpusoak/host/node.py,
+    # 20 s and 5 s) unless the scenario says otherwise (0: none).
+    load_seconds: float | None = None
+    post_check_seconds: float | None = None
     expect_decision: dict[str, str] = field(default_factory=dict)  # profile -> the node decision it must give
 
 
@@ -211,8 +214,18 @@ def parse(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
         devkmsg=_choice(data.get("devkmsg", "ratelimit"), ("ratelimit", "on", "off"), "devkmsg"),
         nvswitches=int(data.get("nvswitches", 0)),
         actions=tuple(data.get("actions", ("flr",))),
-        load_seconds=float(data.get("load_seconds", 0.0)),
+        load_seconds=_seconds(data, "load_seconds"),
+        post_check_seconds=_seconds(data, "post_check_seconds"),
     )
+
+
+def _seconds(data: dict[str, Any], key: str) -> float | None:
+    if data.get(key) is None:
+        return None
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 86400:
+        raise ScenarioError(f"{key} must be a number of seconds from 0 (none) to a day, not {value!r}")
+    return float(value)
 
 
 def _gpu(spec: dict[str, Any], index: int) -> GpuSpec:

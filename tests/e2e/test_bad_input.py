@@ -41,7 +41,8 @@ def test_report_without_a_journal(tmp_path):
 
 
 def test_strict_exit_follows_the_decision(tmp_path):
-    done = gpusoak("run", "--strict", "--cycles", "20", "--gpus", "0000:9a:00.0", "--report-dir", tmp_path, "-q")
+    done = gpusoak("run", "--strict", "--cycles", "20", "--gpus", "0000:9a:00.0", "--report-dir", tmp_path, "-q",
+                   "--sim-load", "in-process")
     assert done.returncode == 1
     assert json.loads((tmp_path / "result.json").read_text())["node"]["decision"] == "quarantine"
 

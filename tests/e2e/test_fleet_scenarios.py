@@ -30,7 +30,7 @@ NEW_NODES = ["hgx-h100-nvswitch", "pcie-4gpu"]
 def test_expected_classes_match(node, tmp_path):
     sc = scenarios.load(node)
     done = gpusoak("run", "--backend", f"sim:{node}", "--actions", ",".join(sc.actions), "--report-dir", tmp_path, "-q",
-                   timeout=600)
+                   "--sim-load", "in-process", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
     got = {g["bdf"]: g["class"] for g in result["gpus"]}
@@ -109,7 +109,7 @@ def test_the_hgx_and_pcie_scenarios_give_each_gpu_its_class_for_its_own_reason(t
     for node in NEW_NODES:
         sc, out = scenarios.load(node), tmp_path / node
         done = gpusoak("run", "--backend", f"sim:{node}", "--actions", ",".join(sc.actions), "--report-dir", out,
-                       "-q", timeout=600)
+                       "-q", "--sim-load", "in-process", timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         gpus = json.loads((out / "result.json").read_text())["gpus"]
         assert {g["bdf"]: g["class"] for g in gpus} == {str(g.bdf): g.expect for g in sc.gpus}, [g["evidence"] for g in gpus]
@@ -117,6 +117,7 @@ def test_the_hgx_and_pcie_scenarios_give_each_gpu_its_class_for_its_own_reason(t
             reasons[g["bdf"]] = (" | ".join(g["evidence"]), g.get("warnings") or [])
     assert "mig_enabled" in reasons["0000:2a:00.0"][0]
     assert "xid_119" in reasons["0000:5d:00.0"][0]
+    assert any(w.startswith("no load and no post-check: bound to vfio-pci") for w in reasons["0000:17:00.0"][1])
     assert "fabric_not_completed" in reasons["0000:9a:00.0"][0]
     assert "flr: 20/20" in reasons["0000:17:00.0"][0]  # the vfio-bound GPU was soaked
     assert "method_unsupported" in reasons["0000:31:00.0"][0]

@@ -16,7 +16,7 @@ def load(*args):
 
 def test_numpy_run_passes_with_its_figures():
     code, doc = load("--bdf", "0000:18:00.0", *SMALL)
-    assert code == 0 and doc["ok"] is True and doc["exit"] == 0 and doc["device"] == "cpu (numpy)"
+    assert code == 0 and doc["ok"] is True and doc["verdict"] == "ok" and doc["exit"] == 0 and doc["device"] == "cpu (numpy)"
     assert [g["dtype"] for g in doc["gemm"]] == ["float32", "float16"]
     assert all(g["tflops"] >= 0 and g["reps"] >= 1 for g in doc["gemm"])
     assert doc["vram"]["bytes_total"] == 1048576 and doc["vram"]["mismatched_words"] == 0
@@ -25,7 +25,7 @@ def test_numpy_run_passes_with_its_figures():
 
 def test_corruption_is_reported_and_fails():
     code, doc = load("--bdf", "0000:18:00.0", *SMALL, "--inject-corruption", "5")
-    assert code == 1 and doc["ok"] is False and doc["vram"]["mismatched_words"] == 15
+    assert code == 10 and doc["verdict"] == "wrong_result" and doc["ok"] is False and doc["vram"]["mismatched_words"] == 15
 
 
 def test_missing_cupy_names_the_extras():
@@ -36,13 +36,13 @@ def test_missing_cupy_names_the_extras():
     except ImportError:
         pass
     code, doc = load("--bdf", "0000:18:00.0", "--seconds", "0.1")
-    assert code == 3 and "gpusoak[cuda12]" in doc["error"] and "gpusoak[cuda13]" in doc["error"]
+    assert code == 12 and doc["verdict"] == "unavailable" and "gpusoak[cuda12]" in doc["error"] and "gpusoak[cuda13]" in doc["error"]
 
 
 @pytest.mark.parametrize("args", [("--bdf", "../../x", *SMALL), ("--bdf", "0000:18:00.0", *SMALL, "--fraction", "1.5")])
 def test_bad_options(args):
     code, doc = load(*args)
-    assert code == 2 and doc["error"]
+    assert code == 11 and doc["verdict"] == "bad_option" and doc["error"]
 
 
 def test_the_gpu_path_on_a_gpu():

@@ -16,7 +16,8 @@ def test_result_json_records_each_actions_semantics_version(sim, tmp_path):
     soak.run_cycle(GPU, "flr", 1)
     content = journal.read(tmp_path / "j.jsonl")
     doc = result_json.build(content, build.verdict_of(content))
-    assert doc["schema_version"] == "1.2"
+    assert doc["schema_version"] == "1.3"
+    assert doc["inventory"]["tested"] == [str(GPU)] and len(doc["inventory"]["found"]) == 8
     # flr 2: unbind the slot from nvidia, FLR, bind back (1 was the FLR under the bound driver).
     assert doc["run"]["actions_semantics"]["flr"] == 2 and doc["run"]["actions_semantics"]["gpu_reset"] == 1
     jsonschema.validate(doc, result_json.schema())

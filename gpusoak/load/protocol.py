@@ -1,0 +1,34 @@
+"""The one protocol between the soak and its load child (``python -m gpusoak.load``).
+
+The child's verdict is its last line of output: one JSON document with ``verdict`` (one of
+VERDICTS) and ``exit``, the status it exits with. The exit statuses are chosen apart from the ones
+Python and its tools give on their own: 1 for an uncaught exception (Python's documentation,
+sys.exit: "most systems require it to be in the range 0–127 ... 1 for all other kind of errors"),
+2 for a command-line error (argparse's ``ArgumentParser.error`` exits 2), 120 when flushing
+stdout fails at exit (Python's Py_FinalizeEx), and 128+N or a negative status for a signal. So a
+status alone can never be read as the child's verdict, and the soak believes a document only when
+its ``exit`` is the status the child really exited with: anything else (no document, a document
+and then a crash, a status the child never gives) is gpusoak's own failure (``child_crashed``),
+never the GPU's.
+
+This module imports nothing heavy: the soak's side must never import cupy or numpy.
+"""
+
+from __future__ import annotations
+
+OK, WRONG, BAD_OPTION, UNAVAILABLE, GPU_FAILED = "ok", "wrong_result", "bad_option", "unavailable", "gpu_failed"
+# verdict: exit status (0, and 10 upwards: none of Python's own)
+EXIT = {OK: 0, WRONG: 10, BAD_OPTION: 11, UNAVAILABLE: 12, GPU_FAILED: 13}
+VERDICTS = tuple(EXIT)
+# gpusoak could not load the GPU: never the GPU's failure.
+TOOL_ERRORS = frozenset({BAD_OPTION, UNAVAILABLE})
+
+
+def verdict_of(doc: dict | None, returncode: int | None) -> str | None:
+    """The child's verdict, if its document and its exit status agree; None otherwise."""
+    if not isinstance(doc, dict):
+        return None
+    verdict = doc.get("verdict")
+    if verdict not in EXIT or doc.get("exit") != EXIT[verdict] or returncode != EXIT[verdict]:
+        return None
+    return verdict
