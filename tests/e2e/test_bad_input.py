@@ -53,6 +53,7 @@ def test_a_device_that_is_not_there(tmp_path):
 
 
 ONE_GPU = 'name = "one"\nhostname = "sim-one"\nseed = 1\n[[gpu]]\nbdf = "0000:18:00.0"\n'
+NO_LOAD = ("--load-seconds", "0", "--post-check-seconds", "0")  # the runs' folders are the point, not load
 
 
 def _records(path):
@@ -64,10 +65,10 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_is_left_alon
     node = tmp_path / "one.toml"
     node.write_text(ONE_GPU)
     out = tmp_path / "r"
-    first = gpusoak("run", "--backend", f"sim:{node}", "--cycles", "1", "--report-dir", out, "-q")
+    first = gpusoak("run", "--backend", f"sim:{node}", "--cycles", "1", *NO_LOAD, "--report-dir", out, "-q")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr
     journal, result = (out / "journal.jsonl").read_bytes(), (out / "result.json").read_bytes()
-    again = gpusoak("run", "--backend", f"sim:{node}", "--cycles", "1", "--report-dir", out, "-q")
+    again = gpusoak("run", "--backend", f"sim:{node}", "--cycles", "1", *NO_LOAD, "--report-dir", out, "-q")
     assert again.returncode == 2 and f"--report-dir {out}: {out} already holds run" in again.stderr, again.stderr
     assert (out / "journal.jsonl").read_bytes() == journal and (out / "result.json").read_bytes() == result
     # The pytest entry point refuses it the same way, in its own option names.
@@ -91,7 +92,7 @@ def test_resume_continues_a_stopped_run_with_its_missing_cycles_only(tmp_path):
     node = tmp_path / "one.toml"
     node.write_text(ONE_GPU)
     out = tmp_path / "r"
-    args = ("run", "--backend", f"sim:{node}", "--cycles", "3", "--report-dir", out, "-q")
+    args = ("run", "--backend", f"sim:{node}", *NO_LOAD, "--cycles", "3", "--report-dir", out, "-q")
     assert gpusoak(*args).returncode == 0
     path = out / "journal.jsonl"
     # As a run stopped after its first cycle leaves it (SIGTERM: the session ends, the node is put
