@@ -18,7 +18,7 @@ from pathlib import Path
 from gpusoak.schedule import Plan, Scheduler
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
-from gpusoak.sprt import SprtParams
+from gpusoak.verdict.sprt import SprtParams
 
 
 def run(scenario: str, actions: tuple[str, ...], parallel: bool, tmp: Path) -> tuple[float, float, dict]:

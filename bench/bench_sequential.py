@@ -22,7 +22,7 @@ from pathlib import Path
 from gpusoak.schedule import Plan, Scheduler
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
-from gpusoak.sprt import SprtParams, operating_characteristic
+from gpusoak.verdict.sprt import SprtParams, operating_characteristic
 
 HEALTHY, FLAKY = "0000:18:00.0", "0000:3a:00.0"
 

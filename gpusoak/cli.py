@@ -4,7 +4,8 @@
     gpusoak report  rebuild the reports of a run from its journal (also of a killed run)
     gpusoak events  the GPU and PCI events in a kernel log, in any of the formats seen in the field
     gpusoak inspect what this node's GPUs are, how they sit, and which resets could run (read-only)
-    gpusoak plan    exactly what a run would do: actions, order, sysfs writes, commands, services
+    gpusoak plan    exactly what a run would do: actions, order, sysfs writes, commands, services;
+                    with --profile, the node time it takes on a real node
     gpusoak restore put a node back as a run's saved state says (after a crash)
     gpusoak fleet   many nodes' results in one view; decisions as Slurm/Kubernetes actions
     gpusoak metrics a result.json as a Prometheus textfile
@@ -129,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--cycles", type=int, default=20)
     plan.add_argument("--stop-services", action="store_true", help="deprecated, now the default")
     plan.add_argument("--keep-services", action="store_true", help="plan a run with --keep-services")
+    plan.add_argument("--profile", default=None, metavar="NAME|TOML",
+                      help="plan a profile's run (acceptance, nightly, readmission, or a file), with an estimate of "
+                      "its node time on a real node: cycles, time per cycle, parallel or serial, nights at its budget")
+    plan.add_argument("--budget", default=None, help="with --profile: its time budget, e.g. 30m, 1h")
     plan.add_argument("--json", action="store_true")
 
     fl = sub.add_parser("fleet", help="roll up many nodes' result.json into fleet.html/.csv/.json, and turn "
@@ -308,21 +313,48 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from gpusoak import plan
+    from dataclasses import replace
+
+    from gpusoak import estimate, plan
+    from gpusoak import profile as profile_mod
     from gpusoak.actions import default_actions
+    from gpusoak.host.node import Node
     from gpusoak.plugin import open_node
     from gpusoak.soak import SoakOptions
 
+    if args.budget and not args.profile:
+        print("gpusoak: --budget needs --profile", file=sys.stderr)
+        return EXIT_USAGE
+    prof = profile_mod.load(args.profile) if args.profile else None
+    given = tuple(a for a in (args.actions or "").split(",") if a)
+    if prof is not None:
+        prof = prof.override(budget_s=profile_mod.parse_duration(args.budget) if args.budget else None,
+                             actions=given or None)
     node = open_node(args.backend, None)
     try:
-        given = tuple(a for a in (args.actions or "").split(",") if a)
         options = SoakOptions(cycles=args.cycles, actions=given or default_actions(node),
                               keep_services=args.keep_services)
-        wanted = model.parse_addresses(args.gpus)
-        report = plan.make(node, wanted or node.gpus(), options)
+        gpus = model.parse_addresses(args.gpus) or node.gpus()
+        if prof is None:
+            report = plan.make(node, gpus, options)
+        else:
+            # As on a real node: its load and post-check defaults unless the profile sets them.
+            options = replace(
+                options, actions=estimate.planned_actions(node, gpus, prof, options) or default_actions(node),
+                cycles=prof.sequential.cap if prof.sequential else prof.cycles,
+                load_seconds=Node.load_seconds_default if prof.load_seconds is None else prof.load_seconds,
+                post_check_seconds=(Node.post_check_seconds_default if prof.post_check_seconds is None
+                                    else prof.post_check_seconds))
+            report = plan.make(node, gpus, options)
+            report["profile"] = prof.to_dict()
+            report["estimate"] = estimate.make(node, gpus, prof, options,
+                                               carries_over=prof.history is not None and prof.sequential is not None)
     finally:
         node.close()
-    print(json.dumps(report, indent=2) if args.json else plan.render(report), end="")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(plan.render(report) + (estimate.render(report["estimate"]) if prof is not None else ""), end="")
     return EXIT_OK
 
 

@@ -14,6 +14,13 @@ Decisions become scheduler actions (printed by default; run with ``apply``):
 - Kubernetes: every node gets the label ``gpusoak.io/reset-class=<class>``. Quarantine adds the
   taint ``gpusoak.io/quarantine=<reason>:NoSchedule``, and a readmission that admits removes it.
   The commands go through kubectl, and the exact patch is shown with them.
+
+A node admitted for long jobs only (``admit_long_jobs_only``) is left in service and never resumed
+or untainted by it: only a readmission's ``admit`` lifts a quarantine. Kubernetes gets its label
+(``long-jobs-only``), which is how pods that churn GPUs are kept off it (a node affinity ``NotIn``
+on the label). Slurm gets no change: a node feature set by ``scontrol update AvailableFeatures=``
+overwrites the node's features and lasts only until slurmctld restarts without ``-R`` (scontrol(1),
+AvailableFeatures), so the feature belongs in slurm.conf; the printed line says so.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 from gpusoak.files import write_atomically
 from gpusoak.host.commands import CommandResult, Runner, SubprocessRunner
-from gpusoak.score import RELIABILITY_CLASSES
+from gpusoak.verdict.score import ADMIT_LONG_JOBS_ONLY, RELIABILITY_CLASSES
 
 DRAIN = ("quarantine", "reboot_required", "keep_quarantined")
 # Slurm and Kubernetes node names: letters, digits, dot, dash, underscore; never a leading dash
@@ -256,6 +263,9 @@ def slurm_changes(rows: Iterable[Row], current_reasons: dict[str, str | None]) -
                 out.append(Change(r.node, "slurm", "none", (), f"drained by someone else ({current!r}): left alone"))
             else:
                 out.append(Change(r.node, "slurm", "none", (), "readmission passed; not drained"))
+        elif r.decision == ADMIT_LONG_JOBS_ONLY:
+            out.append(Change(r.node, "slurm", "none", (), f"{r.decision}: left as it is, for long jobs only; give it "
+                              f"a node feature ({r.reliability}) in slurm.conf to keep short jobs off it"))
         else:
             out.append(Change(r.node, "slurm", "none", (), f"{r.decision}: nothing to change"))
     return out
@@ -274,8 +284,10 @@ def k8s_changes(rows: Iterable[Row]) -> list[Change]:
     out = []
     for r in rows:
         cls = r.reliability or "inconclusive"
+        why = f"reset class {cls}" + ("; for long jobs only: keep pods that churn GPUs off it with a node affinity "
+                                      f"NotIn on {LABEL}" if r.decision == ADMIT_LONG_JOBS_ONLY else "")
         out.append(Change(r.node, "k8s", "label", ("kubectl", "label", "node", r.node, f"{LABEL}={cls}", "--overwrite"),
-                          f"reset class {cls}", {"metadata": {"labels": {LABEL: cls}}}))
+                          why, {"metadata": {"labels": {LABEL: cls}}}))
         if r.decision in DRAIN:
             value = taint_value(r)
             out.append(Change(r.node, "k8s", "taint", ("kubectl", "taint", "node", r.node,

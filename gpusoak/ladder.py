@@ -4,14 +4,16 @@
 
 Each rung is refused like any action (a rung that cannot run is recorded with its reason and
 skipped). After each rung the GPU's saved bindings are put back (a failed vfio cycle may leave it
-unbound) and recovery is verified as after any cycle. A GPU that nothing brings back needs a reboot
-and is taken out of the run.
+unbound) and recovery is verified as after any cycle. After the rung that brought it back, the
+post-check loads the GPU (where the run has one), as after any recovered cycle: nvidia-smi's
+documentation recommends "that the health of each reset GPU be verified before further use". A GPU
+that nothing brings back needs a reboot and is taken out of the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gpusoak import state as node_state
 from gpusoak import verify
@@ -26,8 +28,16 @@ RUNGS = ("flr", "rebind", "bus_reset", "module_reload")
 REBOOT_REQUIRED = "reboot_required"
 
 
-def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
-    """Try each rung in turn; return what each did and the rung that worked (or reboot_required)."""
+class Climb(NamedTuple):
+    rungs: tuple[Finding, ...]  # each rung tried, and what it did
+    recovered_by: str  # the rung that brought the GPU back, or REBOOT_REQUIRED
+    post_check: dict[str, Any] | None = None  # the load check after that rung (None: the run has none)
+
+
+def climb(soak: Soak, bdf: PciAddress) -> Climb:
+    """Try each rung in turn: what each did, the rung that worked (or reboot_required), and the
+    post-check after it. The post-check's result is evidence for the verdict (score.reliability);
+    it does not move the ladder on, which judges the GPU back as after any cycle."""
     node, ctx = soak.node, soak.ctx
     record: list[Finding] = []
     for rung in RUNGS:
@@ -49,7 +59,7 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
                     action.perform(node, target, ctx)
             except Hung as err:
                 record.append(Finding(rung, f"hung: {err}"))
-                return tuple(record), REBOOT_REQUIRED
+                return Climb(tuple(record), REBOOT_REQUIRED)
             except GpusoakError as err:
                 failed = f"{err}; "  # verified all the same: the GPU may be back regardless
         if refusals:
@@ -62,11 +72,11 @@ def climb(soak: Soak, bdf: PciAddress) -> tuple[tuple[Finding, ...], str]:
                                      soak.options.settle_s)
         if poll.recovered:
             record.append(Finding(rung, "recovered"))
-            return tuple(record), rung
+            return Climb(tuple(record), rung, soak.post_check(bdf)[0])
         why = "; ".join(f"{c.name}: {c.detail}" for c in poll.checks if c.status == verify.FAIL)
         why = "; ".join([*(e.text for e in poll.fatal), why]).strip("; ")
         record.append(Finding(rung, f"not recovered: {failed}{why}"))
-    return tuple(record), REBOOT_REQUIRED
+    return Climb(tuple(record), REBOOT_REQUIRED)
 
 
 def _functions(soak: Soak, bdf: PciAddress) -> list[str]:

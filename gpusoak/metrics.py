@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak.files import write_atomically
-from gpusoak.score import RELIABILITY_CLASSES
+from gpusoak.verdict.score import RELIABILITY_CLASSES
 
 _QUANTILES = (("p50", "0.5"), ("p95", "0.95"), ("max", "1"))
 

@@ -206,7 +206,7 @@ class CycleResult:
     events: tuple[KernelEvent, ...] = ()
     ladder: tuple[Finding, ...] = ()  # after a failure: each rung tried, and what it did
     load: dict[str, Any] | None = None  # the load before the reset (gpusoak.load.child.LoadSummary)
-    post_check: dict[str, Any] | None = None  # the short load after recovery
+    post_check: dict[str, Any] | None = None  # the short load after recovery (a failed cycle: after the ladder's cure)
     recovered_by: str | None = None  # the rung that brought the GPU back; "reboot_required" if none did
     # The GPU's identity after the cycle, beside its UUID: what Slurm's gres.conf (File=/dev/nvidiaN)
     # and the Kubernetes device plugin name it by. None where it could not be read.

@@ -67,8 +67,14 @@ def _services(node: Node, ctx) -> dict[str, list[str]]:
 
 
 def render(plan: dict[str, Any]) -> str:
-    lines = [f"plan for {plan['node']} ({plan['backend']}): {plan['cycles']} cycles of",
-             *[f"  {o}" for o in plan["order"]]]
+    prof = plan.get("profile")
+    if prof is None:
+        head = f"{plan['cycles']} cycles of"
+    elif prof.get("sequential"):
+        head = f"profile {prof['name']}: up to {plan['cycles']} cycles (the sequential test stops each sooner) of"
+    else:
+        head = f"profile {prof['name']}: {plan['cycles']} cycles of"
+    lines = [f"plan for {plan['node']} ({plan['backend']}): {head}", *[f"  {o}" for o in plan["order"]]]
     if not plan["destructive_allowed"]:
         lines.append("  read-only: a real node is reset only with --destructive; this plan shows what that would do")
     svc = plan.get("services") or {}

@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from gpusoak import carry as carry_mod
 from gpusoak import inventory as inventory_file
 from gpusoak import journal as journal_mod
 from gpusoak import options as options_mod
 from gpusoak import profile as profile_mod
-from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
+from gpusoak import trends
+from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
 from gpusoak.errors import GpusoakError, NoGpu, UsageError
 from gpusoak.files import write_atomically
 from gpusoak.gates import GateLimits
@@ -174,6 +176,7 @@ class SoakRun:
         self.scheduler: Scheduler | None = None
         self.scheduled: dict[tuple[str, str, int], CycleResult] | None = None
         self.scheduled_node: dict[tuple[str, int], list[CycleResult]] = {}
+        self.carried: dict[tuple[str, str], carry_mod.Carried] = {}
         if self.replay_path:
             content = journal_mod.read(Path(self.replay_path))
             self.replayed = content.results
@@ -250,6 +253,7 @@ class SoakRun:
                 "budget_s": self.plan.budget_s, "rotate": self.plan.rotate, "parallel": self.plan.parallel,
                 "sequential": self.plan.sequential.to_dict() if self.plan.sequential else None},
                 "baseline": opt("gpusoak_baseline"), "history": opt("gpusoak_history") or self.profile.history}
+            self._carry(opt("gpusoak_history"))
         if resume:
             self.done = self._resumable(options, gpus)
         lock_path = opt("gpusoak_lock_file") or (DEFAULT_LOCK if self.node.backend == "real" and destructive else None)
@@ -277,6 +281,23 @@ class SoakRun:
             raise UsageError(f"every cycle of run {self.run_id} is in {self.journal_path}: nothing to continue "
                              f"(`gpusoak report {self.journal_path}` rebuilds its reports)")
         return done
+
+    def _carry(self, given_history: str | None) -> None:
+        """A profile that keeps a history (nightly) goes on from the evidence of the earlier runs
+        there (gpusoak/carry.py), recorded in the journal header so that a rebuilt report starts
+        where this run did. A profile without one (acceptance, readmission) starts afresh, also
+        when --history names a folder to compare with."""
+        assert self.soak is not None and self.node is not None and self.plan is not None
+        if self.profile is None or self.profile.history is None or self.plan.sequential is None:
+            return
+        folder = Path(given_history or self.profile.history)
+        history = trends.load([folder]) if folder.is_dir() else trends.History()  # none yet: the first night
+        found = carry_mod.carry(history, folder, self.soak.node_name or self.node.hostname,
+                                self.node.driver_version(), self.node.kernel, dict(ACTION_SEMANTICS),
+                                [(str(b), self.soak.baselines[b].uuid) for b in self.soak.gpus],
+                                self.plan.actions, self.plan.sequential)
+        self.carried = found.sequences
+        self.soak.carried = found.to_dict()
 
     def _keep_inventory(self, path: Path) -> None:
         """Rewrite the node's inventory with what this run found, unless a GPU of it is missing:
@@ -341,7 +362,8 @@ class SoakRun:
             return self.scheduled
         assert self.soak is not None and self.plan is not None
         self.scheduler = Scheduler(self.soak, self.plan, on_progress=self._progress,
-                                   progress_every_s=1.0 if self.node and self.node.simulated else 5.0)
+                                   progress_every_s=1.0 if self.node and self.node.simulated else 5.0,
+                                   carried=self.carried)
         try:
             self.scheduler.run()
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 import tomllib
 
 from gpusoak.errors import UsageError
-from gpusoak.sprt import SprtParams
+from gpusoak.verdict.sprt import SprtParams
 
 BUILT_IN = ("acceptance", "nightly", "readmission")
 SUPPORTED = "supported"

@@ -4,7 +4,7 @@ Per-GPU actions run on every selected GPU at once, one worker thread per GPU. Ea
 shared side of the node gate. Node-scope actions (module reload) hold its exclusive side, so they
 run only while no per-GPU cycle does. Every result goes to the soak's one journal.
 
-For each GPU and action, a sequential test (``gpusoak.sprt``) stops the cycling as soon as it
+For each GPU and action, a sequential test (``gpusoak.verdict.sprt``) stops the cycling as soon as it
 decides; without one, a fixed number of cycles runs. A budget (node time) stops every worker
 before its next cycle. Nightly runs rotate through the actions, so a budget cut leaves every
 action with some cycles.
@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from gpusoak import journal
 from gpusoak.actions import ACTIONS, GPU_ACTIONS, NODE_ACTIONS
 from gpusoak.actions.base import BUS_BUSY
+from gpusoak.carry import Carried
 from gpusoak.model import FAILED, HUNG, REFUSED, SKIPPED, CycleResult, PciAddress
 from gpusoak.soak import LOAD_CHARGED, Soak
-from gpusoak.sprt import Sprt, SprtParams, replay
-from gpusoak.verdict import refusals
+from gpusoak.verdict import refusals, score
+from gpusoak.verdict.sprt import ACCEPT_H0, CONTINUE, Sprt, SprtParams, replay, resume
 
 # Refusals that say the action does not apply to this hardware (it is no gap in the evidence); any
 # other refusal (a process holds the GPU, a service, no authorisation) leaves the action untested.
@@ -56,7 +57,11 @@ class Plan:
 
 @dataclass
 class Sequence:
-    """One GPU and action: its cycles so far and, with a sequential test, the test's state."""
+    """One GPU and action: its cycles so far and, with a sequential test, the test's state.
+
+    ``cycles``, ``attempts`` and ``failures`` are this run's. With evidence carried from earlier
+    runs (``gpusoak.carry``), the test starts from the carried attempts and failures, and the cap
+    counts them too."""
 
     bdf: str
     action: str
@@ -67,6 +72,22 @@ class Sequence:
     stopped: str = ""  # why cycling stopped: decided, cap, budget, not_applicable, out_of_service
     refusal: str = ""
     history: list[tuple[int, bool]] = field(default_factory=list)  # (cycle, failed) of each attempt, in order
+    # Every failure so far was a reset that did not finish, cured by the ladder's first rung: the
+    # long-jobs-only kind (score.reliability), which needs its rate bounded, not only detected.
+    curable: bool = True
+    carried: Carried | None = None  # what the test took over from earlier runs
+
+    @classmethod
+    def start(cls, bdf: str, action: str, params: SprtParams | None, carried: Carried | None = None) -> Sequence:
+        """A sequence before its first cycle; a sequential test begins where the carried evidence left it."""
+        test = None
+        if params is not None:
+            test = resume(params, carried.attempts, carried.failures) if carried else Sprt(params)
+        return cls(bdf, action, test, carried=carried)
+
+    @property
+    def carried_counts(self) -> tuple[int, int]:
+        return (self.carried.attempts, self.carried.failures) if self.carried else (0, 0)
 
     def charge(self, cycle: int) -> None:
         """An attempt judged good turned out bad after its cycle (a late fatal event, a failed load):
@@ -79,9 +100,10 @@ class Sequence:
         if self.history[at][1]:
             return
         self.history[at] = (cycle, True)
+        self.curable = False  # a fault found after its cycle (a late event, a failed load) is no cured reset
         self.failures += 1
         if self.test is not None:
-            self.test = replay(self.test.params, [f for _, f in self.history])
+            self.test = replay(self.test.params, [f for _, f in self.history], self.carried_counts)
 
     def record(self, r: CycleResult) -> None:
         self.cycles += 1
@@ -89,6 +111,8 @@ class Sequence:
             self.attempts += 1
             failed = r.outcome in (FAILED, HUNG)
             self.failures += failed
+            if failed and not score.cured_at_first_rung(r):
+                self.curable = False
             self.history.append((r.cycle, failed))
             if self.test is not None:
                 self.test.add(failed)
@@ -104,11 +128,20 @@ class Sequence:
     def done(self, plan: Plan) -> bool:
         if self.stopped:
             return True
+        capped = self.cycles + self.carried_counts[0] >= plan.max_cycles()  # carried attempts count toward the cap
         if self.refusal:
             self.stopped = "not_applicable"
+        elif self.test is not None and self.test.decision == "unreliable" and self.curable and self.failures \
+                and not self.carried_counts[1]:
+            # Unreliable for churn, but each failure so far a reset the first rung cured: cycle on
+            # until the rate is bounded below or above the long-jobs limit (score.rate_bounded).
+            if score.rate_bounded(self.failures, self.attempts + self.carried_counts[0]):
+                self.stopped = "bounded"
+            elif capped:
+                self.stopped = "cap"
         elif self.test is not None and self.test.decision != "continue":
             self.stopped = "decided"
-        elif self.cycles >= plan.max_cycles():
+        elif capped:
             self.stopped = "cap"
         return bool(self.stopped)
 
@@ -119,6 +152,11 @@ class Sequence:
         if self.refusal:
             return "not_applicable" if refusals.not_applicable(self.refusal) else "untested"
         if self.test is not None:
+            if not self.attempts and self.test.decision == ACCEPT_H0:
+                return "undecided"  # carried evidence alone never passes a GPU: it must be tried in this run
+            if self.test.decision == CONTINUE and self.carried is not None and self.carried.standing \
+                    and self.attempts and not self.failures:
+                return ACCEPT_H0  # the earlier test's decision stands: the open one has seen no failure
             return self.test.outcome
         return "failed" if self.failures else ("passed" if self.attempts else "not_applicable")
 
@@ -129,6 +167,8 @@ class Sequence:
             out["refusal"] = self.refusal
         if self.test is not None:
             out["sprt"] = self.test.to_dict()
+        if self.carried is not None:
+            out["carried"] = self.carried.to_dict()
         return out
 
 
@@ -219,7 +259,7 @@ class NodeGate:
 
 class Scheduler:
     def __init__(self, soak: Soak, plan: Plan, on_progress: Callable[[Progress], None] | None = None,
-                 progress_every_s: float = 5.0) -> None:
+                 progress_every_s: float = 5.0, carried: dict[tuple[str, str], Carried] | None = None) -> None:
         self.soak = soak
         self.plan = plan
         self.gate = NodeGate()
@@ -238,7 +278,8 @@ class Scheduler:
         self.peer_locks = self._peer_locks()
         for bdf in soak.gpus:
             for a in plan.actions:
-                self.sequences[(str(bdf), a)] = Sequence(str(bdf), a, Sprt(plan.sequential) if plan.sequential else None)
+                self.sequences[(str(bdf), a)] = Sequence.start(str(bdf), a, plan.sequential,
+                                                               (carried or {}).get((str(bdf), a)))
 
     def _peer_locks(self) -> dict[PciAddress, threading.Lock]:
         """One lock per group of pre-Ampere NVLink peers that gpu_reset resets together, so that
@@ -403,10 +444,8 @@ class Scheduler:
         for s in seqs:
             if s.done(self.plan):
                 continue
-            if s.test is not None:
-                cycles_left += min(s.test.cycles_to_accept(), self.plan.max_cycles() - s.cycles)
-            else:
-                cycles_left += self.plan.max_cycles() - s.cycles
+            room = self.plan.max_cycles() - s.cycles - s.carried_counts[0]
+            cycles_left += min(s.test.cycles_to_accept(), room) if s.test is not None else room
         left = per_cycle * cycles_left
         if deadline is not None:
             left = min(left, max(0.0, deadline - now))

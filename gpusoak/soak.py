@@ -127,6 +127,7 @@ class Soak:
         self.gpus = gpus
         self.ctx = options.context_for(gpus)
         self.profile: dict | None = None  # the profile and plan of a scheduled run, for the journal header
+        self.carried: dict | None = None  # evidence taken over from earlier runs (gpusoak.carry.Carry.to_dict)
         self.gate = None  # the scheduler's NodeGate, when GPUs run in parallel
         self.parallel = False  # set by the scheduler when other GPUs' cycles run at the same time
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
@@ -523,7 +524,7 @@ class Soak:
         if not self.options.ladder:
             self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: failed its load after {prev.action} cycle {prev.cycle}"
             return (), None
-        rungs, recovered_by = ladder.climb(self, bdf)
+        rungs, recovered_by, _ = ladder.climb(self, bdf)
         if recovered_by == ladder.REBOOT_REQUIRED:
             self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {prev.cycle}"
         return rungs, recovered_by
@@ -567,7 +568,7 @@ class Soak:
             return mig.mig_uuid(self.node, uuid, self.ctx)
         return uuid
 
-    def _post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None, bool]:
+    def post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None, bool]:
         """(summary, what was wrong, whether that was gpusoak's own failure rather than the GPU's)."""
         if self.options.post_check_seconds <= 0 or bdf in self.no_load:
             return None, None, False
@@ -651,7 +652,7 @@ class Soak:
         gate_checks = self._gate_checks(bdf) + self._mig_checks(bdf) if poll.recovered else ()
         events = poll.events
         recovery_s = (poll.first_good_s if poll.first_good_s is not None else poll.at_s) - start
-        post, wrong, tool = self._post_check(bdf) if poll.recovered and error is None else (None, None, False)
+        post, wrong, tool = self.post_check(bdf) if poll.recovered and error is None else (None, None, False)
         if poll.recovered and error is None:
             # The idle poll's link_speed is a SKIP; the judgement is the post-check's, under load.
             gate_checks = (*gate_checks, self._loaded_speed(bdf, post))
@@ -692,7 +693,8 @@ class Soak:
         findings = tuple(_findings(poll, error, gate_checks, ([wrong] if wrong else []) + list(identity)))
         rungs, recovered_by = (), None
         if self.options.ladder and not poll.recovered:  # the ladder is for a GPU that did not come back
-            rungs, recovered_by = ladder.climb(self, bdf)
+            rungs, recovered_by, post = ladder.climb(self, bdf)
+            base["post_check"] = post  # the load check after the rung that brought it back
             if recovered_by == ladder.REBOOT_REQUIRED:
                 self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {base['cycle']}"
         return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
@@ -741,6 +743,7 @@ class Soak:
             "options": asdict(self.options),
             "actions_semantics": dict(ACTION_SEMANTICS),  # what each action name means (result.json 1.2)
             "profile": self.profile,
+            "carried": self.carried,  # what each sequential test started from (gpusoak/carry.py)
             "mig": {str(b): m.to_dict() for b, m in self.mig.items()},  # before any reset (gpusoak/mig.py)
             "inventory": {"found": [str(b) for b in self.found], "previous": self.previous_inventory},
             "gpus": [{"bdf": str(b), "uuid": self.baselines[b].uuid,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak.model import FIRST_SEMANTICS
-from gpusoak.score import RELIABILITY_CLASSES
+from gpusoak.verdict.score import RELIABILITY_CLASSES
 
 P95_FACTOR, P95_MIN_S = 1.5, 0.5
 AER_FACTOR, AER_MIN_EVENTS = 2.0, 3

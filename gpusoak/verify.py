@@ -16,7 +16,7 @@ from tenacity import Retrying, retry_if_result, wait_exponential
 
 from gpusoak.actions.base import nvswitches
 from gpusoak.errors import DeviceGone, GpusoakError, NvmlUnavailable
-from gpusoak.host import kmsg, nvml, xid
+from gpusoak.host import kmsg, nvml
 from gpusoak.host.node import Node
 from gpusoak.host.nvml import NvmlQueryFailed
 from gpusoak.host.sysfs import NVIDIA_VENDOR
@@ -32,28 +32,14 @@ from gpusoak.model import (
     pci_matches,
 )
 
+# Which kernel events fail a cycle: the verdict's one list (callers use them through this module).
+from gpusoak.verdict.events import FATAL_KINDS, event_reason, is_fatal, is_fatal_reason  # noqa: F401
+
 # SKIP: not applicable (not an NVIDIA function, an attribute this kernel lacks): no judgement is
 # owed. BLIND: the check applies but could not look (NVML unavailable, its query child broke):
 # the cycle is inconclusive, never recovered.
 PASS, FAIL, SKIP, BLIND = "pass", "fail", "skip", "cannot_look"
 NVIDIA_DRIVER = "nvidia"
-
-_FATAL_KINDS = {"fell_off_bus", "flr_not_ready", "flr_failed", "reset_failed", "d3cold",
-                "rminit_failed", "msix_failed", "link_down"}
-
-
-def is_fatal(event: KernelEvent) -> bool:
-    """The one place that decides which kernel events fail a cycle."""
-    if event.kind == "xid":
-        return event.xid is not None and xid.fails_cycle(event.xid)
-    if event.kind == "aer":
-        return event.severity in ("nonfatal", "fatal")
-    return event.kind in _FATAL_KINDS
-
-
-def event_reason(event: KernelEvent) -> str:
-    return f"xid_{event.xid}" if event.kind == "xid" else event.kind
-
 
 def snapshot(node: Node, bdf: PciAddress) -> Snapshot:
     """A fresh read of everything recovery is judged on."""

@@ -79,6 +79,16 @@ def test_slurm_drains_quarantined_nodes_and_resumes_only_its_own_drains():
     assert changes["n4"].what == "none"  # an acceptance admit does not resume anything
 
 
+def test_a_node_admitted_for_long_jobs_only_is_labelled_never_resumed_untainted_or_drained():
+    row = fleet.row_of(_result("n5", "admit_long_jobs_only", "long-jobs-only", failures=1), "x")
+    (slurm,) = fleet.slurm_changes([row], {"n5": "gpusoak: quarantine quarantine 0000:3a:00.0: x"})
+    assert slurm.what == "none" and slurm.argv == ()  # only a readmission's admit lifts a quarantine
+    assert "long jobs only" in slurm.why and "slurm.conf" in slurm.why  # where its node feature belongs
+    (label,) = fleet.k8s_changes([row])
+    assert label.argv == ("kubectl", "label", "node", "n5", "gpusoak.io/reset-class=long-jobs-only", "--overwrite")
+    assert "NotIn" in label.why  # how pods that churn GPUs are kept off it
+
+
 def test_kubernetes_labels_every_node_and_taints_quarantine_with_the_patch_shown():
     rows = [fleet.row_of(_result("gpu-7", "quarantine", "hardware-investigation", failures=1), "x"),
             fleet.row_of(_result("gpu-8", "admit", "inconclusive", decided_by="readmission"), "x")]

@@ -5,10 +5,9 @@ import json
 import pytest
 
 from gpusoak import inventory as inventory_file
-from gpusoak import score
 from gpusoak.errors import GpusoakError
 from gpusoak.model import GpuVerdict, Verdict
-from gpusoak.verdict import inventory
+from gpusoak.verdict import inventory, score
 
 A, B, C = "0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0"
 
@@ -42,6 +41,13 @@ def test_a_full_run_admits_a_subset_does_not_and_a_missing_gpu_quarantines():
         == score.KEEP_QUARANTINED
     failed = Verdict("n", score.QUARANTINE, (GpuVerdict(A, None, score.FAIL, {}),))
     assert inventory.apply(failed, part).decision == score.QUARANTINE
+
+
+def test_a_subset_does_not_admit_for_long_jobs_only_either():
+    g = GpuVerdict(A, None, score.FAIL, {}, reliability=score.LONG_JOBS_ONLY)
+    long_jobs = Verdict("n", score.ADMIT_LONG_JOBS_ONLY, (g,), (), score.LONG_JOBS_ONLY, "acceptance")
+    assert inventory.apply(long_jobs, inventory.coverage(_header([A, B], [A]))).decision == score.SUBSET
+    assert inventory.apply(long_jobs, inventory.coverage(_header([A], [A]))).decision == score.ADMIT_LONG_JOBS_ONLY
 
 
 def test_the_inventory_file_reads_back_and_refuses_what_it_cannot_read(tmp_path):

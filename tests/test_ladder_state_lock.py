@@ -48,6 +48,22 @@ def test_the_ladder_records_the_rung_that_brought_it_back(tmp_path, profile, act
         s.node.close()
 
 
+def test_the_ladder_post_checks_the_gpu_after_the_rung_that_brought_it_back(tmp_path):
+    # nvidia-smi's documentation: verify each reset GPU's health before further use. The check after
+    # the cure is the failed cycle's post_check, the evidence a long-jobs-only class needs.
+    s, soak, r = _first_failure(tmp_path, 'profile = "degraded-link"\np = 1.0', post_check_seconds=0.5)
+    try:
+        assert r.recovered_by == "bus_reset" and r.post_check is not None and r.post_check["exit"] == 0
+        assert r.post_check["link_width"] == 16  # loaded on the link the bus reset retrained
+    finally:
+        s.node.close()
+    s, soak, r = _first_failure(tmp_path, 'profile = "degraded-link"\np = 1.0')
+    try:
+        assert r.recovered_by == "bus_reset" and r.post_check is None  # the run has no post-check
+    finally:
+        s.node.close()
+
+
 @pytest.mark.parametrize("profile, load", [('profile = "d3cold-stuck"\np = 1.0', 0.0),
                                            ('profile = "falls-off-bus-under-load"\np = 1.0', 1.0)])
 def test_nothing_brings_back_a_stuck_gpu_so_it_needs_a_reboot(tmp_path, profile, load):
@@ -208,7 +224,7 @@ def test_a_ladders_driver_reload_judges_its_preconditions_only_with_the_node_to_
     worker.start()
     assert entered.wait(5)
     with soak.gate.shared():
-        rungs, by = ladder.climb(soak, GPU)
+        rungs, by, _ = ladder.climb(soak, GPU)
     worker.join(5)
     reload = next(f for f in rungs if f.reason == "module_reload")
     assert not reload.detail.startswith("skipped"), reload.detail

@@ -3,9 +3,9 @@
 from gpusoak import state as node_state
 from gpusoak.journal import read
 from gpusoak.model import FAILED, RECOVERED, PciAddress, Snapshot
-from gpusoak.score import classify_gpu
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import Soak, SoakOptions
+from gpusoak.verdict.score import classify_gpu
 from gpusoak.verify import BLIND, FAIL, PASS, compare
 
 GPU = PciAddress.parse("0000:18:00.0")

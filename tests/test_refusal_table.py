@@ -1,13 +1,13 @@
 """One table says what every refusal means for the verdict (gpusoak/verdict/refusals.py): the
 sequence's outcome, the GPU's class and a profile's plan all read it."""
 
-from gpusoak import mig, score, soak
+from gpusoak import mig, soak
 from gpusoak.actions import base
 from gpusoak.model import REFUSED, CycleResult, Finding
 from gpusoak.schedule import Plan, Sequence, supported_actions
 from gpusoak.sim import open_sim_node
 from gpusoak.soak import SoakOptions
-from gpusoak.verdict import refusals
+from gpusoak.verdict import refusals, score
 
 EVERY_REFUSAL = [
     base.NOT_ROOT, base.HELD, base.UNSUPPORTED, base.NOT_PRESENT, base.NOT_AUTHORISED, base.DISPLAY,

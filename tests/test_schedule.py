@@ -12,7 +12,7 @@ from gpusoak.schedule import NodeGate, Plan, Scheduler, supported_actions
 from gpusoak.sim import open_sim_node
 from gpusoak.sim import scenario as scenarios
 from gpusoak.soak import Soak, SoakOptions
-from gpusoak.sprt import SprtParams
+from gpusoak.verdict.sprt import SprtParams
 
 
 def _soak(tmp_path, scenario, actions, name="j", only=None):

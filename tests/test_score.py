@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpusoak import score
 from gpusoak.model import CycleResult
+from gpusoak.verdict import score
 
 
 @pytest.mark.parametrize("successes, attempts, expected", [

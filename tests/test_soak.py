@@ -102,7 +102,7 @@ def test_nvml_unavailable_makes_an_nvidia_gpus_cycle_inconclusive_never_recovere
     assert r.outcome == INCONCLUSIVE and not r.attempted, r.explain()
     assert nvml_check.status == BLIND and "Library Not Found" in nvml_check.detail
     assert r.findings[0].reason == "cannot_look"
-    from gpusoak import score
+    from gpusoak.verdict import score
 
     (g,) = score.verdict("n", [(str(GPU), None)], [r]).gpus
     assert g.gpu_class == "inconclusive" and score.reliability([r])[0] == "inconclusive"

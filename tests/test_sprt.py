@@ -5,7 +5,16 @@ import random
 
 import pytest
 
-from gpusoak.sprt import ACCEPT_H0, ACCEPT_H1, Sprt, SprtParams, operating_characteristic, replay
+from gpusoak.verdict.sprt import (
+    ACCEPT_H0,
+    ACCEPT_H1,
+    CONTINUE,
+    Sprt,
+    SprtParams,
+    operating_characteristic,
+    replay,
+    resume,
+)
 
 DEFAULT = SprtParams()
 
@@ -85,3 +94,19 @@ def test_the_report_states_the_test():
     d = test.to_dict()
     assert d["test"] == "sprt" and d["cycles"] == 10 and d["decision"] == "undecided"
     assert "H0: failure rate <= 0.0005" in DEFAULT.describe() and "cap 300" in DEFAULT.describe()
+
+
+def test_a_test_resumed_from_carried_totals_is_the_test_that_saw_those_cycles():
+    # Evidence carried over from earlier nights (gpusoak/carry.py) gives totals, not an order: the
+    # ratio depends on the totals alone, so an open test resumes exactly.
+    cycles = [False] * 60 + [True] + [False] * 30
+    seen, resumed = replay(DEFAULT, cycles), resume(DEFAULT, 91, 1)
+    assert seen.decision == resumed.decision == CONTINUE
+    assert (resumed.cycles, resumed.failures) == (91, 1) and abs(seen.llr - resumed.llr) < 1e-9
+    more = [False] * 150
+    assert replay(DEFAULT, cycles + more).to_dict() == replay(DEFAULT, more, carried=(91, 1)).to_dict()
+    # Totals beyond a bound decide at once; nothing carried is a fresh test.
+    assert resume(DEFAULT, 200, 0).decision == ACCEPT_H0 and resume(DEFAULT, 10, 1).decision == ACCEPT_H1
+    assert resume(DEFAULT, 0, 0) == Sprt(DEFAULT)
+    with pytest.raises(ValueError):
+        resume(DEFAULT, 3, 4)

@@ -8,56 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 
 from gpusoak.host.node import Node
 from gpusoak.load import protocol
+from gpusoak.load.protocol import LoadSummary
 from gpusoak.model import PciAddress
-
-
-@dataclass(frozen=True)
-class LoadSummary:
-    exit: int | None  # None: the child did not finish in time
-    verdict: str | None = None  # the child's own (protocol.VERDICTS), when its document and status agreed
-    pid: int | None = None
-    error: str | None = None
-    tflops_fp32: float | None = None
-    tflops_fp16: float | None = None
-    gemm_mismatches: int = 0
-    vram_bytes: int = 0
-    mismatched_words: int = 0
-    backed_off: bool = False
-    refusal: str | None = None  # why the load was not started, or gpusoak's child broke (a reason suffix)
-    link_speed: str | None = None  # current_link_speed the child read under load; None: no such file
-    link_width: int | None = None
-    link_error: str | None = None  # the child's link read failed (its errno)
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict == protocol.OK and self.refusal is None
-
-    @property
-    def tool_error(self) -> bool:
-        """gpusoak could not load the GPU (no child started, a child that crashed or printed no
-        report, a bad option, no cupy): never the GPU's failure."""
-        return self.refusal is not None or self.verdict in protocol.TOOL_ERRORS
-
-    def reason(self, phase: str) -> str:
-        """``load_...`` before the reset, ``post_check_...`` after it."""
-        if self.refusal is not None:
-            return f"{phase}_{self.refusal}"
-        if self.exit is None:
-            return f"{phase}_hung"
-        if self.verdict == protocol.WRONG:
-            return f"{phase}_{'compute' if self.gemm_mismatches else 'memory'}_mismatch"
-        return f"{phase}_{self.verdict or 'error'}"
-
-    def detail(self) -> str:
-        if self.error:
-            return self.error
-        return (f"{self.gemm_mismatches} wrong product elements, {self.mismatched_words} mismatched words in "
-                f"{self.vram_bytes} bytes")
-
 
 NO_UUID = "no_gpu_uuid"
 CHILD_CRASHED = "child_crashed"  # no verdict whose status the child really exited with: an import error, a crash

@@ -16,6 +16,8 @@ This module imports nothing heavy: the soak's side must never import cupy or num
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 OK, WRONG, BAD_OPTION, UNAVAILABLE, GPU_FAILED = "ok", "wrong_result", "bad_option", "unavailable", "gpu_failed"
 # verdict: exit status (0, and 10 upwards: none of Python's own)
 EXIT = {OK: 0, WRONG: 10, BAD_OPTION: 11, UNAVAILABLE: 12, GPU_FAILED: 13}
@@ -32,3 +34,49 @@ def verdict_of(doc: dict | None, returncode: int | None) -> str | None:
     if verdict not in EXIT or doc.get("exit") != EXIT[verdict] or returncode != EXIT[verdict]:
         return None
     return verdict
+
+
+# What the soak makes of one child's document (or of its absence): journaled as the cycle's
+# ``load`` and ``post_check``, and read back by the verdict.
+@dataclass(frozen=True)
+class LoadSummary:
+    exit: int | None  # None: the child did not finish in time
+    verdict: str | None = None  # the child's own (VERDICTS), when its document and status agreed
+    pid: int | None = None
+    error: str | None = None
+    tflops_fp32: float | None = None
+    tflops_fp16: float | None = None
+    gemm_mismatches: int = 0
+    vram_bytes: int = 0
+    mismatched_words: int = 0
+    backed_off: bool = False
+    refusal: str | None = None  # why the load was not started, or gpusoak's child broke (a reason suffix)
+    link_speed: str | None = None  # current_link_speed the child read under load; None: no such file
+    link_width: int | None = None
+    link_error: str | None = None  # the child's link read failed (its errno)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == OK and self.refusal is None
+
+    @property
+    def tool_error(self) -> bool:
+        """gpusoak could not load the GPU (no child started, a child that crashed or printed no
+        report, a bad option, no cupy): never the GPU's failure."""
+        return self.refusal is not None or self.verdict in TOOL_ERRORS
+
+    def reason(self, phase: str) -> str:
+        """``load_...`` before the reset, ``post_check_...`` after it."""
+        if self.refusal is not None:
+            return f"{phase}_{self.refusal}"
+        if self.exit is None:
+            return f"{phase}_hung"
+        if self.verdict == WRONG:
+            return f"{phase}_{'compute' if self.gemm_mismatches else 'memory'}_mismatch"
+        return f"{phase}_{self.verdict or 'error'}"
+
+    def detail(self) -> str:
+        if self.error:
+            return self.error
+        return (f"{self.gemm_mismatches} wrong product elements, {self.mismatched_words} mismatched words in "
+                f"{self.vram_bytes} bytes")

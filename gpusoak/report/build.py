@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gpusoak import journal, score, trends
+from gpusoak import carry, journal, trends
 from gpusoak.model import CycleResult, Verdict
 from gpusoak.report import junit, result_json
 from gpusoak.schedule import Plan, Sequence
-from gpusoak.sprt import Sprt, SprtParams
-from gpusoak.verdict import inventory
+from gpusoak.verdict import inventory, score
+from gpusoak.verdict.sprt import SprtParams
 
 
 @dataclass(frozen=True)
@@ -29,20 +29,27 @@ def verdict_of(content: journal.JournalContent, before: dict[str, str] | None = 
     known = {bdf for bdf, _ in gpus}
     gpus += sorted({(r.bdf, r.uuid) for r in content.results if r.bdf not in known})
     base = score.verdict(h.get("hostname") or "unknown", gpus, content.results)
-    judged = with_reliability(base, content.results, h.get("profile"), before or {})
+    judged = with_reliability(base, content.results, h.get("profile"), before or {}, carry.from_header(h))
     return inventory.apply(judged, inventory.coverage(h))  # what was not tested cannot admit
 
 
-def sequences_of(results: list[CycleResult], profile: dict | None) -> dict[tuple[str, str], Sequence]:
+def sequences_of(results: list[CycleResult], profile: dict | None,
+                 carried: dict[tuple[str, str], carry.Carried] | None = None) -> dict[tuple[str, str], Sequence]:
     """Each GPU and action's sequence, replayed from the journal in cycle order: the sequential
-    test is deterministic, so a killed run's report states what the test had decided."""
+    test is deterministic, so a killed run's report states what the test had decided. Each test
+    starts from the evidence the run carried over (the journal header's ``carried``), and a
+    sequence that carried evidence is there even when it ran no cycle in this run (a carried
+    unreliable decision stops its action before the first one)."""
     plan = (profile or {}).get("plan") or {}
     seq = plan.get("sequential")
     params = SprtParams(**seq) if seq else None
     fixed = Plan(actions=tuple(plan.get("actions") or ()), sequential=params, cycles=int(plan.get("cycles") or 20))
-    out: dict[tuple[str, str], Sequence] = {}
+    carried = carried or {}
+    out: dict[tuple[str, str], Sequence] = {
+        key: Sequence.start(key[0], key[1], params, c) for key, c in carried.items() if c.runs}
     for r in sorted(results, key=lambda r: (r.bdf, r.action, r.cycle)):
-        s = out.setdefault((r.bdf, r.action), Sequence(r.bdf, r.action, Sprt(params) if params else None))
+        key = (r.bdf, r.action)
+        s = out.get(key) or out.setdefault(key, Sequence.start(r.bdf, r.action, params, carried.get(key)))
         if not s.done(fixed):
             s.record(r)
     for s in out.values():
@@ -52,11 +59,11 @@ def sequences_of(results: list[CycleResult], profile: dict | None) -> dict[tuple
 
 
 def with_reliability(base: Verdict, results: list[CycleResult], profile: dict | None,
-                     before: dict[str, str]) -> Verdict:
+                     before: dict[str, str], carried: dict[tuple[str, str], carry.Carried] | None = None) -> Verdict:
     per_gpu: dict[str, list[CycleResult]] = {}
     for r in results:
         per_gpu.setdefault(r.bdf, []).append(r)
-    seqs = sequences_of(results, profile) if profile else {}
+    seqs = sequences_of(results, profile, carried) if profile else {}
     gpus = []
     for g in base.gpus:
         mine = per_gpu.get(g.bdf, [])
@@ -65,6 +72,7 @@ def with_reliability(base: Verdict, results: list[CycleResult], profile: dict | 
         if profile and profile.get("decision") == "readmission":
             outcomes = None  # a short fixed loop proves no reliability: the class stays on the rules
         cls, why = score.reliability(mine, outcomes, before.get(g.uuid or "") or before.get(g.bdf))
+        why = why + _carried_reasons(sequences)
         aer = sum(1 for r in mine for e in r.events if e.kind == "aer")
         gpus.append(replace(g, reliability=cls, reliability_reasons=why, sequences=sequences, aer_events=aer))
     node_class = score.worst(g.reliability for g in gpus) if gpus else score.UNPROVEN
@@ -84,6 +92,22 @@ def with_reliability(base: Verdict, results: list[CycleResult], profile: dict | 
                      if g.reliability != score.CHURN_SAFE) or (f"all {len(gpus)} GPUs are churn-safe",)
     return replace(base, gpus=tuple(gpus), decision=decision, evidence=evidence, reliability=node_class,
                    decided_by=profile.get("name") or "profile")
+
+
+def _carried_reasons(sequences: dict[str, dict]) -> tuple[str, ...]:
+    """What the GPU's tests took over from earlier runs, said beside its class."""
+    out = []
+    for action, s in sequences.items():
+        c = s.get("carried") or {}
+        said = []
+        if c.get("runs"):
+            said.append(f"{c['attempts']} attempts ({c['failures']} failed) carried from {c['runs']} earlier "
+                        f"run(s) since {c['since']}, {s['attempts']} in this run")
+        if c.get("standing") and s["outcome"] == "reliable" and (s.get("sprt") or {}).get("decision") != "reliable":
+            said.append(f"reliable as decided in run {c['standing']}, and the test since has seen no failure")
+        if said:
+            out.append(f"{action} {s['outcome']}: " + "; ".join(said))
+    return tuple(out)
 
 
 def rebuild(journal_path: Path, out_dir: Path) -> Built:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from gpusoak.model import RECOVERED, CycleResult, Verdict
 
-_COLOURS = {"admit": "#1a7f37", "quarantine": "#cf222e", "retest": "#9a6700", "keep_quarantined": "#cf222e", "subset": "#9a6700",
-            "pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
+_COLOURS = {"admit": "#1a7f37", "admit_long_jobs_only": "#4d8f2a", "quarantine": "#cf222e", "retest": "#9a6700",
+            "keep_quarantined": "#cf222e", "subset": "#9a6700", "pass": "#1a7f37", "fail": "#cf222e",
+            "inconclusive": "#9a6700"}
 
 
 def _fmt(x: float | None) -> str:
@@ -87,7 +88,7 @@ def _reliability(verdict: Verdict) -> str:
         return ""
     rows = []
     for g in verdict.gpus:
-        seqs = "; ".join(f"{a}: {s['outcome']} after {s['cycles']} cycles ({s['failures']} failed)"
+        seqs = "; ".join(f"{a}: {s['outcome']} after {s['cycles']} cycles ({s['failures']} failed){_carried(s)}"
                          for a, s in g.sequences.items()) or "–"
         rows.append(f"<tr><td>{e(g.bdf)}</td><td class=\"gpusoak-class\">{e(g.reliability)}</td>"
                     f"<td>{e('; '.join(g.reliability_reasons))}</td><td>{e(seqs)}</td></tr>")
@@ -102,6 +103,14 @@ def _reliability(verdict: Verdict) -> str:
             '<table id="gpusoak-reliability-table" border="1" cellpadding="4" style="border-collapse:collapse">'
             "<thead><tr><th>GPU</th><th>class</th><th>why</th><th>sequences</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _carried(sequence: dict) -> str:
+    """The evidence a sequence's test took over from earlier runs (gpusoak/carry.py)."""
+    c = sequence.get("carried") or {}
+    if not c.get("runs"):
+        return ""
+    return f", and {c['attempts']} carried from {c['runs']} earlier run(s) ({c['failures']} failed) since {c['since']}"
 
 
 def charts(verdict: Verdict, results: Sequence[CycleResult], document: dict | None) -> str:

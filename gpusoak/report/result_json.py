@@ -18,7 +18,8 @@ from gpusoak.model import FIRST_SEMANTICS, OUTCOMES, Verdict
 from gpusoak.verdict import inventory
 
 SCHEMA_VERSION = "1.3"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
-# 1.2 added: run.actions_semantics, trends.not_compared; 1.3: inventory, node.decision subset
+# 1.2 added: run.actions_semantics, trends.not_compared; 1.3: inventory, node.decision subset and
+# admit_long_jobs_only (a profile's run whose worst GPU is long-jobs-only)
 
 
 def schema() -> dict[str, Any]:

@@ -6,6 +6,7 @@ folder; the production readers run over it unchanged.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,11 +34,19 @@ class SimNode:
     root: Path
 
 
+def _memory_tmp() -> str | None:
+    """Where a simulated node's files go: /dev/shm where it is a writable folder (tmpfs: every
+    simulated process start and exit makes and removes /proc entries, and a disk's journal makes
+    that the simulator's main cost), else the system's temporary folder."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
                   root: Path | None = None, time_scale: float | None = None) -> SimNode:
     scenario = scenarios.load(name_or_path)
     owned = root is None
-    root = Path(tempfile.mkdtemp(prefix="gpusoak-sim-")) if root is None else Path(root)
+    root = Path(tempfile.mkdtemp(prefix="gpusoak-sim-", dir=_memory_tmp())) if root is None else Path(root)
     sys_root = root / "sys"
     tree = build(sys_root, scenario)
     install_modules(root, scenario)

@@ -366,8 +366,8 @@ class SimRunner:
             why = "cudaErrorSystemNotReady: the GPU has not joined the NVLink fabric"
             return _load_answer(protocol.GPU_FAILED, {"bdf": str(bdf), "error": why})
         argv = [sys.executable, "-m", "gpusoak.load", "--bdf", str(bdf), "--array", "numpy",
-                "--seconds", str(min(seconds, 0.02)), "--gemm-size", "32", "--vram-bytes", str(1 << 20),
-                "--chunk-bytes", str(1 << 18), "--sysfs-root", opts.get("--sysfs-root", "/sys")]
+                "--seconds", "0", "--gemm-size", "32", "--vram-bytes", str(1 << 18),
+                "--chunk-bytes", str(1 << 17), "--sysfs-root", opts.get("--sysfs-root", "/sys")]
         if st.corrupt:
             argv += ["--inject-corruption", "4"]
         # The child (``_load``'s process) holds what CUDA's initialisation opened while this runs.

@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gpusoak.model import GpuVerdict, Verdict
-from gpusoak.score import (
+from gpusoak.verdict.score import (
     ADMIT,
+    ADMIT_LONG_JOBS_ONLY,
     FAIL,
     HARDWARE,
     KEEP_QUARANTINED,
@@ -28,8 +29,9 @@ from gpusoak.score import (
 )
 
 GPU_MISSING = "gpu_missing"
-# The decisions a subset cannot give: it may find a fault, never prove the node good.
-ADMITTING = (ADMIT,)
+# The decisions a subset cannot give: it may find a fault, never prove the node good (not even for
+# long jobs only).
+ADMITTING = (ADMIT, ADMIT_LONG_JOBS_ONLY)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,19 @@ import re
 import shutil
 import subprocess
 
+import jsonschema
 import pytest
 
+from gpusoak import fleet
+from gpusoak.report import result_json
 from gpusoak.sim import scenario as scenarios
+from gpusoak.verdict import score
 from tests.e2e.conftest import gpusoak
 
 NODES = scenarios.fleet("mixed-fleet")
+# The scenarios whose GPUs' reliability classes the tests below run and check: the mixed fleet
+# under acceptance, and rare-flr's GPU whose rare "giving up" the first rung cures.
+CLASS_SCENARIOS = [*NODES, "rare-flr"]
 
 
 def _result(out):
@@ -36,6 +43,38 @@ def test_acceptance_gives_each_gpu_its_expected_reliability_class(node, tmp_path
             if s["outcome"] == "reliable":
                 assert s["cycles"] == 150 and s["sprt"]["alpha"] == 0.05 and s["sprt"]["beta"] == 0.05
     assert result["run"]["profile"]["name"] == "acceptance" and result["run"]["profile"]["plan"]["parallel"]
+
+
+def test_every_reliability_class_is_reached_by_a_scenario_the_tests_run():
+    reached = {g.expect_reliability for n in CLASS_SCENARIOS for g in scenarios.load(n).gpus}
+    assert reached == set(score.RELIABILITY_CLASSES)
+
+
+def test_a_rare_flr_the_first_rung_cures_is_admitted_for_long_jobs_only(tmp_path):
+    # 60 cycles: the one failure (cycle 51) leaves the sequential test undecided at the cap, and one
+    # failure in 60 bounds the rate below 10 % (53 would do). A post-check and no load: the least
+    # that checks the GPU before each reset (the cycle before's post-check) and after the cure.
+    sc = scenarios.load("rare-flr")
+    done = gpusoak("run", "--backend", "sim:rare-flr", "--profile", "acceptance", "--actions", "flr", "--cycles", "60",
+                   "--post-check-seconds", "0.5", "--report-dir", tmp_path, "-q", "--strict", timeout=600)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]  # --strict: not a plain admit
+    assert "decision admit_long_jobs_only" in done.stdout
+    result = _result(tmp_path)
+    jsonschema.validate(result, result_json.schema())
+    (gpu,) = result["gpus"]
+    assert gpu["reliability"]["class"] == sc.gpus[0].expect_reliability == score.LONG_JOBS_ONLY, gpu["reliability"]
+    assert result["node"]["decision"] == sc.expect_decision["acceptance"] == score.ADMIT_LONG_JOBS_ONLY
+    assert result["node"]["labels"] == {"gpusoak.io/reset-class": "long-jobs-only"}
+    assert gpu["sequences"]["flr"]["failures"] == 1 and gpu["sequences"]["flr"]["attempts"] == 60
+    journal = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    (failed,) = [r for r in journal if r.get("type") == "cycle" and r["outcome"] == "failed"]
+    assert failed["findings"][0]["reason"] == "flr_not_ready" and failed["recovered_by"] == "flr"
+    assert failed["post_check"]["exit"] == 0  # the ladder checked the GPU under load after the cure
+    # The schedulers: labelled for Kubernetes, no taint; nothing drained or resumed in Slurm.
+    row = fleet.row_of(result, tmp_path / "result.json")
+    assert [c.what for c in fleet.k8s_changes([row])] == ["label"]
+    (slurm,) = fleet.slurm_changes([row], {row.node: "gpusoak: quarantine quarantine 0000:18:00.0: x"})
+    assert slurm.what == "none" and "long jobs only" in slurm.why
 
 
 @pytest.mark.parametrize("node", NODES)
@@ -63,9 +102,11 @@ def test_readmission_is_quick_on_an_eight_gpu_node(tmp_path):
     assert len(cycles) <= 8 * 3 * 3
 
 
-# Node time for a simulated night: each cycle holds its GPU for the 10 s settle window, so twelve
-# minutes give every action a dozen cycles or so.
+# Node time for a simulated night: each cycle holds its GPU for the 10 s settle window, and these
+# nights load for 2 s before each cycle and 1 s after it (the trends are the point here, not the
+# load), so twelve minutes give every action a dozen cycles or so.
 NIGHT = "12m"
+SHORT_LOADS = ("--load-seconds", "2", "--post-check-seconds", "1")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +117,7 @@ def nightly(tmp_path_factory):
     runs = []
     for i in range(3):
         out = base / f"night{i}"
-        done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT,
+        done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT, *SHORT_LOADS,
                        "--history", history, "--seed", str(100 + i), "--report-dir", out, "-q", timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         runs.append(out)
@@ -113,7 +154,7 @@ def test_nightly_finds_a_node_getting_worse_against_a_better_baseline(nightly, t
     better["run"]["run_id"], better["run"]["started_at"] = "synthetic", "2026-01-01T00:00:00Z"
     (tmp_path / "better.json").write_text(json.dumps(better))
     out = tmp_path / "now"
-    done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT,
+    done = gpusoak("run", "--backend", "sim:mixed-fleet/node-b", "--profile", "nightly", "--budget", NIGHT, *SHORT_LOADS,
                    "--baseline", tmp_path / "better.json", "--history", tmp_path / "h", "--report-dir", out, "-q",
                    timeout=900)
     assert done.returncode == 0

@@ -12,7 +12,7 @@ Defaults, and why (docs/verdict.md): ``p1 = 0.02`` is the failure rate we must c
 ``beta = 0.05`` (95 % power); ``p0 = 0.0005`` (one failed reset in 2,000) is what we accept; ``alpha
 = 0.05``. A GPU with no failures is accepted after 150 clean cycles, the least any test can use: 149
 clean cycles are needed before a 2 % failure rate is ruled out with 95 % power (0.98^149 < 0.05).
-A failure in the first 37 cycles rejects at once; a later one sets the count back by about 188
+A failure in the first 38 cycles rejects at once; a later one sets the count back by about 188
 cycles. Exactly (``operating_characteristic``), with the cap at 300: a GPU failing 2 % of resets
 is passed as reliable with probability 0.048; one failing 0.05 % is called unreliable with
 probability 0.022 and left undecided with 0.050. tests/test_sprt.py checks these over many
@@ -110,9 +110,26 @@ class Sprt:
                 "llr": round(self.llr, 6), "decision": self.outcome}
 
 
-def replay(params: SprtParams, failures: list[bool]) -> Sprt:
-    """The test's state after a sequence of attempted cycles (in order)."""
-    test = Sprt(params)
+def resume(params: SprtParams, cycles: int, failures: int) -> Sprt:
+    """The test after ``cycles`` attempted cycles of which ``failures`` failed, taken over from
+    earlier runs (gpusoak/carry.py). Exact: the ratio after n cycles with k failures is
+    k * ln(p1/p0) + (n - k) * ln((1-p1)/(1-p0)) whatever their order, and a test still open after
+    them never crossed a bound on the way. Totals that already cross one decide at once."""
+    if not 0 <= failures <= cycles:
+        raise ValueError(f"failures {failures} not within 0..{cycles}")
+    test = Sprt(params, llr=failures * params.step_fail + (cycles - failures) * params.step_ok,
+                cycles=cycles, failures=failures)
+    if cycles and test.llr >= params.upper:
+        test.decision = ACCEPT_H1
+    elif cycles and test.llr <= params.lower:
+        test.decision = ACCEPT_H0
+    return test
+
+
+def replay(params: SprtParams, failures: list[bool], carried: tuple[int, int] = (0, 0)) -> Sprt:
+    """The test's state after a sequence of attempted cycles (in order), started from the
+    ``carried`` (cycles, failures) of earlier runs."""
+    test = resume(params, *carried)
     for failed in failures:
         if test.done:
             break
