@@ -11,8 +11,11 @@
     gpusoak metrics a result.json as a Prometheus textfile
 
 Exit status of `run`: 0 the run completed and its reports are written (with --strict: and the
-node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option; 4 the run
-could not complete (see the message; every finished cycle is in the journal).
+node's decision is admit); 1 with --strict, the decision is not admit; 2 a bad option (checked
+before the first cycle: gpusoak/options.py), a report folder that holds an earlier run, or an
+output path that cannot be written; 3 no GPU to test: the node shows no NVIDIA GPU, no
+--devices were named and its inventory lists none (no verdict at all, not even retest); 4 the run could not complete (see the
+message; every finished cycle is in the journal).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from gpusoak import __version__, model
 from gpusoak.errors import GpusoakError
 
-EXIT_OK, EXIT_DECISION, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 4
+EXIT_OK, EXIT_DECISION, EXIT_USAGE, EXIT_NO_GPU, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 
 
 def suites_dir() -> Path:
@@ -67,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sim-load", choices=("auto", "child", "in-process"), default="auto",
                      help="simulator only: each load as the real child process, or its code in gpusoak's process "
                      "(fast); default auto: in-process for a profile, the child otherwise")
-    run.add_argument("--report-dir", type=Path, default=None, help="default: reports/<run-id>")
+    run.add_argument("--report-dir", type=Path, default=None,
+                     help="default: reports/<run-id>; a folder that holds an earlier run is refused (see --resume)")
+    run.add_argument("--resume", default=None, metavar="RUN_ID",
+                     help="continue the run RUN_ID in its report folder (default reports/RUN_ID): the cycles not "
+                     "yet in its journal run, on the same node with the same options; not a profile's run, nor "
+                     "one that did not put the node back")
     run.add_argument("--destructive", action="store_true",
                      help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     run.add_argument("--recovery-deadline", type=float, default=60.0, help="seconds to recover (default 60)")
@@ -168,26 +176,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.cycles is not None and args.cycles < 1:
-        print("gpusoak: --cycles must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     if (args.budget or args.serial) and not args.profile:
         print("gpusoak: --budget and --serial need --profile", file=sys.stderr)
         return EXIT_USAGE
-    if args.budget:
-        from gpusoak.errors import UsageError
-        from gpusoak.profile import parse_duration
-
-        try:
-            parse_duration(args.budget)
-        except UsageError as err:
-            print(f"gpusoak: --budget: {err}", file=sys.stderr)
-            return EXIT_USAGE
     suites = args.suites or suites_dir()
-    from gpusoak.soak import new_run_id  # here, not at the top: `gpusoak events` starts faster
+    from gpusoak import options  # here, not at the top: `gpusoak events` starts faster
+    from gpusoak.soak import new_run_id
 
-    run_id = new_run_id()
+    run_id = args.resume or new_run_id()
     report_dir = (args.report_dir or Path("reports") / run_id).resolve()
+    # Checked here, before pytest starts, in this command's own option names; the plugin checks the
+    # same table again for `pytest suites` (a GpusoakError from here is exit 2, in main).
+    values = {name: getattr(args, name.replace("-", "_")) for name in options.NAMES}
+    options.validate(options.Given({**values, "report-dir": report_dir, "profile": args.profile,
+                                    "backend": args.backend}))
     argv = [str(suites), "-p", "no:cacheprovider", "--rootdir", str(suites.parent),
             f"--gpusoak-backend={args.backend}", f"--gpusoak-report-dir={report_dir}",
             f"--gpusoak-run-id={run_id}",
@@ -195,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
             f"--html={report_dir / 'report.html'}", "--self-contained-html"]
     if args.cycles is not None:
         argv.append(f"--gpusoak-cycles={args.cycles}")
+    if args.resume:
+        argv.append(f"--gpusoak-resume={args.resume}")
     if args.actions is not None:
         argv.append(f"--gpusoak-actions={args.actions}")
     if args.profile:
@@ -269,11 +273,17 @@ def _stop_on_sigterm() -> None:
 
 
 def _finish(code: int, report_dir: Path, strict: bool) -> int:
+    from gpusoak.plugin import NO_GPU_STATUS
+
     result = report_dir / "result.json"
+    if int(code) == NO_GPU_STATUS:  # pytest printed the plugin's message
+        return EXIT_NO_GPU
+    if int(code) == 4:  # pytest's usage error: its message says which option; no cycle ran
+        return EXIT_USAGE
     if int(code) not in (0, 1) or not result.exists():
         print(f"gpusoak: the run did not complete (pytest exit {int(code)}); "
               f"finished cycles are in {report_dir / 'journal.jsonl'}", file=sys.stderr)
-        return EXIT_USAGE if int(code) == 4 else EXIT_INCOMPLETE
+        return EXIT_INCOMPLETE
     decision = json.loads(result.read_text())["node"]["decision"]
     print(f"gpusoak: decision {decision}; reports in {report_dir}")
     if strict and decision != "admit":

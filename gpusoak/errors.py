@@ -45,6 +45,11 @@ class UsageError(GpusoakError):
     """A bad option or argument from the user."""
 
 
+class NoGpu(GpusoakError):
+    """The node shows no GPU to test (and no --devices were named): nothing was tested, so there is
+    no verdict, not even retest; `gpusoak run` exits 3."""
+
+
 class ScenarioError(GpusoakError):
     """A simulated-node scenario file that cannot be used."""
 

@@ -2,7 +2,9 @@
 
 One JSON object a line. The first is the run header (``"type": "run"``); each cycle is a
 ``"type": "cycle"`` line written and fsync'd before the next cycle starts, so a run killed at any
-moment loses no finished cycle. Reading tolerates a last line cut short by such a kill.
+moment loses no finished cycle. Reading tolerates a last line cut short by such a kill. A run
+continued with ``--resume`` appends to its own journal: no second header, a ``resume`` record,
+then its cycles (gpusoak/options.py says which runs can be continued).
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.path.exists() or self.path.stat().st_size == 0
+            cut = not fresh and not _ends_with_newline(self.path)
             self._file = open(self.path, "a", encoding="utf-8")
         except OSError as err:
             raise JournalError(f"cannot open the journal: {err.strerror}", path=str(self.path)) from err
         if fresh:
             self._append({"type": "run", "schema": JOURNAL_SCHEMA, **header})
             _fsync_dir(self.path.parent)
+        elif cut:
+            # A continued run (--resume) after a kill mid-line: end the cut line, which reading
+            # reports, so that the first new record is a line of its own.
+            self._write("\n")
 
     def append(self, result: CycleResult) -> None:
         with self._lock:
@@ -52,7 +59,9 @@ class Journal:
             self._append(record)
 
     def _append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        self._write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+
+    def _write(self, line: str) -> None:
         try:
             self._file.write(line)
             self._file.flush()
@@ -68,6 +77,41 @@ class Journal:
             self._file.close()
         except OSError:
             pass  # everything was already fsync'd line by line
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def header_of(path: Path | str) -> dict[str, Any] | None:
+    """The run header (the first line) of a journal, without reading the cycles; None if it has none."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            record = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("type") == "run" else None
+
+
+def last_record_type(path: Path | str) -> str | None:
+    """The type of a journal's last whole record (a run that ended cleanly ends with ``restore``
+    when it had put the node back); None when there is none or it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [line for line in tail.split("\n") if line.strip()]
+    if not lines or not tail.endswith("\n"):
+        return None  # empty, or the last line was cut short by a kill
+    try:
+        return json.loads(lines[-1]).get("type")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,11 +156,13 @@ def read(path: Path | str) -> JournalContent:
                 header = header or record
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
-            elif kind in ("restore", "services", "settings", "mig", "mig_mode_pending", "runtime_pm", "link_warning", AFTER_CYCLE):
-                # what restore changed; services stopped; settings and MIG layouts put back after a
-                # cycle; a pending MIG-mode change found before the first reset; what a cycle's
-                # window held after it was judged; runtime PM turned off; a link
-                # below capability seen under load before the first reset (the header has the idle ones)
+            elif kind in ("restore", "resume", "services", "settings", "mig", "mig_mode_pending", "runtime_pm",
+                          "link_warning", AFTER_CYCLE):
+                # what restore changed; a continued run's start (--resume); services stopped; settings
+                # and MIG layouts put back after a cycle; a pending MIG-mode change found before the
+                # first reset; what a cycle's window held after it was judged; runtime PM turned off;
+                # a link below capability seen under load before the first reset (the header has the
+                # idle ones)
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

@@ -2,13 +2,17 @@
 
 Hooks here only parse options and hand work to library objects. The plugin is inert until a suite
 (``suites/conftest.py``) or ``gpusoak report`` enables it, so it costs nothing in other test runs.
+Options are checked against gpusoak/options.py before the node is opened: a bad one is a usage
+error (pytest exit 4). A node with no GPU to test ends the session with status 13 (NO_GPU_STATUS,
+which `gpusoak run` turns into its exit 3); pytest's own statuses are 0 to 5.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +21,11 @@ import pytest
 from gpusoak import carry as carry_mod
 from gpusoak import inventory as inventory_file
 from gpusoak import journal as journal_mod
+from gpusoak import options as options_mod
 from gpusoak import profile as profile_mod
 from gpusoak import trends
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
-from gpusoak.errors import GpusoakError
+from gpusoak.errors import GpusoakError, NoGpu, UsageError
 from gpusoak.files import write_atomically
 from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
@@ -42,6 +47,7 @@ from gpusoak.schedule import Plan, Scheduler, supported_actions
 from gpusoak.soak import Soak, SoakOptions, new_run_id
 
 SOAK_RUN = pytest.StashKey["SoakRun"]()
+NO_GPU_STATUS = 13  # the session's exit status when the node has no GPU to test (not one of pytest's)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -103,7 +109,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "process (in-process: fast, for profiles and benchmarks). Default auto: in-process for a "
                 "profile's run, the child otherwise")
     g.addoption("--gpusoak-run-id", default=None, help="run identifier (default: UTC time and a random suffix)")
-    g.addoption("--gpusoak-report-dir", default=None, help="report folder (default reports/<run-id>)")
+    g.addoption("--gpusoak-report-dir", default=None,
+                help="report folder (default reports/<run-id>); one that holds an earlier run is refused")
+    g.addoption("--gpusoak-resume", default=None, metavar="RUN_ID",
+                help="continue the run RUN_ID in its report folder: its cycles not yet in the journal run, "
+                "on the same node with the same options; a run that did not put the node back, or a "
+                "profile's run, cannot be continued")
     g.addoption("--gpusoak-destructive", action="store_true", default=False,
                 help="allow resets on a real node (also GPUSOAK_DESTRUCTIVE=1)")
     g.addoption("--gpusoak-recovery-deadline", type=float, default=60.0,
@@ -128,6 +139,8 @@ def enable(config: pytest.Config) -> None:
         return
     try:
         run = SoakRun(config)
+    except NoGpu as err:
+        pytest.exit(f"gpusoak: {err}", returncode=NO_GPU_STATUS)
     except GpusoakError as err:
         raise pytest.UsageError(f"gpusoak: {err}") from err
     config.stash[SOAK_RUN] = run
@@ -171,10 +184,21 @@ class SoakRun:
             self.report_dir = Path(opt("gpusoak_report_dir") or Path(self.replay_path).parent)
             self.journal_path = Path(self.replay_path)
             return
-        self.run_id = opt("gpusoak_run_id") or new_run_id()
+        resume = opt("gpusoak_resume")
+        if resume and opt("gpusoak_run_id") not in (None, resume):
+            raise UsageError(f"--gpusoak-run-id {opt('gpusoak_run_id')} and --gpusoak-resume {resume} name two runs")
+        self.run_id = resume or opt("gpusoak_run_id") or new_run_id()
         self.report_dir = Path(opt("gpusoak_report_dir") or config.rootpath / "reports" / self.run_id)
         self.journal_path = self.report_dir / "journal.jsonl"
         destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
+        inventory = opt("gpusoak_inventory") or (
+            inventory_file.DEFAULT_INVENTORY if opt("gpusoak_backend") == "real" and destructive else None)
+        options_mod.validate(options_mod.Given(
+            {**{name: opt("gpusoak_" + name.replace("-", "_")) for name in options_mod.NAMES},
+             "report-dir": self.report_dir, "inventory": inventory, "profile": opt("gpusoak_profile"),
+             "backend": opt("gpusoak_backend")}, prefix="--gpusoak-"))
+        self.done: set[tuple[str, int, str]] = set()  # (action, cycle, bdf) in the journal of a continued run
+        self.inventory_path = Path(inventory) if inventory is not None else None
         self.profile = _profile(config)
         given = opt("gpusoak_actions")
         actions = tuple(a.strip() for a in (given or "").split(",") if a.strip())
@@ -184,6 +208,15 @@ class SoakRun:
         if unknown:
             raise GpusoakError(f"unknown action(s) {', '.join(unknown)}: use {', '.join(ACTIONS)}")
         self.node = open_node(opt("gpusoak_backend"), opt("gpusoak_seed"))
+        try:
+            self._start(config, actions, given, destructive, resume)
+        except BaseException:
+            self.node.close()  # the session never starts: nothing else would close it
+            raise
+
+    def _start(self, config: pytest.Config, actions: tuple[str, ...], given: str | None, destructive: bool,
+               resume: str | None) -> None:
+        opt = config.getoption
         if self.node.simulated:
             mode = opt("gpusoak_sim_load")
             self.node.runner.load_in_process = mode == "in-process" or (mode == "auto" and self.profile is not None)
@@ -203,20 +236,10 @@ class SoakRun:
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),
                               post_check_seconds=self.node.post_check_seconds_default if post_s is None else post_s)
-        devices = parse_addresses(opt("gpusoak_devices"))
-        if devices:
-            present = set(self.node.sysfs.pci_devices())
-            missing = [str(b) for b in devices if b not in present]
-            if missing:
-                raise GpusoakError(f"no PCI function at {', '.join(missing)} on this node")
-            gpus = devices
-        else:
-            found = self.node.gpus()
-            wanted = parse_addresses(opt("gpusoak_gpus"))
-            missing = [str(b) for b in wanted if b not in found]
-            if missing:
-                raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
-            gpus = wanted or found
+        inventory_path = self.inventory_path
+        previous = inventory_file.read(inventory_path) if inventory_path is not None else None
+        gpus = select_gpus(self.node, parse_addresses(opt("gpusoak_devices")), parse_addresses(opt("gpusoak_gpus")),
+                           expected=previous["gpus"] if previous else [])
         if self.profile is not None and self.profile.actions == SUPPORTED and not given:
             supported = supported_actions(self.node, gpus, options.context_for(gpus), actions)
             options = replace(options, actions=supported or default_actions(self.node))
@@ -231,17 +254,33 @@ class SoakRun:
                 "sequential": self.plan.sequential.to_dict() if self.plan.sequential else None},
                 "baseline": opt("gpusoak_baseline"), "history": opt("gpusoak_history") or self.profile.history}
             self._carry(opt("gpusoak_history"))
+        if resume:
+            self.done = self._resumable(options, gpus)
         lock_path = opt("gpusoak_lock_file") or (DEFAULT_LOCK if self.node.backend == "real" and destructive else None)
         self.lock = NodeLock(Path(lock_path), self.run_id) if lock_path else None
         if self.lock is not None:
             self.lock.acquire()
-        inventory_path = opt("gpusoak_inventory") or (
-            inventory_file.DEFAULT_INVENTORY if self.node.backend == "real" and destructive else None)
         if inventory_path is not None:
-            self.soak.previous_inventory = inventory_file.read(Path(inventory_path))
+            self.soak.previous_inventory = previous
         self.soak.start(self.journal_path, self.report_dir / "state.json")
         if inventory_path is not None:
-            self._keep_inventory(Path(inventory_path))
+            self._keep_inventory(inventory_path)
+        if resume:
+            started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+            self.soak.journal.note({"type": "resume", "started_at": started, "cycles_before": len(self.done)})
+
+    def _resumable(self, options: SoakOptions, gpus: list[PciAddress]) -> set[tuple[str, int, str]]:
+        """The cycles a continued run finds in its journal, after checking it is the same run."""
+        content = journal_mod.read(self.journal_path)
+        options_mod.check_resume(content.header, self.node.backend, self.node.hostname, asdict(options),
+                                 [str(g) for g in gpus])
+        done = {(r.action, r.cycle, r.bdf) for r in content.results}
+        left = [1 for a in options.actions for c in range(1, options.cycles + 1) for g in gpus
+                if (a, c, str(g)) not in done]
+        if not left:
+            raise UsageError(f"every cycle of run {self.run_id} is in {self.journal_path}: nothing to continue "
+                             f"(`gpusoak report {self.journal_path}` rebuilds its reports)")
+        return done
 
     def _carry(self, given_history: str | None) -> None:
         """A profile that keeps a history (nightly) goes on from the evidence of the earlier runs
@@ -285,9 +324,10 @@ class SoakRun:
                 order = {a: i for i, a in enumerate(soak.options.actions)}
                 cases = sorted({(a, c, PciAddress.parse(g)) for g, a, c in scheduled if a in GPU_ACTIONS},
                                key=lambda t: (order.get(t[0], 99), t[1], t[2]))
-            else:
+            else:  # a continued run leaves out the cycles already in its journal
                 cases = [(a, c, g) for a in soak.options.actions if a in GPU_ACTIONS
-                         for c in range(1, soak.options.cycles + 1) for g in soak.gpus]
+                         for c in range(1, soak.options.cycles + 1) for g in soak.gpus
+                         if (a, c, str(g)) not in self.done]
             metafunc.parametrize(("action", "cycle", "gpu"), cases,
                                  ids=[f"{a}-c{c:03d}-{g}" for a, c, g in cases])
         elif {"node_action", "cycle"} <= set(names) and self.soak is not None:
@@ -297,7 +337,8 @@ class SoakRun:
                 cases = sorted(self.scheduled_node)
             else:
                 cases = [(a, c) for a in soak.options.actions if a in NODE_ACTIONS
-                         for c in range(1, soak.options.cycles + 1)]
+                         for c in range(1, soak.options.cycles + 1)
+                         if not any((a, c, str(g)) in self.done for g in soak.gpus)]
             metafunc.parametrize(("node_action", "cycle"), cases, ids=[f"{a}-c{c:03d}" for a, c in cases])
         elif "sequence" in names and self.soak is not None:
             seqs = list(self.run_schedule_sequences()) if self.plan is not None else []
@@ -415,6 +456,29 @@ class SoakRun:
             report_html.make_offline(Path(html))
         if self.node is not None:
             self.node.close()
+
+
+def select_gpus(node: Node, devices: list[PciAddress], wanted: list[PciAddress],
+                expected: list[str] = ()) -> list[PciAddress]:
+    """The functions to soak: the named PCI functions (--devices), else the named NVIDIA GPUs
+    (--gpus), else every NVIDIA GPU of the node. None at all is NoGpu, unless the node's inventory
+    (``expected``) lists GPUs: then they are missing, which the verdict fails the node for
+    (gpu_missing), never "nothing to test"."""
+    if devices:
+        present = set(node.sysfs.pci_devices())
+        missing = [str(b) for b in devices if b not in present]
+        if missing:
+            raise GpusoakError(f"no PCI function at {', '.join(missing)} on this node")
+        return devices
+    found = node.gpus()
+    missing = [str(b) for b in wanted if b not in found]
+    if missing:
+        raise GpusoakError(f"no NVIDIA GPU at {', '.join(missing)} on this node")
+    if not found and not expected:  # a node without GPUs has nothing to judge: no verdict, not even retest
+        raise NoGpu(f"no NVIDIA GPU on {node.hostname} ({node.backend}): no PCI function under "
+                    f"{node.sysfs.root / 'bus' / 'pci' / 'devices'} has NVIDIA's vendor id and a display class, "
+                    "so there is nothing to test (to soak other PCI functions, name them with --devices)")
+    return wanted or found
 
 
 def open_node(backend: str, seed: int | None) -> Node:

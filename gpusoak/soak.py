@@ -42,6 +42,7 @@ from gpusoak.model import (
     link_capability,
     link_gts,
 )
+from gpusoak.options import validate_fields
 
 OUT_OF_SERVICE = "out_of_service"
 NOT_HEALTHY_BEFORE = "not_healthy_before_soak"
@@ -87,15 +88,12 @@ class SoakOptions:
     identity_strict: bool = False
 
     def __post_init__(self) -> None:
-        if self.cycles < 1:
-            raise UsageError("--cycles must be at least 1", cycles=self.cycles)
+        validate_fields(asdict(self))  # the one table of what each option may be (gpusoak/options.py)
         unknown = [a for a in self.actions if a not in ACTIONS]
         if unknown:
             raise UsageError(f"unknown action(s) {', '.join(unknown)}; known: {', '.join(ACTIONS)}")
         if not self.actions:
             raise UsageError("no actions to run")
-        if not 0.0 <= self.settle_s <= 3600.0:
-            raise UsageError("--settle must be between 0 and 3600 seconds", settle=self.settle_s)
 
     @property
     def context(self) -> Context:

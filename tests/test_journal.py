@@ -73,3 +73,34 @@ def test_full_disk_is_a_clear_error_that_keeps_what_was_written(tmp_path):
     assert "No space left on device" in str(err.value)
     assert "the 1 cycles before this one are safe" in str(err.value)
     assert [r.cycle for r in journal.read(tmp_path / "j.jsonl").results] == [1]
+
+
+def test_a_continued_journal_ends_a_line_cut_short_before_its_first_new_record(tmp_path):
+    # A run killed mid-line, continued with --resume: the new record must not join the cut one.
+    path = tmp_path / "j.jsonl"
+    j = journal.Journal(path, {"run_id": "r"})
+    j.append(_result(1))
+    j.close()
+    with open(path, "a") as f:
+        f.write('{"type":"cycle","run_id":"r","bdf":"0000:65')
+    j = journal.Journal(path, {"run_id": "r"})
+    j.append(_result(2))
+    j.close()
+    content = journal.read(path)
+    assert [r.cycle for r in content.results] == [1, 2]
+    assert len(content.problems) == 1 and "unreadable" in content.problems[0]
+
+
+def test_the_header_and_the_last_record_are_read_without_the_cycles(tmp_path):
+    path = tmp_path / "j.jsonl"
+    j = journal.Journal(path, {"run_id": "r7"})
+    j.append(_result(1))
+    assert journal.header_of(path)["run_id"] == "r7" and journal.last_record_type(path) == "cycle"
+    j.note({"type": "restore", "changes": []})
+    j.close()
+    assert journal.last_record_type(path) == "restore"
+    with open(path, "a") as f:
+        f.write('{"type":"cy')  # killed while writing: no whole last record
+    assert journal.last_record_type(path) is None
+    (tmp_path / "other").write_text('{"type": "cycle"}\n')
+    assert journal.header_of(tmp_path / "other") is None and journal.header_of(tmp_path / "none") is None

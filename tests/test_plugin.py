@@ -1,5 +1,7 @@
 """The pytest plugin, through pytester."""
 
+import pytest
+
 pytest_plugins = ["pytester"]
 
 
@@ -32,3 +34,27 @@ def test_a_suite_enables_the_soak_and_writes_reports(pytester):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*gpusoak: node sim-h100-01: retest*"])
     assert {p.name for p in out.iterdir()} >= {"journal.jsonl", "result.json", "junit.xml", "report.html"}
+
+
+def test_a_node_that_shows_no_gpu_has_nothing_to_test(tmp_path):
+    from gpusoak.errors import NoGpu
+    from gpusoak.model import PciAddress
+    from gpusoak.plugin import select_gpus
+    from gpusoak.sim import open_sim_node
+
+    node = tmp_path / "one.toml"
+    node.write_text('name = "one"\n[[gpu]]\nbdf = "0000:18:00.0"\n')
+    sim = open_sim_node(str(node))
+    try:
+        gpu = PciAddress.parse("0000:18:00.0")
+        assert select_gpus(sim.node, [], []) == [gpu]
+        # persistenced holds the GPU, and a remove waits for it (nv_pci_remove): stopped first.
+        assert sim.node.runner.run(["systemctl", "stop", "nvidia-persistenced"], timeout_s=5).ok
+        sim.kernel.write(sim.node.sysfs.function(gpu).path / "remove", "1")  # gone from the bus
+        with pytest.raises(NoGpu, match="no NVIDIA GPU on .*nothing to test"):
+            select_gpus(sim.node, [], [])
+        # A GPU the node's inventory lists is missing, not "nothing to test": the run goes on, and
+        # its verdict fails the node (gpu_missing).
+        assert select_gpus(sim.node, [], [], expected=["0000:18:00.0"]) == []
+    finally:
+        sim.node.close()

@@ -4,6 +4,12 @@
 set -uo pipefail
 node="${SLURMD_NODENAME:?not inside a Slurm job step}"
 out="$GPUSOAK_RESULTS/$GPUSOAK_RUN/$node"
+# A requeued job (a node failed, scontrol requeue) runs its script again from the start
+# (slurm_requeue(3)), with SLURM_RESTART_COUNT set to the number of restarts (sbatch(1), OUTPUT
+# ENVIRONMENT VARIABLES; srun passes it on to this task). Its run gets a folder of its own beside
+# the first, which gpusoak would refuse: it holds that run. `gpusoak fleet` takes each node's latest.
+restarts="${SLURM_RESTART_COUNT:-0}"
+case "$restarts" in ''|0|*[!0-9]*) ;; *) out="$out.requeue-$restarts" ;; esac
 backend="${GPUSOAK_BACKEND:-real}"
 backend="${backend//%n/$node}"
 args=(run --backend "$backend" --profile "${GPUSOAK_PROFILE:-acceptance}" --node-name "$node" --report-dir "$out" -q)

@@ -352,3 +352,52 @@ def test_the_pods_disable_the_operands_around_the_run_and_pass_a_stop_on_to_gpus
         assert {"name": "scripts", "mountPath": "/scripts", "readOnly": True} in c["volumeMounts"]
         assert {"name": "scripts", "configMap": {"name": "gpusoak-scripts", "defaultMode": 0o555}} in pod["volumes"]
         assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
+
+
+def _report_dir(line):
+    words = line.split()
+    return words[words.index("--report-dir") + 1]
+
+
+def test_a_requeued_slurm_task_starts_a_fresh_run_folder(tmp_path):
+    # A requeue runs the task again under the same job; into the first run's folder, its run was
+    # merged into that one (now refused by gpusoak). SLURM_RESTART_COUNT counts the requeues.
+    stub = tmp_path / "gpusoak"
+    stub.write_text('#!/bin/sh\nwhile [ "$1" != --report-dir ]; do shift; done\n'
+                    'echo "$2" >> "$LOG"; echo "{}" > "$2/result.json"\n')
+    stub.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "SLURMD_NODENAME": "node1", "GPUSOAK": str(stub), "LOG": str(tmp_path / "log"),
+           "GPUSOAK_RESULTS": str(tmp_path / "results"), "GPUSOAK_RUN": "acceptance"}
+    task = str(DEPLOY / "slurm" / "gpusoak-task.sh")
+    for restarts in (None, "1", "2"):
+        extra = {"SLURM_RESTART_COUNT": restarts} if restarts else {}
+        done = subprocess.run(["bash", task], env={**env, **extra}, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    folders = (tmp_path / "log").read_text().split()
+    assert folders[0] == str(tmp_path / "results" / "acceptance" / "node1")
+    assert len(set(folders)) == 3 and all(f.startswith(folders[0]) for f in folders)
+
+
+@pytest.mark.parametrize("which", ["acceptance", "nightly"])
+def test_each_pod_start_gets_a_run_folder_of_its_own(tmp_path, which):
+    # A restarted pod (or the nightly pod restarted the same night) wrote into the folder of the run
+    # before it: the folder now carries the start time to the second.
+    import re
+
+    proc, log, _ = _run_pod(tmp_path, which, UNSCHEDULABLE="true")
+    proc.wait(30)
+    (run,) = [line for line in log.read_text().splitlines() if line.startswith("gpusoak run")]
+    base = {"acceptance": "/results/acceptance/gpu-7/", "nightly": "/var/lib/gpusoak/nightly/"}[which]
+    assert re.fullmatch(re.escape(base) + r"\d{8}T\d{6}Z", _report_dir(run)), run
+
+
+def test_the_ci_jobs_clear_the_last_runs_folder_before_the_run():
+    # A self-hosted runner keeps its workspace, and with it last night's run, which gpusoak refuses.
+    wf = yaml.safe_load((DEPLOY / "ci" / "github-workflow.yml").read_text())
+    (job,) = wf["jobs"].values()
+    run = next(s["run"] for s in job["steps"] if "gpusoak\" run" in s.get("run", ""))
+    assert run.index("rm -rf gpusoak-report") < run.index("--report-dir gpusoak-report")
+    script = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())["gpusoak-nightly"]["script"]
+    cleared = [i for i, line in enumerate(script) if "rm -rf gpusoak-report" in line]
+    ran = [i for i, line in enumerate(script) if "--report-dir gpusoak-report" in line]
+    assert cleared and ran and cleared[0] < ran[0]
