@@ -733,10 +733,12 @@ class SimKernel:
         under nvidia with runtime D3 on (`rtd3`: NVreg_DynamicPowerManagement and a platform that
         can cut the power, nv-pci.c nv_init_dynamic_power_management checks the port's ACPI _PR3),
         no open /dev/nvidiaN, D3cold. The autosuspend delay is not modelled: it suspends at once [I]."""
+        driver = self.driver_of(bdf)
+        if driver != "vfio-pci" and not (driver == "nvidia" and st.spec.rtd3):
+            return None  # nothing to suspend it: no need to read its power/control
         control = (self.tree.dev(bdf) / "power" / "control").read_text().strip()
         if control != "auto":
             return None
-        driver = self.driver_of(bdf)
         if driver == "vfio-pci" and not self.vfio_users(bdf):
             return "D3hot"
         if driver == "nvidia" and st.spec.rtd3 and not self.device_users(bdf):
