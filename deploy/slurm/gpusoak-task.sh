@@ -13,6 +13,8 @@ case "$restarts" in ''|0|*[!0-9]*) ;; *) out="$out.requeue-$restarts" ;; esac
 backend="${GPUSOAK_BACKEND:-real}"
 backend="${backend//%n/$node}"
 args=(run --backend "$backend" --profile "${GPUSOAK_PROFILE:-acceptance}" --node-name "$node" --report-dir "$out" -q)
+# The node's GPU inventory across reboots, on the node itself: a GPU missing from it fails the run.
+[ "$backend" = real ] && args+=(--inventory "${GPUSOAK_INVENTORY:-/var/lib/gpusoak/inventory.json}")
 # Resets on a real node happen only with GPUSOAK_DESTRUCTIVE=1 in the submitting environment
 # (gpusoak reads it); without it the run is read-only and every cycle says it was not authorised.
 mkdir -p "$out"

@@ -401,3 +401,18 @@ def test_the_ci_jobs_clear_the_last_runs_folder_before_the_run():
     cleared = [i for i, line in enumerate(script) if "rm -rf gpusoak-report" in line]
     ran = [i for i, line in enumerate(script) if "--report-dir gpusoak-report" in line]
     assert cleared and ran and cleared[0] < ran[0]
+
+
+def test_every_deployed_run_keeps_the_nodes_gpu_inventory_on_the_node_across_reboots():
+    # A GPU that fell off the bus in a reboot fails the next run only if the inventory outlives the
+    # pod or the job: on the host's /var/lib/gpusoak (docs/verdict.md, "What was not tested").
+    for name, pod in _pods().items():
+        c = pod["containers"][0]
+        assert "--inventory /var/lib/gpusoak/inventory.json" in " ".join(c["args"]), name
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/gpusoak")
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["hostPath"]["path"] == "/var/lib/gpusoak", name
+    unit = (DEPLOY / "systemd" / "gpusoak-readmission.service").read_text()
+    assert "--inventory /var/lib/gpusoak/inventory.json" in unit
+    task = (DEPLOY / "slurm" / "gpusoak-task.sh").read_text()
+    assert '--inventory "${GPUSOAK_INVENTORY:-/var/lib/gpusoak/inventory.json}"' in task
