@@ -32,35 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from gpusoak import trends
+from gpusoak.verdict.sequences import Carried  # noqa: F401  (built here, kept in the sequence)
 from gpusoak.verdict.sprt import ACCEPT_H0, ACCEPT_H1, SprtParams, resume
 
 RELIABLE, UNRELIABLE = ACCEPT_H0, ACCEPT_H1
-
-
-@dataclass(frozen=True)
-class Carried:
-    """What one GPU and action takes over from earlier runs."""
-
-    runs: int = 0  # earlier runs with at least one attempt carried
-    attempts: int = 0
-    failures: int = 0
-    since: str | None = None  # started_at of the oldest run carried
-    standing: str | None = None  # run_id of the run whose test ended reliable, before the open test
-    reason: str = ""  # where the carried evidence begins, in words
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"runs": self.runs, "attempts": self.attempts, "failures": self.failures,
-                               "since": self.since}
-        if self.standing:
-            out["standing"] = self.standing
-        out["reason"] = self.reason
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Carried:
-        return cls(runs=int(data.get("runs") or 0), attempts=int(data.get("attempts") or 0),
-                   failures=int(data.get("failures") or 0), since=data.get("since"),
-                   standing=data.get("standing"), reason=str(data.get("reason") or ""))
 
 
 def node_of(doc: dict[str, Any]) -> str | None:

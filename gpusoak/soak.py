@@ -43,6 +43,7 @@ from gpusoak.model import (
     link_gts,
 )
 from gpusoak.options import validate_fields
+from gpusoak.verdict import refusals
 
 OUT_OF_SERVICE = "out_of_service"
 NOT_HEALTHY_BEFORE = "not_healthy_before_soak"
@@ -53,7 +54,7 @@ RECOVERY_TIMEOUT = "recovery_timeout"
 UNSETTLED = "recovery_did_not_hold"  # every check passed, then one failed again inside the settle window
 PERSISTENCED = "nvidia-persistenced"
 CANNOT_LOOK = "cannot_look"  # a recovery check could not look: the cycle is inconclusive
-LOAD_CHARGED = "load_failed_after_previous_cycle"  # the load before this reset failed: the previous cycle's doing
+LOAD_CHARGED = refusals.LOAD_CHARGED  # the load before this reset failed: the previous cycle's doing
 SELF_HELD = "gpusoak_holds_device"  # gpusoak's own process has an NVIDIA device file open: its bug, never the GPU's
 
 

@@ -16,7 +16,7 @@ ENGINE = ("gpusoak.soak", "gpusoak.schedule", "gpusoak.verify", "gpusoak.actions
 
 def test_the_verdict_imports_nothing_of_the_engine():
     code = ("import sys\nimport gpusoak.verdict.score, gpusoak.verdict.events, gpusoak.verdict.refusals, "
-            "gpusoak.verdict.inventory, gpusoak.verdict.sprt\n"
+            "gpusoak.verdict.inventory, gpusoak.verdict.sprt, gpusoak.verdict.sequences\n"
             "print('\\n'.join(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     loaded = set(done.stdout.split())
@@ -29,3 +29,12 @@ def test_docs_list_the_reliability_classes_in_the_order_the_rules_try_them():
     documented = re.findall(r"^\| `([a-z-]+)` \|", section, flags=re.M)
     assert documented == [cls for cls, _ in score.RELIABILITY_RULES]
     assert set(documented) == set(score.RELIABILITY_CLASSES)
+
+
+def test_the_reports_and_the_fleet_import_the_verdict_not_the_engine():
+    code = ("import sys\nimport gpusoak.report.build, gpusoak.report.result_json, gpusoak.report.junit, "
+            "gpusoak.fleet, gpusoak.metrics\nprint('\\n'.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    loaded = set(done.stdout.split())
+    assert [m for m in loaded if m.startswith(("gpusoak.soak", "gpusoak.schedule", "gpusoak.verify",
+                                               "gpusoak.actions", "gpusoak.plugin", "gpusoak.sim"))] == []

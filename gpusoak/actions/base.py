@@ -19,6 +19,7 @@ from gpusoak.host.commands import CommandResult
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import NVIDIA_VENDOR
 from gpusoak.model import Finding, PciAddress
+from gpusoak.verdict import refusals
 
 # Refusal reasons (Finding.reason of a refused cycle).
 NOT_ROOT = "not_root"
@@ -45,7 +46,7 @@ DRIVER_MISMATCH = "driver_mismatch"  # the module on disk is not the one loaded:
 CANNOT_RELOAD = "cannot_reload"  # modprobe could not load a module back: unloading it would strand the node
 HELD_BY_MODULE = "held_by_module"  # a module outside the reloaded set uses one that would be unloaded
 IN_USE = "device_in_use"  # the node keeps a file system, swap, md/dm or a network interface on it
-BUS_BUSY = "bus_busy"  # the bus lock stayed busy (EAGAIN twice): the bus reset did not run; the cycle is skipped
+BUS_BUSY = refusals.BUS_BUSY  # the bus lock stayed busy (EAGAIN twice): the bus reset did not run; the cycle is skipped
 CANNOT_LOOK = "cannot_look"  # a holder check could not read what it needs: refused, never passed
 
 MISC_MAJOR = 10  # include/uapi/linux/major.h

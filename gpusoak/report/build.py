@@ -8,8 +8,8 @@ from pathlib import Path
 from gpusoak import carry, journal, trends
 from gpusoak.model import CycleResult, Verdict
 from gpusoak.report import junit, result_json
-from gpusoak.schedule import Plan, Sequence
 from gpusoak.verdict import inventory, score
+from gpusoak.verdict.sequences import Cap, Sequence
 from gpusoak.verdict.sprt import SprtParams
 
 
@@ -43,7 +43,7 @@ def sequences_of(results: list[CycleResult], profile: dict | None,
     plan = (profile or {}).get("plan") or {}
     seq = plan.get("sequential")
     params = SprtParams(**seq) if seq else None
-    fixed = Plan(actions=tuple(plan.get("actions") or ()), sequential=params, cycles=int(plan.get("cycles") or 20))
+    fixed = Cap(params.cap if params else int(plan.get("cycles") or 20))
     carried = carried or {}
     out: dict[tuple[str, str], Sequence] = {
         key: Sequence.start(key[0], key[1], params, c) for key, c in carried.items() if c.runs}

@@ -6,8 +6,11 @@ writes a file, and nothing here imports the engine (soak, schedule, actions, the
 - ``score``: statistics (Wilson bounds), the GPU classes and node decision of a fixed run, the
   reliability classes as an ordered rule table, and the decision they lead to;
 - ``sprt``: the sequential test;
+- ``sequences``: one GPU and action's cycles and its test's state (the scheduler goes on or stops
+  by it; the report replays it from the journal);
 - ``inventory``: what was not tested cannot admit.
 
-Still outside (issue 14 notes): the per-action ``Sequence`` (gpusoak/schedule.py) and the trends
-(gpusoak/trends.py, which also reads the history folder).
+Reports and the fleet import these, never the engine (a test holds both). Still outside: the
+trends and the carry-over (gpusoak/trends.py, gpusoak/carry.py), which also read the history
+folder, and the health gates' limits (gpusoak/gates.py, which reads their TOML file).
 """

@@ -12,6 +12,10 @@ not know is ``RETEST``: a refusal nobody classed has not shown anything.
 from __future__ import annotations
 
 NOT_APPLICABLE, RETEST = "not_applicable", "retest"
+# Two outcomes that are no refusal of the action (gpusoak/actions/base.py and gpusoak/soak.py
+# give them; the sequence reads them here).
+BUS_BUSY = "bus_busy"  # the bus lock stayed busy (EAGAIN twice): the bus reset did not run; the cycle is skipped
+LOAD_CHARGED = "load_failed_after_previous_cycle"  # the load before this reset failed: the previous cycle's doing
 
 # reason: (meaning, why). The reasons are the Finding.reason strings of refused cycles
 # (gpusoak/actions/base.py, gpusoak/mig.py, gpusoak/soak.py, gpusoak/load/).
