@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpusoak import trends
+from gpusoak.verdict import trends
 from gpusoak.verdict.sequences import Carried  # noqa: F401  (built here, kept in the sequence)
 from gpusoak.verdict.sprt import ACCEPT_H0, ACCEPT_H1, SprtParams, resume
 

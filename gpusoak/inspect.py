@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from gpusoak import gates, verify
+from gpusoak import verify
 from gpusoak.actions import ACTIONS, Context
 from gpusoak.errors import GpusoakError
 from gpusoak.host import kmsg
 from gpusoak.host.node import Node
 from gpusoak.host.sysfs import PciFunction
 from gpusoak.model import PciAddress, pci_matches
+from gpusoak.verdict import gates
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_GPU = 0, 2, 3
 

@@ -287,3 +287,18 @@ class Verdict:
 def to_dict(obj: Any) -> dict[str, Any]:
     """The one serialisation of every value type above (plain JSON types only)."""
     return dataclasses.asdict(obj)
+
+
+# What NVML said of one GPU at one moment (gpusoak/host/nvml.py reads it; the gates judge it).
+@dataclass(frozen=True)
+class NvmlHealth:
+    bdf: str
+    status: str  # ok, gpu_lost, reset_required, not_found
+    uuid: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)  # name -> value, or None when NA
+    na: dict[str, str] = field(default_factory=dict)  # name -> why it is not available
+
+
+# NVML_FI_DEV_GET_GPU_RECOVERY_ACTION's values (reference 2.4; gpusoak/host/nvml.py reads the field).
+RECOVERY_ACTIONS = {0: "none", 1: "gpu_reset", 2: "node_reboot", 3: "drain_p2p", 4: "drain_and_reset",
+                    5: "recover_imex_domain", 6: "bus_reset", 7: "system_reboot"}

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 
 from gpusoak import carry as carry_mod
+from gpusoak import gates as gates_file
+from gpusoak import history as history_file
 from gpusoak import inventory as inventory_file
 from gpusoak import journal as journal_mod
 from gpusoak import options as options_mod
 from gpusoak import profile as profile_mod
-from gpusoak import trends
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, GPU_ACTIONS, NODE_ACTIONS, default_actions
 from gpusoak.errors import GpusoakError, NoGpu, UsageError
 from gpusoak.files import write_atomically
-from gpusoak.gates import GateLimits
 from gpusoak.host.node import Node, open_real_node
 from gpusoak.lock import DEFAULT_LOCK, NodeLock
 from gpusoak.model import (
@@ -45,6 +45,7 @@ from gpusoak.report import build as report_build
 from gpusoak.report import html as report_html
 from gpusoak.schedule import Plan, Scheduler, supported_actions
 from gpusoak.soak import Soak, SoakOptions, new_run_id
+from gpusoak.verdict import trends
 
 SOAK_RUN = pytest.StashKey["SoakRun"]()
 NO_GPU_STATUS = 13  # the session's exit status when the node has no GPU to test (not one of pytest's)
@@ -122,7 +123,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gpusoak-settle", type=float, default=10.0,
                 help="seconds every check must stay good after they first pass (default 10)")
     g.addoption("--gpusoak-gates", default=None, metavar="TOML",
-                help="health-gate limits (defaults from DCGM; see gpusoak/gates.py)")
+                help="health-gate limits (defaults from DCGM; see gpusoak/verdict/gates.py)")
     g.addoption("--gpusoak-replay", default=None, metavar="JOURNAL",
                 help="rebuild the reports of a finished or killed run from its journal")
 
@@ -231,7 +232,7 @@ class SoakRun:
                               write_timeout_s=opt("gpusoak_write_timeout"),
                               destructive=destructive, keep_services=opt("gpusoak_keep_services"),
                               allow_mig=opt("gpusoak_allow_mig"),
-                              ladder=not opt("gpusoak_no_ladder"), gates=GateLimits.load(opt("gpusoak_gates")),
+                              ladder=not opt("gpusoak_no_ladder"), gates=gates_file.load(opt("gpusoak_gates")),
                               identity_strict=opt("gpusoak_identity_strict"),
                               load_seconds=self.node.load_seconds_default if load_s is None else load_s,
                               load_fraction=opt("gpusoak_load_fraction"),
@@ -291,7 +292,7 @@ class SoakRun:
         if self.profile is None or self.profile.history is None or self.plan.sequential is None:
             return
         folder = Path(given_history or self.profile.history)
-        history = trends.load([folder]) if folder.is_dir() else trends.History()  # none yet: the first night
+        history = history_file.load([folder]) if folder.is_dir() else trends.History()  # none yet: the first night
         found = carry_mod.carry(history, folder, self.soak.node_name or self.node.hostname,
                                 self.node.driver_version(), self.node.kernel, dict(ACTION_SEMANTICS),
                                 [(str(b), self.soak.baselines[b].uuid) for b in self.soak.gpus],

@@ -14,13 +14,11 @@ import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from gpusoak import gates as health_gates
 from gpusoak import gpu_settings, ladder, mig, verify
 from gpusoak import state as node_state
 from gpusoak.actions import ACTION_SEMANTICS, ACTIONS, Context, release, services
 from gpusoak.actions.base import BUS_BUSY, NOT_AUTHORISED, holder_refusals, slot_functions, write
 from gpusoak.errors import Busy, GpusoakError, Hung, UsageError
-from gpusoak.gates import GateLimits
 from gpusoak.host import kmsg
 from gpusoak.host.node import Node
 from gpusoak.host.procs import own_device_files
@@ -43,7 +41,9 @@ from gpusoak.model import (
     link_gts,
 )
 from gpusoak.options import validate_fields
+from gpusoak.verdict import gates as health_gates
 from gpusoak.verdict import refusals
+from gpusoak.verdict.gates import GateLimits
 
 OUT_OF_SERVICE = "out_of_service"
 NOT_HEALTHY_BEFORE = "not_healthy_before_soak"

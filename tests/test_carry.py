@@ -6,12 +6,14 @@ nights before it."""
 
 import json
 
-from gpusoak import carry, journal, trends
+from gpusoak import carry, journal
+from gpusoak import history as history_file
 from gpusoak.actions import ACTION_SEMANTICS
 from gpusoak.carry import Carried
 from gpusoak.model import CycleResult, Finding
 from gpusoak.report import build, result_json
 from gpusoak.schedule import Plan, Sequence
+from gpusoak.verdict import trends
 from gpusoak.verdict.sprt import SprtParams
 
 BDF, UUID, NODE = "0000:18:00.0", "GPU-1", "node-1"
@@ -31,7 +33,7 @@ def _night(day, folder, cycles=12, fails=(), driver=DRIVER, kernel=KERNEL, node=
     """One night: what carry.carry finds in the folder, then the night's cycles, as result.json."""
     run_id, started = f"night-{day:02d}", f"2026-11-{day:02d}T02:00:00.000+00:00"
     semantics = dict(ACTION_SEMANTICS if semantics is None else semantics)
-    history = trends.load([folder]) if folder.is_dir() else trends.History()
+    history = history_file.load([folder]) if folder.is_dir() else trends.History()
     found = carry.carry(history, folder, node, driver, kernel, semantics, [(bdf, uuid)], ("flr",), NIGHTLY)
     header = {"run_id": run_id, "started_at": started, "hostname": node, "node_name": node, "kernel": kernel,
               "driver": driver, "actions_semantics": semantics, "gpus": [{"bdf": bdf, "uuid": uuid}],

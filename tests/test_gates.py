@@ -2,13 +2,14 @@
 
 import pytest
 
-from gpusoak import gates
+from gpusoak import gates as gates_file
 from gpusoak.errors import UsageError
-from gpusoak.gates import FAIL, PASS, SKIP, WARN, GateLimits, Reading, evaluate
 from gpusoak.host.nvml import NvmlHealth
 from gpusoak.model import PciAddress
 from gpusoak.sim.nvml import HEALTH
 from gpusoak.soak import Soak, SoakOptions
+from gpusoak.verdict import gates
+from gpusoak.verdict.gates import FAIL, PASS, SKIP, WARN, Reading, evaluate
 
 GPU = PciAddress.parse("0000:18:00.0")
 
@@ -67,15 +68,15 @@ def test_what_nvml_cannot_give_is_skipped_not_passed():
 def test_limits_from_a_file(tmp_path):
     f = tmp_path / "gates.toml"
     f.write_text("[gates]\nretired_pages_max = 10\npcie_replay_per_min = 2\n")
-    limits = GateLimits.load(f)
+    limits = gates_file.load(f)
     assert limits.retired_pages_max == 10 and limits.pcie_replay_per_min == 2.0 and limits.retired_pages_dbe_max == 15
     assert _by_name(evaluate(_reading(retired_pages_sbe=10), None, limits))["retired_pages"][0] == FAIL
     f.write_text("[gates]\nretired_pages = 10\n")
     with pytest.raises(UsageError, match="unknown gate limit"):
-        GateLimits.load(f)
+        gates_file.load(f)
     f.write_text("[gates]\nretired_pages_max = 'many'\n")
     with pytest.raises(UsageError, match="bad gate limit"):
-        GateLimits.load(f)
+        gates_file.load(f)
 
 
 def _scenario(tmp_path, health):

@@ -3,7 +3,8 @@ flagged, and broken history files are skipped with a reason."""
 
 import json
 
-from gpusoak import trends
+from gpusoak import history as history_file
+from gpusoak.verdict import trends
 
 
 def _doc(run, started, attempts, failures, p95, aer=0, cls="churn-safe", uuid="GPU-1"):
@@ -19,7 +20,7 @@ def _history(tmp_path, docs):
     folder.mkdir()
     for d in docs:
         (folder / f"{d['run']['run_id']}.json").write_text(json.dumps(d))
-    return trends.load([folder])
+    return history_file.load([folder])
 
 
 NIGHTS = [_doc(f"n{i}", f"2026-11-{i + 1:02d}T00:00:00Z", 300, 0 if i % 5 else 1, 1.0 + 0.05 * (i % 3), aer=2)
@@ -56,14 +57,14 @@ def test_broken_history_files_are_skipped_with_a_reason(tmp_path):
     odd = json.loads(json.dumps(NIGHTS[1]))
     odd["gpus"][0]["actions"]["flr"] = 5  # the right shape outside, nonsense inside
     (folder / "d.json").write_text(json.dumps(odd))
-    h = trends.load([folder, tmp_path / "missing.json"])
+    h = history_file.load([folder, tmp_path / "missing.json"])
     assert len(h.runs) == 1 and len(h.problems) == 4
     assert any("a.json: skipped" in p for p in h.problems) and any("no such file" in p for p in h.problems)
 
 
 def test_the_run_itself_is_not_its_own_history(tmp_path):
     h = _history(tmp_path, NIGHTS[:2] + [_doc("now", "2026-11-21T00:00:00Z", 300, 0, 1.0)])
-    assert [d["run"]["run_id"] for d in trends.load([tmp_path / "history"], exclude_run="now").runs] == ["n0", "n1"]
+    assert [d["run"]["run_id"] for d in history_file.load([tmp_path / "history"], exclude_run="now").runs] == ["n0", "n1"]
     assert len(h.runs) == 3
 
 

@@ -16,7 +16,8 @@ ENGINE = ("gpusoak.soak", "gpusoak.schedule", "gpusoak.verify", "gpusoak.actions
 
 def test_the_verdict_imports_nothing_of_the_engine():
     code = ("import sys\nimport gpusoak.verdict.score, gpusoak.verdict.events, gpusoak.verdict.refusals, "
-            "gpusoak.verdict.inventory, gpusoak.verdict.sprt, gpusoak.verdict.sequences\n"
+            "gpusoak.verdict.inventory, gpusoak.verdict.sprt, gpusoak.verdict.sequences, gpusoak.verdict.gates, "
+            "gpusoak.verdict.trends\n"
             "print('\\n'.join(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     loaded = set(done.stdout.split())

@@ -8,11 +8,11 @@ that reason. Handles are looked up again for every read: after a reset an old ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gpusoak.errors import AccessDenied, GpusoakError, NvmlFailure, NvmlUnavailable
-from gpusoak.model import PciAddress
+from gpusoak.model import RECOVERY_ACTIONS, NvmlHealth, PciAddress  # noqa: F401  (value types: gpusoak/model.py)
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,6 @@ class NA:
 # NVML status of one GPU after a lookup.
 OK, GPU_LOST, RESET_REQUIRED, NOT_FOUND = "ok", "gpu_lost", "reset_required", "not_found"
 DRIVER_NOT_LOADED = "driver_not_loaded"
-
-
-@dataclass(frozen=True)
-class NvmlHealth:
-    bdf: str
-    status: str  # ok, gpu_lost, reset_required, not_found
-    uuid: str | None = None
-    values: dict[str, Any] = field(default_factory=dict)  # name -> value, or None when NA
-    na: dict[str, str] = field(default_factory=dict)  # name -> why it is not available
 
 
 def _lib():
@@ -295,8 +286,6 @@ OLDER = {"nvmlDeviceGetComputeRunningProcesses": ("nvmlDeviceGetComputeRunningPr
 
 # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; replaces the deprecated fields 226 and 227 (reference 2.4).
 RECOVERY_ACTION_FIELD = 230
-RECOVERY_ACTIONS = {0: "none", 1: "gpu_reset", 2: "node_reboot", 3: "drain_p2p", 4: "drain_and_reset",
-                    5: "recover_imex_domain", 6: "bus_reset", 7: "system_reboot"}
 
 # nvmlClocksEventReason* bits (reference 2.2).
 CLOCK_EVENTS = {0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown",

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gpusoak import carry, journal, trends
+from gpusoak import carry, journal
+from gpusoak import history as history_file
 from gpusoak.model import CycleResult, Verdict
 from gpusoak.report import junit, result_json
-from gpusoak.verdict import inventory, score
+from gpusoak.verdict import inventory, score, trends
 from gpusoak.verdict.sequences import Cap, Sequence
 from gpusoak.verdict.sprt import SprtParams
 
@@ -117,7 +118,7 @@ def rebuild(journal_path: Path, out_dir: Path) -> Built:
     sources = [Path(x) for x in (profile.get("baseline"), profile.get("history") if profile.get("trends") or
                                  profile.get("history") else None) if x]
     if sources:
-        history = trends.load(sources, exclude_run=content.header.get("run_id"))
+        history = history_file.load(sources, exclude_run=content.header.get("run_id"))
     before: dict[str, str] = {}
     if history and profile.get("decision") == "readmission":
         # Only an earlier run whose actions meant the same says what the GPU was before.

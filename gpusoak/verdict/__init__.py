@@ -8,9 +8,11 @@ writes a file, and nothing here imports the engine (soak, schedule, actions, the
 - ``sprt``: the sequential test;
 - ``sequences``: one GPU and action's cycles and its test's state (the scheduler goes on or stops
   by it; the report replays it from the journal);
-- ``inventory``: what was not tested cannot admit.
+- ``inventory``: what was not tested cannot admit;
+- ``gates``: the health gates on NVML and AER readings;
+- ``trends``: this run against earlier ones.
 
-Reports and the fleet import these, never the engine (a test holds both). Still outside: the
-trends and the carry-over (gpusoak/trends.py, gpusoak/carry.py), which also read the history
-folder, and the health gates' limits (gpusoak/gates.py, which reads their TOML file).
+Reports and the fleet import these, never the engine (a test holds both). The files they need are
+read outside: the history folder (gpusoak/history.py, and gpusoak/carry.py, which picks the
+evidence to carry over from it) and the gates' limits file (gpusoak/gates.py).
 """

@@ -15,16 +15,15 @@ first meaning) changes when the action starts doing something else — flr 2 unb
 nvidia, resets and binds back, flr 1 reset under the bound driver. An earlier run that differs is
 left out of the comparison and listed in ``trends.not_compared``, never read as a regression.
 
-Corrupt or foreign files in the history are reported and skipped, never fatal.
+The history folder is read by gpusoak/history.py (corrupt or foreign files are reported and
+skipped, never fatal); everything here is pure.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gpusoak.model import FIRST_SEMANTICS
@@ -39,34 +38,6 @@ ALPHA = 0.05
 class History:
     runs: list[dict[str, Any]] = field(default_factory=list)  # earlier result.json documents, oldest first
     problems: list[str] = field(default_factory=list)
-
-
-def load(paths: list[Path], exclude_run: str | None = None) -> History:
-    """Earlier results from files and folders (``*.json`` inside). Unreadable ones become problems."""
-    files: list[Path] = []
-    out = History()
-    for p in paths:
-        if p.is_dir():
-            files += sorted(p.glob("*.json"))
-        elif p.exists():
-            files.append(p)
-        else:
-            out.problems.append(f"{p}: no such file or folder")
-    for f in files:
-        try:
-            doc = json.loads(f.read_text())
-            if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list) or not isinstance(doc.get("run"), dict):
-                raise ValueError("not a gpusoak result.json")
-            for g in doc["gpus"]:  # every GPU must read as a point, or the file is skipped whole
-                _key(g), point(g, doc["run"])
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-            out.problems.append(f"{f}: skipped ({err})")
-            continue
-        if exclude_run and doc["run"].get("run_id") == exclude_run:
-            continue
-        out.runs.append(doc)
-    out.runs.sort(key=lambda d: str(d["run"].get("started_at") or ""))
-    return out
 
 
 def point(gpu: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
