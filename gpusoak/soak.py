@@ -146,6 +146,8 @@ class Soak:
         # GPUs CUDA cannot load (not bound to nvidia at the baseline: vfio-pci for a VM, no driver,
         # another vendor's function): no load and no post-check, and the reports say so.
         self.no_load: dict[PciAddress, str] = {}
+        # Why a GPU was taken out: its reason and the findings behind it (skipped cycles carry them).
+        self._out_findings: dict[PciAddress, tuple[str, tuple[Finding, ...]]] = {}
         self.readings: dict[PciAddress, health_gates.Reading] = {}
         self.gate_results: dict[PciAddress, list[health_gates.Gate]] = {}
         self.out_of_service: dict[PciAddress, str] = {}
@@ -184,14 +186,22 @@ class Soak:
                 (fabric := verify.fabric_check(self.node, bdf)).status == verify.FAIL:
             failed = [fabric]
         if failed:
-            self.out_of_service[bdf] = f"{NOT_HEALTHY_BEFORE}: " + "; ".join(c.detail for c in failed)
+            self._take_out(bdf, NOT_HEALTHY_BEFORE, "; ".join(c.detail for c in failed),
+                           [Finding(c.name, c.detail) for c in failed])
             return
         reading = self.reading(bdf)
         self.readings[bdf] = reading
         self.gate_results[bdf] = health_gates.evaluate(reading, None, self.options.gates)
         refused = [g for g in self.gate_results[bdf] if g.status == health_gates.FAIL]
         if refused:
-            self.out_of_service[bdf] = f"{HEALTH_GATE}: " + "; ".join(f"{g.name}: {g.detail}" for g in refused)
+            self._take_out(bdf, HEALTH_GATE, "; ".join(f"{g.name}: {g.detail}" for g in refused),
+                           [Finding(f"gate_{g.name}", g.detail) for g in refused])
+
+    def _take_out(self, bdf: PciAddress, reason: str, detail: str, findings: list[Finding] | None = None) -> None:
+        """Take a GPU out of the run: its later cycles are skipped with ``reason`` and the
+        findings behind it (structured, for the verdict), and ``out_of_service`` says it in words."""
+        self.out_of_service[bdf] = f"{reason}: {detail}"
+        self._out_findings[bdf] = (reason, tuple(findings or ()))
 
     def _link_deficit(self, bdf: PciAddress, snap: Snapshot, loaded_speed: str | None) -> list[str]:
         """Warnings for a link below what the GPU and its port can do before any reset (a
@@ -399,8 +409,9 @@ class Soak:
 
     def _not_now(self, bdf: PciAddress, base: dict) -> CycleResult | None:
         if bdf in self.out_of_service:
-            why = self.out_of_service[bdf]
-            return CycleResult(outcome=SKIPPED, duration_s=0.0, findings=(Finding(why.split(":", 1)[0], why),), **base)
+            reason, findings = self._out_findings[bdf]
+            return CycleResult(outcome=SKIPPED, duration_s=0.0,
+                               findings=(Finding(reason, self.out_of_service[bdf]), *findings), **base)
         if not self.allowed:
             return CycleResult(outcome=REFUSED, duration_s=0.0, findings=(Finding(
                 NOT_AUTHORISED, "a real node is only reset with --destructive (or GPUSOAK_DESTRUCTIVE=1); "
@@ -441,7 +452,7 @@ class Soak:
                 action.perform(self.node, bdf, self.ctx)
                 error = None
             except Hung as err:
-                self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: a write hung in cycle {cycle}: {err}"
+                self._take_out(bdf, OUT_OF_SERVICE, f"a write hung in cycle {cycle}: {err}")
                 return CycleResult(outcome=HUNG, duration_s=self.options.write_timeout_s,
                                    findings=(Finding("hung", str(err)),),
                                    events=tuple(verify.device_events(self.node, bdf, cursor)), **base)
@@ -523,11 +534,11 @@ class Soak:
         """The GPU came back from its last cycle but cannot take a load: climb the recovery ladder as
         after a failed cycle; without it (or if nothing brings it back) it is not reset again."""
         if not self.options.ladder:
-            self.out_of_service[bdf] = f"{OUT_OF_SERVICE}: failed its load after {prev.action} cycle {prev.cycle}"
+            self._take_out(bdf, OUT_OF_SERVICE, f"failed its load after {prev.action} cycle {prev.cycle}")
             return (), None
         rungs, recovered_by, _ = ladder.climb(self, bdf)
         if recovered_by == ladder.REBOOT_REQUIRED:
-            self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {prev.cycle}"
+            self._take_out(bdf, ladder.REBOOT_REQUIRED, f"nothing brought it back after cycle {prev.cycle}")
         return rungs, recovered_by
 
     def _self_held(self) -> list[Finding]:
@@ -622,7 +633,7 @@ class Soak:
                 action.perform(self.node, None, self.ctx)
             except Hung as err:
                 for b in live:
-                    self.out_of_service[b] = f"{OUT_OF_SERVICE}: {action_name} hung in cycle {cycle}: {err}"
+                    self._take_out(b, OUT_OF_SERVICE, f"{action_name} hung in cycle {cycle}: {err}")
                     out[b] = CycleResult(outcome=HUNG, duration_s=self.options.command_timeout_s,
                                          findings=(Finding("hung", str(err)),), **bases[b])
                 return [out[b] for b in self.gpus]
@@ -697,7 +708,7 @@ class Soak:
             rungs, recovered_by, post = ladder.climb(self, bdf)
             base["post_check"] = post  # the load check after the rung that brought it back
             if recovered_by == ladder.REBOOT_REQUIRED:
-                self.out_of_service[bdf] = f"{ladder.REBOOT_REQUIRED}: nothing brought it back after cycle {base['cycle']}"
+                self._take_out(bdf, ladder.REBOOT_REQUIRED, f"nothing brought it back after cycle {base['cycle']}")
         return CycleResult(outcome=FAILED, duration_s=duration, findings=findings, checks=checks, events=events,
                            ladder=rungs, recovered_by=recovered_by, **base)
 

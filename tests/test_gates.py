@@ -29,7 +29,7 @@ def _by_name(results):
     ({"retired_pages_sbe": 40, "retired_pages_dbe": 15}, "retired_pages", PASS),
     ({"retired_pages_pending": True}, "retirement_pending", FAIL),
     ({"remapped_rows_pending": True}, "row_remap", FAIL),
-    ({"remapped_rows_failure": True}, "row_remap", FAIL),
+    ({"remapped_rows_failure": True}, "row_remap_failure", FAIL),
     ({"remapped_rows_uncorrectable": 512}, "row_remap", WARN),
     ({"remapped_rows_uncorrectable": 511}, "row_remap", PASS),
     ({"ecc_uncorrected_volatile": 1}, "ecc_dbe_volatile", FAIL),

@@ -162,11 +162,13 @@ def test_hardware_investigation_for_xid_79_msix_a_degraded_link_remap_failure_or
     msix = KernelEvent("msix_failed", "NVRM: GPU 0000:18:00.0: Failed to enable MSI-X.", pci="0000:18:00.0")
     narrow = Check("link_width", "fail", "link x8, expected x16", expected=16, actual=8)
     slow = Check("link_speed", "fail", "link 16.0 GT/s PCIe under load, expected 32.0 GT/s PCIe", expected=32.0, actual=16.0)
-    remap = Check("gate_row_remap", "fail", "remapped_rows_failure: a row remap failure")
+    remap = Check("gate_row_remap_failure", "fail", "row remap failure: the GPU could not remap a row")
     for r in (_r("failed", events=[xid79], recovered_by="flr"), _r("failed", events=[msix], recovered_by="flr"),
               _r("failed", checks=[narrow], findings=[Finding("link_width", "x8")], recovered_by="rebind"),
               _r("failed", checks=[slow], findings=[Finding("link_speed", "16.0")], recovered_by="rebind"),
-              _r("failed", checks=[remap], findings=[Finding("gate_row_remap", "failure")])):
+              _r("failed", checks=[remap], findings=[Finding("gate_row_remap_failure", "x")]),
+              _r("skipped", findings=[Finding("health_gate", "health_gate: row_remap_failure: ..."),
+                                      Finding("gate_row_remap_failure", "row remap failure")])):
         assert score.reliability(CLEAN + [r])[0] == score.HARDWARE
     again = _r("failed", findings=[Finding("recovery_timeout", "x")], recovered_by="flr", load=OK, post_check=OK)
     assert score.reliability(LOADED + [again], before="quarantine")[0] == score.HARDWARE

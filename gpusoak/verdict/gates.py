@@ -85,10 +85,13 @@ def evaluate(now: Reading, before: Reading | None = None, limits: GateLimits = G
         else (PASS, f"{sbe} SBE + {dbe} DBE retired pages")))
     static("retirement_pending", ("retired_pages_pending",), lambda p: (
         (FAIL, "page retirement pending: a reset or reboot is needed") if p else (PASS, "none pending")))
-    static("row_remap", ("remapped_rows_pending", "remapped_rows_failure", "remapped_rows_uncorrectable"),
-           lambda pending, failure, unc: (
-               (FAIL, "row remap failure") if failure
-               else (FAIL, "row remap pending: a reset is needed to remap") if pending
+    # A remap that failed is the memory's fault (hardware-investigation, score.reliability reads the
+    # gate's name); one pending only needs the reset the soak makes.
+    static("row_remap_failure", ("remapped_rows_failure",), lambda failure: (
+        (FAIL, "row remap failure: the GPU could not remap a row") if failure else (PASS, "no row remap failure")))
+    static("row_remap", ("remapped_rows_pending", "remapped_rows_uncorrectable"),
+           lambda pending, unc: (
+               (FAIL, "row remap pending: a reset is needed to remap") if pending
                else (WARN, f"{unc} uncorrectable remapped rows (warn at {limits.remapped_uncorrectable_warn})")
                if unc >= limits.remapped_uncorrectable_warn
                else (PASS, f"{unc} uncorrectable remapped rows")))

@@ -203,6 +203,7 @@ KEEP_QUARANTINED = "keep_quarantined"
 CLASS_DECISION = {CHURN_SAFE: ADMIT, LONG_JOBS_ONLY: ADMIT_LONG_JOBS_ONLY, UNPROVEN: RETEST,
                   QUARANTINE_CLASS: QUARANTINE, HARDWARE: QUARANTINE, REBOOT_CLASS: REBOOT_REQUIRED}
 FIRST_RUNG = "flr"  # ladder.RUNGS[0]
+ROW_REMAP_FAILURE = "gate_row_remap_failure"  # the health gate's (verdict/gates.py) check and finding
 SUSPECT_EVENTS = {"msix_failed": "MSI-X failure", "fell_off_bus": "fell off the bus"}
 # The one fatal event (events.FATAL_KINDS) that says only that a reset did not finish in time:
 # after an FLR, drivers/pci/pci.c pcie_flr -> pci_dev_wait polls the function's Command register
@@ -321,10 +322,9 @@ def _hardware(results: Sequence[CycleResult], bad: list[CycleResult], before: st
         for c in r.checks:
             if c.name in ("link_width", "link_speed") and c.status == "fail" and _degraded(c):
                 hardware.append(f"link degraded after {r.action} cycle {r.cycle}: {c.detail}")
-            if c.name == "gate_row_remap" and c.status == "fail" and "failure" in c.detail:
+            if c.name == ROW_REMAP_FAILURE and c.status == "fail":
                 hardware.append(f"row remap failure: {c.detail}")
-        if r.reason == "health_gate" and "row_remap" in " ".join(f.detail for f in r.findings) \
-                and "failure" in " ".join(f.detail for f in r.findings):
+        if r.reason == "health_gate" and any(f.reason == ROW_REMAP_FAILURE for f in r.findings):
             hardware.append("row remap failure at the baseline gate")
     if bad and before in (QUARANTINE_CLASS, HARDWARE, REBOOT_CLASS):
         hardware.append(f"fails again after a reboot (it was {before})")
