@@ -82,8 +82,9 @@ def apply(v: Verdict, cov: Coverage | None) -> Verdict:
                                 reliability_reasons=(f"{GPU_MISSING}: {why}",)) for bdf in cov.missing)
         decision = v.decision if v.decision in (REBOOT_REQUIRED, KEEP_QUARANTINED) else (
             KEEP_QUARANTINED if v.decided_by == "readmission" else QUARANTINE)
-        evidence = tuple(f"{b} {GPU_MISSING}: {why}" for b in cov.missing) + tuple(
-            e for e in v.evidence if not e.startswith("all "))
+        # A plain admit's evidence says every GPU recovered, which a missing one makes untrue.
+        kept = () if v.decision == ADMIT else v.evidence
+        evidence = tuple(f"{b} {GPU_MISSING}: {why}" for b in cov.missing) + kept
         reliability = HARDWARE if v.reliability != REBOOT_CLASS else v.reliability
         return replace(v, gpus=v.gpus + lost, decision=decision, evidence=evidence, reliability=reliability)
     if cov.untested and v.decision in ADMITTING:
