@@ -2,8 +2,9 @@
 
 The last line printed is the verdict document (gpusoak/load/protocol.py): ``verdict`` and
 ``exit``. Exit status: 0 every result checked out; 10 a wrong product or a corrupted word; 11 a bad
-option; 12 cupy is missing (the message names the extra to install); 13 the GPU failed or was lost
-mid-load. None is one Python gives on its own (1 for an uncaught exception, 2 for argparse's).
+option; 12 unavailable: cupy is missing (the message names the extra to install), or the CUDA
+stack could not give a device or failed for a reason that does not say the GPU is lost; 13 the GPU
+failed or was lost. None is one Python gives on its own (1 for an uncaught exception, 2 for argparse's).
 """
 
 from __future__ import annotations
@@ -61,9 +62,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         xp, sync, total, oom, kernels = _setup(args, bdf, doc)
     except Exception as err:  # noqa: BLE001 - every way of not getting a device is reported, not raised
-        from gpusoak.load.device import CupyMissing
-        code = NO_CUPY if isinstance(err, CupyMissing) else GPU
-        return _verdict({**doc, "error": f"{type(err).__name__}: {err}"}, code)
+        return _verdict({**doc, "error": f"{type(err).__name__}: {err}"}, _setup_verdict(err))
     corrupt = _corruptor(args.inject_corruption)
     try:
         doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
@@ -73,11 +72,24 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                          corrupt=corrupt, fill=fill, count=count))
     except Exception as err:  # noqa: BLE001
         from gpusoak.load.device import lost
-        doc["error"] = f"{'GPU lost mid-load' if lost(err) else 'load failed'}: {type(err).__name__}: {err}"
-        return _verdict(doc, GPU)
+        gone = lost(err)
+        doc["error"] = f"{'GPU lost mid-load' if gone else 'load failed'}: {type(err).__name__}: {err}"
+        # Only an error that says the GPU is gone is the GPU's; any other (a cupy or driver stack
+        # problem, a bug in this code) is gpusoak's own failure: it has not looked.
+        return _verdict(doc, GPU if gone else NO_CUPY)
     wrong = sum(g["mismatches"] + g["exact_mismatches"] for g in doc["gemm"]) + doc["vram"]["mismatched_words"]
     doc["ok"] = wrong == 0
     return _verdict(doc, OK if wrong == 0 else WRONG)
+
+
+def _setup_verdict(err: BaseException) -> str:
+    """Why no device could be had: the GPU's failure only when CUDA says the GPU is lost. A CUDA
+    runtime newer than the driver (cudaErrorInsufficientDriver), NVRTC missing, no device visible
+    under CUDA_VISIBLE_DEVICES (cudaErrorNoDevice) or cupy missing is the install's: unavailable,
+    which refuses the cycle instead of failing the GPU."""
+    from gpusoak.load.device import lost
+
+    return GPU if lost(err) and "cudaErrorNoDevice" not in str(err) else NO_CUPY
 
 
 def _setup(args, bdf: PciAddress, doc: dict):

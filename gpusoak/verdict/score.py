@@ -260,7 +260,7 @@ def _could_not_look(ev: _Evidence) -> tuple[str, ...]:
     if not ev.bad and blind:
         return (f"{len(blind)} cycle(s) a check could not look at ({blind[0].reason}): "
                 "what could not be looked at has not passed",)
-    return tuple(_unchecked(ev.results)) if ev.bad else ()
+    return tuple(_unchecked(ev.results) + _unbounded(ev.results, ev.bad, ev.rules)) if ev.bad else ()
 
 
 def _for_long_jobs(ev: _Evidence) -> tuple[str, ...]:
@@ -347,6 +347,10 @@ def _serious(results: Sequence[CycleResult]) -> list[str]:
             out.append(f"{where}: {r.reason}")  # no ladder judged it (none ran, or the failure came late)
         elif beyond := _beyond_reset_path(r):
             out.append(f"{where}: fatal event {beyond}")
+        elif not _did_not_finish(r):
+            # The field's long-jobs GPU is one whose reset did not finish ("giving up"); a GPU that
+            # came back and dropped again, that NVML calls lost, or that never rebound is not it.
+            out.append(f"{where}: {r.reason}, not a reset that did not finish, though {FIRST_RUNG} brought it back")
         elif any(f.reason.startswith(("gate_", "post_check", "load")) for f in r.findings):
             out.append(f"{where}: {r.reason}")
         elif after is not None and (wrong := _gpu_fault(after)):
@@ -358,7 +362,12 @@ def _serious(results: Sequence[CycleResult]) -> list[str]:
 def cured_at_first_rung(r: CycleResult) -> bool:
     """A failed cycle of the long-jobs-only kind: a reset that did not finish, brought back by the
     ladder's first rung, with no other fatal event (its load checks are judged at the end)."""
-    return r.outcome == FAILED and r.recovered_by == FIRST_RUNG and not _beyond_reset_path(r)
+    return r.outcome == FAILED and r.recovered_by == FIRST_RUNG and _did_not_finish(r) and not _beyond_reset_path(r)
+
+
+def _did_not_finish(r: CycleResult) -> bool:
+    """The cycle's reset did not finish: the kernel's "not ready ...; giving up" is among its findings."""
+    return any(f.reason in RESET_PATH_EVENTS for f in r.findings)
 
 
 def rate_bounded(failures: int, attempts: int, rules: Rules = Rules()) -> bool:
@@ -379,15 +388,23 @@ def _beyond_reset_path(r: CycleResult) -> str:
 
 
 def _too_often(results: Sequence[CycleResult], bad: list[CycleResult], rules: Rules) -> list[str]:
-    """Actions whose failure rate the cycles cannot bound below ``rules.max_failure_upper``: a GPU
-    that fails that often (or was not cycled enough to say otherwise) is not admitted even for long
-    jobs, however its retries went."""
+    """Actions whose failure rate is surely at or above ``rules.max_failure_upper`` (its Wilson 95 %
+    lower bound is): a GPU that fails that often is not admitted even for long jobs, however its
+    retries went."""
     out = []
-    for action, failed, attempts, upper in _rates(results, bad):
-        if upper >= rules.max_failure_upper:
-            out.append(f"{action}: {failed} of {attempts} attempted cycles failed; the failure rate may be as high as "
-                       f"{upper:.1%} (Wilson 95 % upper bound), not below {rules.max_failure_upper:.0%}")
+    for action, failed, attempts, _ in _rates(results, bad):
+        if (low := wilson_lower_bound(failed, attempts)) >= rules.max_failure_upper:
+            out.append(f"{action}: {failed} of {attempts} attempted cycles failed; the failure rate is at least "
+                       f"{low:.1%} (Wilson 95 % lower bound), not below {rules.max_failure_upper:.0%}")
     return out
+
+
+def _unbounded(results: Sequence[CycleResult], bad: list[CycleResult], rules: Rules) -> list[str]:
+    """Actions whose failure rate the cycles can bound neither below nor above the long-jobs limit:
+    too few cycles to say (more would; the sequence cycles on for it where it can)."""
+    return [f"{action}: {failed} of {attempts} attempted cycles failed; the failure rate may be up to {upper:.1%} "
+            f"(Wilson 95 % upper bound): too few cycles to bound it below {rules.max_failure_upper:.0%}"
+            for action, failed, attempts, upper in _rates(results, bad) if upper >= rules.max_failure_upper]
 
 
 def _rates(results: Sequence[CycleResult], bad: list[CycleResult]) -> list[tuple[str, int, int, float]]:

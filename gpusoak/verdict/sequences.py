@@ -135,7 +135,7 @@ class Sequence:
                 and not self.carried_counts[1]:
             # Unreliable for churn, but each failure so far a reset the first rung cured: cycle on
             # until the rate is bounded below or above the long-jobs limit (score.rate_bounded).
-            if score.rate_bounded(self.failures, self.attempts + self.carried_counts[0]):
+            if score.rate_bounded(self.failures, self.attempts):  # this run's cycles, as the verdict counts them
                 self.stopped = "bounded"
             elif capped:
                 self.stopped = "cap"

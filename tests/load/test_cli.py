@@ -57,3 +57,17 @@ def test_the_gpu_path_on_a_gpu():
     code, doc = load("--bdf", bus_id[-12:] if len(bus_id) > 12 else bus_id, "--seconds", "2", "--fraction", "0.2",
                      "--gemm-size", "4096")  # pragma: no cover
     assert code == 0 and doc["device"] == "cuda:0" and doc["gemm"][1]["tflops"] > 1  # pragma: no cover
+
+
+def test_a_cuda_stack_that_cannot_give_a_device_is_unavailable_not_the_gpus_failure():
+    # A cupy built for a newer CUDA than the driver, NVRTC missing, or no device visible: gpusoak's
+    # install, not the GPU (unavailable refuses the cycle); only "the GPU is lost" fails it.
+    from gpusoak.load import protocol
+    from gpusoak.load.__main__ import _setup_verdict
+
+    for text in ("cudaErrorInsufficientDriver: CUDA driver version is insufficient",
+                 "NVRTC_ERROR: libnvrtc.so.12: cannot open shared object file",
+                 "cudaErrorNoDevice: no CUDA-capable device is detected"):
+        assert _setup_verdict(RuntimeError(text)) == protocol.UNAVAILABLE, text
+    assert _setup_verdict(RuntimeError("cudaErrorDevicesUnavailable: all CUDA-capable devices are busy or "
+                                       "unavailable")) == protocol.GPU_FAILED
