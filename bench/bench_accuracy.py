@@ -9,15 +9,16 @@ profile on each node exactly as a user does (`gpusoak run --profile acceptance`,
 post-check of a real node), on FLR, the one action every fault mode acts on. Then it compares each
 GPU's reliability class with its truth:
 
-- **unsafe admit**: a GPU failing at a rate at or above the sequential test's p1 (2 %), or with a
-  sticky fault (one that leaves the GPU needing a reboot), classed `churn-safe`; or a sticky one
-  classed `long-jobs-only`. Target: at most the test's beta (5 %) for the rate faults, with its
-  95 % interval, and none for the sticky faults.
+- **unsafe admit**: a GPU failing at a rate at or above the sequential test's p1 (2 %), classed
+  `churn-safe` (whether or not its fault showed in the run: how often it does not is the test's
+  power). Target: at most the test's beta (5 %), with its 95 % interval.
+- **sticky admitted**: a GPU whose sticky fault (one that leaves it needing a reboot) showed in
+  the run, admitted even for long jobs (`churn-safe` or `long-jobs-only`). Target: none.
 - **false quarantine**: a healthy GPU classed `quarantine`, `hardware-investigation` or
   `reboot-required`. Target: at most the test's alpha (5 %), with its 95 % interval.
 
-GPUs whose rate lies between p0 and p1 (0.05 % to 2 %) are the test's zone of indifference: they
-are reported apart and counted in neither number. Prints the confusion matrix of true class
+GPUs whose rate lies between p0 and p1 (0.05 % to 2 %), sticky or not, are the test's zone of
+indifference: they are reported apart and counted in no number. Prints the confusion matrix of true class
 against given class, the two numbers with Wilson 95 % intervals, and the run time.
 """
 
@@ -76,12 +77,13 @@ class Drawn:
 
     @property
     def truth(self) -> str:
-        """healthy, indifferent (p0 < p < p1), rate (p >= p1, it can come back), or sticky."""
+        """healthy, indifferent (p0 < p < p1: no test need tell it apart), rate (p >= p1, it can
+        come back), or sticky (p >= p1, it needs a reboot once it happens)."""
         if self.p is None:
             return "healthy"
-        if self.sticky:
-            return "sticky"
-        return "rate" if self.p >= P1 else "indifferent"
+        if self.p < P1:
+            return "indifferent"
+        return "sticky" if self.sticky else "rate"
 
 
 def draw(rng: random.Random, n: int) -> list[Drawn]:
@@ -115,8 +117,10 @@ def run_node(index: int, seed: int, gpus: list[Drawn], work: Path) -> list[tuple
                           capture_output=True, text=True, check=False)
     if done.returncode != 0 or not (out / "result.json").is_file():
         raise RuntimeError(f"node {index}: gpusoak run exited {done.returncode}: {done.stderr[-1500:]}")
-    classes = {g["bdf"]: g["reliability"]["class"] for g in json.loads((out / "result.json").read_text())["gpus"]}
-    return [(g, classes[bdf]) for bdf, g in zip(BDFS, gpus, strict=False)]
+    doc = json.loads((out / "result.json").read_text())
+    classes = {g["bdf"]: g["reliability"]["class"] for g in doc["gpus"]}
+    failed = {g["bdf"]: sum(a["attempts"] - a["successes"] for a in g["actions"].values()) for g in doc["gpus"]}
+    return [(g, classes[bdf], failed[bdf]) for bdf, g in zip(BDFS, gpus, strict=False)]
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -128,26 +132,32 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return low, high
 
 
-def summarise(results: list[tuple[Drawn, str]]) -> dict:
+def summarise(results: list[tuple[Drawn, str, int]]) -> dict:
+    """``results``: each GPU's truth, given class, and failed cycles in its run."""
     matrix: dict[str, Counter] = {}
-    for g, given in results:
+    for g, given, _ in results:
         key = g.truth if g.truth != "rate" else ("rate, first rung cures" if g.profile == "flaky-flr" else "rate")
         matrix.setdefault(key, Counter())[given] += 1
-    rate = [(g, c) for g, c in results if g.truth == "rate"]
-    sticky = [(g, c) for g, c in results if g.truth == "sticky"]
-    healthy = [(g, c) for g, c in results if g.truth == "healthy"]
-    unsafe_rate = sum(c == CHURN_SAFE for _, c in rate)
-    unsafe_sticky = sum(c in (CHURN_SAFE, LONG_JOBS_ONLY) for _, c in sticky)
+    bad = [(g, c, n) for g, c, n in results if g.truth in ("rate", "sticky")]
+    healthy = [(g, c) for g, c, _ in results if g.truth == "healthy"]
+    # Unsafe: classed churn-safe though failing at p1 or more (a fault the run never saw counts: the
+    # test's power is what is measured), or a sticky fault the run saw admitted even for long jobs.
+    unsafe = sum(c == CHURN_SAFE for _, c, _ in bad)
+    unseen = sum(c == CHURN_SAFE and n == 0 for _, c, n in bad)
+    sticky_seen = [(c, n) for g, c, n in bad if g.truth == "sticky" and n > 0]
+    sticky_admitted = sum(c in (CHURN_SAFE, LONG_JOBS_ONLY) for c, _ in sticky_seen)
     false_q = sum(c in BAD_CLASSES for _, c in healthy)
     return {
         "gpus": len(results),
         "matrix": {k: dict(v) for k, v in sorted(matrix.items())},
-        "unsafe_admits_rate": {"count": unsafe_rate, "of": len(rate), "interval": wilson(unsafe_rate, len(rate)),
-                               "target": BETA},
-        "unsafe_admits_sticky": {"count": unsafe_sticky, "of": len(sticky), "target": 0},
+        "unsafe_admits_rate": {"count": unsafe, "of": len(bad), "interval": wilson(unsafe, len(bad)),
+                               "target": BETA, "never_failed_in_the_run": unseen},
+        "unsafe_admits_sticky": {"count": sticky_admitted, "of": len(sticky_seen), "target": 0},
         "false_quarantines": {"count": false_q, "of": len(healthy), "interval": wilson(false_q, len(healthy)),
                               "target": ALPHA},
-        "indifferent": dict(Counter(c for g, c in results if g.truth == "indifferent")),
+        "indifferent": dict(Counter(c for g, c, _ in results if g.truth == "indifferent")),
+        "per_gpu": [{"profile": g.profile, "p": g.p, "truth": g.truth, "class": c, "failed_cycles": n}
+                    for g, c, n in results],
     }
 
 
@@ -156,7 +166,7 @@ def gross_errors(summary: dict) -> list[str]:
     (the upper end of its interval can exceed the target on 20 GPUs; the lower end must not)."""
     out = []
     if summary["unsafe_admits_sticky"]["count"]:
-        out.append(f"sticky faults admitted: {summary['unsafe_admits_sticky']}")
+        out.append(f"sticky faults seen and admitted: {summary['unsafe_admits_sticky']}")
     for key in ("unsafe_admits_rate", "false_quarantines"):
         s = summary[key]
         if s["of"] and s["interval"][0] > s["target"]:
@@ -191,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("unsafe_admits_rate", "unsafe_admits_sticky", "false_quarantines"):
         s = summary[key]
         interval = f", 95 % interval {s['interval'][0]:.3f}-{s['interval'][1]:.3f}" if "interval" in s else ""
-        print(f"{key}: {s['count']} of {s['of']}{interval} (target <= {s['target']})")
+        seen = f"; {s['never_failed_in_the_run']} never failed in the run" if "never_failed_in_the_run" in s else ""
+        print(f"{key}: {s['count']} of {s['of']}{interval} (target <= {s['target']}){seen}")
     print(f"indifferent (p0 < p < p1, not counted): {summary['indifferent']}")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=1))
