@@ -54,6 +54,7 @@ RECOVERY_TIMEOUT = "recovery_timeout"
 UNSETTLED = "recovery_did_not_hold"  # every check passed, then one failed again inside the settle window
 PERSISTENCED = "nvidia-persistenced"
 CANNOT_LOOK = "cannot_look"  # a recovery check could not look: the cycle is inconclusive
+NO_POST_CHECK = "post_check_cannot_load"  # a post-check asked for on a GPU CUDA cannot use: not looked at
 LOAD_CHARGED = refusals.LOAD_CHARGED  # the load before this reset failed: the previous cycle's doing
 SELF_HELD = "gpusoak_holds_device"  # gpusoak's own process has an NVIDIA device file open: its bug, never the GPU's
 
@@ -178,7 +179,8 @@ class Soak:
         if (self.options.load_seconds > 0 or self.options.post_check_seconds > 0) and \
                 (fn.vendor != NVIDIA_VENDOR or fn.driver != "nvidia"):
             self.no_load[bdf] = (f"no load and no post-check: bound to {fn.driver or 'no driver'}, which CUDA "
-                                 "cannot use; the recovery is judged on sysfs (and NVML where it applies) alone")
+                                 "cannot use; without a post-check its cycles cannot pass "
+                                 "(--post-check-seconds 0 judges them on sysfs alone)")
         failed = [c for c in verify.compare(snap, snap) if c.status == verify.FAIL]
         # On an NVSwitch node, a GPU out of the fabric before any reset would fail every cycle for
         # what it already was (fabric_not_completed): it is not soaked, and says why.
@@ -582,8 +584,12 @@ class Soak:
 
     def post_check(self, bdf: PciAddress) -> tuple[dict | None, Finding | None, bool]:
         """(summary, what was wrong, whether that was gpusoak's own failure rather than the GPU's)."""
-        if self.options.post_check_seconds <= 0 or bdf in self.no_load:
+        if self.options.post_check_seconds <= 0:
             return None, None, False
+        if bdf in self.no_load:
+            # The post-check was asked for and cannot run: whether the GPU computes again was not
+            # looked at, so the cycle is inconclusive (--post-check-seconds 0 accepts sysfs alone).
+            return None, Finding(NO_POST_CHECK, self.no_load[bdf]), True
         summary = run_load(self.node, bdf, self.options.post_check_seconds, min(self.options.load_fraction, 0.5),
                            self._load_uuid(bdf))
         if summary.ok:

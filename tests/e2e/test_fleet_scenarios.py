@@ -118,6 +118,7 @@ def test_the_hgx_and_pcie_scenarios_give_each_gpu_its_class_for_its_own_reason(t
     assert "mig_enabled" in reasons["0000:2a:00.0"][0]
     assert "xid_119" in reasons["0000:5d:00.0"][0]
     assert any(w.startswith("no load and no post-check: bound to vfio-pci") for w in reasons["0000:17:00.0"][1])
+    assert "post_check_cannot_load" in reasons["0000:17:00.0"][0]
     assert "fabric_not_completed" in reasons["0000:9a:00.0"][0]
     assert "flr: 20/20" in reasons["0000:17:00.0"][0]  # the vfio-bound GPU was soaked
     assert "method_unsupported" in reasons["0000:31:00.0"][0]
