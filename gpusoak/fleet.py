@@ -286,8 +286,15 @@ def k8s_changes(rows: Iterable[Row]) -> list[Change]:
         cls = r.reliability or "inconclusive"
         why = f"reset class {cls}" + ("; for long jobs only: keep pods that churn GPUs off it with a node affinity "
                                       f"NotIn on {LABEL}" if r.decision == ADMIT_LONG_JOBS_ONLY else "")
-        out.append(Change(r.node, "k8s", "label", ("kubectl", "label", "node", r.node, f"{LABEL}={cls}", "--overwrite"),
-                          why, {"metadata": {"labels": {LABEL: cls}}}))
+        # Only a run that decides a class sets the label: a subset of the GPUs, a retest, or a
+        # readmission's three cycles (which prove no reliability) leave the one a full run set, so
+        # a long-jobs-only label keeps churn off the node across its reboots.
+        if r.decision in ("subset", "retest") or (r.decision == "admit" and r.decided_by == "readmission"):
+            out.append(Change(r.node, "k8s", "none", (), f"{r.decision}: the label {LABEL} stays as the last "
+                              "deciding run set it"))
+        else:
+            out.append(Change(r.node, "k8s", "label", ("kubectl", "label", "node", r.node, f"{LABEL}={cls}",
+                                                        "--overwrite"), why, {"metadata": {"labels": {LABEL: cls}}}))
         if r.decision in DRAIN:
             value = taint_value(r)
             out.append(Change(r.node, "k8s", "taint", ("kubectl", "taint", "node", r.node,

@@ -22,6 +22,7 @@ from typing import Any
 
 from gpusoak import journal
 from gpusoak.errors import UsageError
+from gpusoak.load.protocol import MAX_FRACTION
 from gpusoak.profile import parse_duration
 
 # Every cycle of a fixed-count run is a pytest test, made before the first one runs (about 2.5 KB
@@ -95,8 +96,8 @@ def _cycles(value: Any, given: Given) -> str | None:
 
 def _fraction(value: Any, given: Given) -> str | None:
     number = _number(value)
-    if number is None or not 0.0 < number <= 1.0:
-        return "must be a number above 0 and at most 1"
+    if number is None or not 0.0 < number <= MAX_FRACTION:
+        return f"must be a number above 0 and at most {MAX_FRACTION} (the load child's limit)"
     return None
 
 

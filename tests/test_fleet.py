@@ -93,7 +93,9 @@ def test_kubernetes_labels_every_node_and_taints_quarantine_with_the_patch_shown
     rows = [fleet.row_of(_result("gpu-7", "quarantine", "hardware-investigation", failures=1), "x"),
             fleet.row_of(_result("gpu-8", "admit", "inconclusive", decided_by="readmission"), "x")]
     changes = fleet.k8s_changes(rows)
-    label, taint, label8, untaint = changes
+    label, taint, kept8, untaint = changes
+    # A readmission's three cycles prove no reliability: the class a full run set stays on the node.
+    assert kept8.what == "none" and not kept8.argv
     assert label.argv == ("kubectl", "label", "node", "gpu-7", "gpusoak.io/reset-class=hardware-investigation", "--overwrite")
     assert label.patch == {"metadata": {"labels": {"gpusoak.io/reset-class": "hardware-investigation"}}}
     assert taint.argv[4] == "gpusoak.io/quarantine=hardware-investigation.0000-3a-00.0:NoSchedule"
@@ -153,3 +155,13 @@ def test_metrics_of_a_file_that_is_not_a_result_is_a_clear_error(tmp_path):
     bad.write_text(json.dumps({"node": {}, "gpus": [{"bdf": "x", "actions": {"flr": 3}}]}))
     done = gpusoak("metrics", bad)
     assert done.returncode == 2 and "is not a gpusoak result.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_subset_or_a_readmission_leaves_the_reset_class_label_a_full_run_set():
+    # Acceptance labelled the node long-jobs-only (the guard that keeps churn off it); a later run
+    # on one GPU, a retest, or the readmission after a reboot must not overwrite that label.
+    for decision, decided_by in (("subset", "acceptance"), ("retest", "acceptance"), ("admit", "readmission")):
+        row = fleet.row_of(_result("gpu-9", decision, "inconclusive", decided_by=decided_by), "x")
+        assert [c.what for c in fleet.k8s_changes([row]) if c.what == "label"] == [], decision
+    full = fleet.row_of(_result("gpu-9", "admit_long_jobs_only", "long-jobs-only"), "x")
+    assert [c.argv[4] for c in fleet.k8s_changes([full]) if c.what == "label"] == ["gpusoak.io/reset-class=long-jobs-only"]

@@ -18,8 +18,11 @@ args=(run --backend "$backend" --profile "${GPUSOAK_PROFILE:-acceptance}" --node
 # Resets on a real node happen only with GPUSOAK_DESTRUCTIVE=1 in the submitting environment
 # (gpusoak reads it); without it the run is read-only and every cycle says it was not authorised.
 mkdir -p "$out"
-"${GPUSOAK:-gpusoak}" "${args[@]}" "$@" > "$out/gpusoak.log" 2>&1
+started="$out/.gpusoak-task-started"
+: > "$started"
+"${GPUSOAK:-gpusoak}" "${args[@]}" "$@" >> "$out/gpusoak.log" 2>&1
 code=$?
-[ -f "$out/result.json" ] && exit 0
+# This run's result only: a refused run (exit 2, a folder that holds a run) leaves an earlier one.
+[ -f "$out/result.json" ] && [ "$out/result.json" -nt "$started" ] && exit 0
 echo "gpusoak on $node exited $code without a result; see $out/gpusoak.log" >&2
 exit "$code"

@@ -56,8 +56,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         bdf = PciAddress.parse(args.bdf)
     except GpusoakError as err:
         return _verdict({"error": str(err)}, USAGE)
-    if not 0.0 < args.fraction <= 0.98 or args.seconds < 0 or args.gemm_size < 16:
-        return _verdict({"error": "--fraction must be in (0, 0.98], --seconds >= 0, --gemm-size >= 16"}, USAGE)
+    if not 0.0 < args.fraction <= protocol.MAX_FRACTION or args.seconds < 0 or args.gemm_size < 16:
+        return _verdict({"error": f"--fraction must be in (0, {protocol.MAX_FRACTION}], --seconds >= 0, "
+                         "--gemm-size >= 16"}, USAGE)
     doc: dict[str, Any] = {"bdf": str(bdf), "array": args.array, "pid": os.getpid(), "started": time.time()}
     try:
         xp, sync, total, oom, kernels = _setup(args, bdf, doc)

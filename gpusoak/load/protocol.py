@@ -22,6 +22,9 @@ OK, WRONG, BAD_OPTION, UNAVAILABLE, GPU_FAILED = "ok", "wrong_result", "bad_opti
 # verdict: exit status (0, and 10 upwards: none of Python's own)
 EXIT = {OK: 0, WRONG: 10, BAD_OPTION: 11, UNAVAILABLE: 12, GPU_FAILED: 13}
 VERDICTS = tuple(EXIT)
+# The most of a GPU's free memory the load child fills: the CUDA context, cuBLAS's workspace and
+# the GEMM operands need the rest. The option table (gpusoak/options.py) and the child share it.
+MAX_FRACTION = 0.98
 # gpusoak could not load the GPU: never the GPU's failure.
 TOOL_ERRORS = frozenset({BAD_OPTION, UNAVAILABLE})
 

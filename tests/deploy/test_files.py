@@ -378,6 +378,25 @@ def test_a_requeued_slurm_task_starts_a_fresh_run_folder(tmp_path):
     assert len(set(folders)) == 3 and all(f.startswith(folders[0]) for f in folders)
 
 
+def test_a_refused_slurm_task_does_not_pass_off_an_earlier_result_as_its_own(tmp_path):
+    # The same run name submitted again: gpusoak refuses the folder (exit 2) and writes nothing;
+    # the earlier run's result.json is still there and must not read as this task's success.
+    stub = tmp_path / "gpusoak"
+    stub.write_text('#!/bin/sh\nwhile [ "$1" != --report-dir ]; do shift; done\n'
+                    'if [ -f "$2/result.json" ]; then echo "gpusoak: refused: the folder holds a run" >&2; exit 2; fi\n'
+                    'echo "{}" > "$2/result.json"\n')
+    stub.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "SLURMD_NODENAME": "node1", "GPUSOAK": str(stub),
+           "GPUSOAK_RESULTS": str(tmp_path / "results"), "GPUSOAK_RUN": "acceptance"}
+    task = str(DEPLOY / "slurm" / "gpusoak-task.sh")
+    first = subprocess.run(["bash", task], env=env, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(["bash", task], env=env, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 2 and "without a result" in again.stderr
+    log = (tmp_path / "results" / "acceptance" / "node1" / "gpusoak.log").read_text()
+    assert "refused" in log  # the log keeps both runs' output, the refusal after the first
+
+
 @pytest.mark.parametrize("which", ["acceptance", "nightly"])
 def test_each_pod_start_gets_a_run_folder_of_its_own(tmp_path, which):
     # A restarted pod (or the nightly pod restarted the same night) wrote into the folder of the run
