@@ -135,7 +135,10 @@ class Soak:
         self.node_name: str | None = None  # the node's name in Slurm or Kubernetes
         # Every NVIDIA GPU on the bus at the start, tested or not, and the inventory the node kept
         # from its previous run (gpusoak/inventory.py): what was not tested cannot admit.
-        self.found: list[PciAddress] = node.gpus()
+        # SR-IOV virtual functions (a vGPU host's) are left out: they exist only while sriov_numvfs
+        # says so, and are gone after every reboot until the service that makes them has run.
+        self.found: list[PciAddress] = [g for g in node.gpus()
+                                        if not (node.sysfs.devices_dir / str(g) / "physfn").exists()]
         self.previous_inventory: dict | None = None
 
         self.baselines: dict[PciAddress, Snapshot] = {}

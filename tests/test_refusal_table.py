@@ -31,6 +31,21 @@ def _recovered(action="flr", cycle=1):
 def test_every_refusal_reason_the_code_gives_has_its_meaning_in_the_table():
     assert sorted(set(EVERY_REFUSAL) - set(refusals.TABLE)) == []
     assert refusals.meaning("a reason nobody classed") == refusals.RETEST
+    # And the reasons the code defines, found in the action modules themselves (not a list kept
+    # here): every reason-like constant is in the table but sysfs file names and the names of
+    # checks and failures, which are no refusal.
+    import importlib
+    import pkgutil
+    import re
+
+    import gpusoak.actions as actions_pkg
+
+    not_refusals = {"driver_override", "remove", "reset", "reset_method", "bind_back_failed",
+                    "driver_override_mismatch", "fail", "pass", "mig_layout"}
+    modules = [importlib.import_module(f"gpusoak.actions.{m.name}") for m in pkgutil.iter_modules(actions_pkg.__path__)]
+    found = {v for mod in [*modules, mig] for k, v in vars(mod).items()
+             if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z][a-z_0-9]*", v)}
+    assert sorted(found - set(refusals.TABLE) - not_refusals) == []
 
 
 def test_the_sequence_and_the_gpu_class_read_the_same_table():
@@ -72,3 +87,13 @@ def test_a_profile_keeps_an_action_refused_for_the_moment_in_its_plan():
         assert supported_actions(hgx.node, gpus, ctx, ("flr", "bus_reset", "gpu_reset")) == ("gpu_reset",)
     finally:
         hgx.node.close()
+
+
+def test_the_reliability_class_reads_the_table_as_the_gpu_class_does():
+    # 20 clean flr cycles and a bus reset the slot's wiring rules out: class pass, and the
+    # reliability class of the same run churn-safe (it said "too few cycles" while the node was admitted).
+    results = [_recovered(cycle=c) for c in range(1, 21)] + [_refused(base.SHARED_DOMAIN, cycle=c) for c in (1, 2)]
+    assert score.classify_gpu("0000:9a:00.0", None, results).gpu_class == score.PASS
+    assert score.reliability(results)[0] == score.CHURN_SAFE
+    held = [_recovered(cycle=c) for c in range(1, 21)] + [_refused(base.HELD, cycle=c) for c in (1, 2)]
+    assert score.reliability(held)[0] == score.UNPROVEN

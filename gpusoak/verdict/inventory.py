@@ -77,7 +77,8 @@ def apply(v: Verdict, cov: Coverage | None) -> Verdict:
         return v
     if cov.missing:
         source = f" ({cov.previous_source})" if cov.previous_source else ""
-        why = f"in the node's inventory from its previous run{source}, not on the bus now"
+        why = (f"in the node's inventory from its previous run{source}, not on the bus now (taken out on "
+               "purpose: remove its entry from that file)")
         lost = tuple(GpuVerdict(bdf, None, FAIL, {}, (f"{GPU_MISSING}: {why}",), reliability=HARDWARE,
                                 reliability_reasons=(f"{GPU_MISSING}: {why}",)) for bdf in cov.missing)
         decision = v.decision if v.decision in (REBOOT_REQUIRED, KEEP_QUARANTINED) else (

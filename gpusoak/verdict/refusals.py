@@ -24,10 +24,11 @@ TABLE: dict[str, tuple[str, str]] = {
     "method_unsupported": (NOT_APPLICABLE, "the device or the kernel cannot reset it this way (a quirk, no FLR capability)"),
     "shared_reset_domain": (NOT_APPLICABLE, "the reset would also reset other devices: the slot's wiring"),
     "iommu_group": (NOT_APPLICABLE, "the IOMMU group holds other devices: the platform's grouping"),
-    "fabric_manager_needed": (NOT_APPLICABLE, "the NVSwitch fabric needs Fabric Manager for this reset"),
     "fabric_bypass": (NOT_APPLICABLE, "a sysfs reset on an NVSwitch node bypasses Fabric Manager; gpu_reset applies"),
     "fabric_service_running": (NOT_APPLICABLE, "Fabric Manager or IMEX runs, and gpusoak never stops them"),
     # This moment, this run's options, or gpusoak itself: the evidence is missing.
+    "fabric_manager_needed": (RETEST, "the NVSwitch fabric needs Fabric Manager for this reset, and it is not running"),
+    "nvlink_group": (RETEST, "an NVLink peer of the GPU could not be reset with it"),
     "not_root": (RETEST, "run as root"),
     "not_authorised": (RETEST, "the run was read-only: pass --destructive"),
     "held_by_process": (RETEST, "a process held the GPU"),

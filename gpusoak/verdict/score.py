@@ -273,7 +273,12 @@ def _churn_safe(ev: _Evidence) -> tuple[str, ...]:
         if applicable and all(o == "reliable" for o in applicable.values()):
             return tuple(f"{a}: reliable by the sequential test" for a in sorted(applicable))
         return ()
-    stats = [action_stats([r for r in ev.results if r.action == a]) for a in sorted({r.action for r in ev.results})]
+    # Without a sequential test, as classify_gpu: an action refused on every cycle for a reason of
+    # the hardware or the build does not apply (gpusoak/verdict/refusals.py).
+    applicable = sorted(a for a in {r.action for r in ev.results}
+                        if not all(r.outcome == REFUSED and refusals.rules_out(f.reason for f in r.findings)
+                                   for r in ev.results if r.action == a))
+    stats = [action_stats([r for r in ev.results if r.action == a]) for a in applicable]
     if stats and all(s.attempts > 0 and s.lower_bound >= ev.rules.min_lower_bound for s in stats):
         return (f"every action recovered every time, lower bound >= {ev.rules.min_lower_bound}",)
     return ()
