@@ -157,12 +157,12 @@ def read(path: Path | str) -> JournalContent:
             elif kind == "cycle":
                 results.append(CycleResult.from_dict(record))
             elif kind in ("restore", "resume", "services", "settings", "mig", "mig_mode_pending", "runtime_pm",
-                          "link_warning", AFTER_CYCLE):
+                          "link_warning", "inventory_warning", AFTER_CYCLE):
                 # what restore changed; a continued run's start (--resume); services stopped; settings
                 # and MIG layouts put back after a cycle; a pending MIG-mode change found before the
                 # first reset; what a cycle's window held after it was judged; runtime PM turned off;
                 # a link below capability seen under load before the first reset (the header has the
-                # idle ones)
+                # idle ones); the node's inventory could not be kept where it lives
                 notes.append({"type": kind, **record})
             else:
                 problems.append(f"line {number}: unknown record type {kind!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -192,11 +193,22 @@ class SoakRun:
         self.report_dir = Path(opt("gpusoak_report_dir") or config.rootpath / "reports" / self.run_id)
         self.journal_path = self.report_dir / "journal.jsonl"
         destructive = opt("gpusoak_destructive") or os.environ.get("GPUSOAK_DESTRUCTIVE") == "1"
-        inventory = opt("gpusoak_inventory") or (
-            inventory_file.DEFAULT_INVENTORY if opt("gpusoak_backend") == "real" and destructive else None)
+        inventory = opt("gpusoak_inventory")
+        self.inventory_warning: str | None = None
+        if inventory is None and opt("gpusoak_backend") == "real" and destructive:
+            # The default place: kept where it can be (a read-only root, an immutable OS cannot),
+            # and said so where it cannot; a path the user gave must be writable (the option check).
+            why = options_mod.writable_folder(inventory_file.DEFAULT_INVENTORY.parent)
+            if why is None:
+                inventory = inventory_file.DEFAULT_INVENTORY
+            else:
+                self.inventory_warning = (f"the node's GPU inventory is not kept ({why}): pass --inventory FILE on a "
+                                          "disk that outlives a reboot, so that a GPU lost in one fails the next run")
+                # Straight to the process's stderr: pytest captures output while it configures.
+                print(f"gpusoak: warning: {self.inventory_warning}", file=sys.__stderr__, flush=True)
         options_mod.validate(options_mod.Given(
             {**{name: opt("gpusoak_" + name.replace("-", "_")) for name in options_mod.NAMES},
-             "report-dir": self.report_dir, "inventory": inventory, "profile": opt("gpusoak_profile"),
+             "report-dir": self.report_dir, "inventory": opt("gpusoak_inventory"), "profile": opt("gpusoak_profile"),
              "backend": opt("gpusoak_backend")}, prefix="--gpusoak-"))
         self.done: set[tuple[str, int, str]] = set()  # (action, cycle, bdf) in the journal of a continued run
         self.inventory_path = Path(inventory) if inventory is not None else None
@@ -266,6 +278,8 @@ class SoakRun:
         self.soak.start(self.journal_path, self.report_dir / "state.json")
         if inventory_path is not None:
             self._keep_inventory(inventory_path)
+        elif self.inventory_warning and self.soak.journal is not None:
+            self.soak.journal.note({"type": "inventory_warning", "warning": self.inventory_warning})
         if resume:
             started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
             self.soak.journal.note({"type": "resume", "started_at": started, "cycles_before": len(self.done)})

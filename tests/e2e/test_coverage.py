@@ -110,3 +110,4 @@ def test_a_scenario_without_load_settings_loads_as_a_real_node_and_its_faults_sh
     evidence = {g["bdf"]: " ".join(g["evidence"]) for g in doc["gpus"]}
     assert "mismatch" in evidence["0000:2a:00.0"]
     assert doc["node"]["decision"] in ("quarantine", "reboot_required")
+

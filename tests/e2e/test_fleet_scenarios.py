@@ -120,7 +120,16 @@ def test_the_hgx_and_pcie_scenarios_give_each_gpu_its_class_for_its_own_reason(t
     assert any(w.startswith("no load and no post-check: bound to vfio-pci") for w in reasons["0000:17:00.0"][1])
     assert "post_check_cannot_load" in reasons["0000:17:00.0"][0]
     assert "fabric_not_completed" in reasons["0000:9a:00.0"][0]
-    assert "flr: 20/20" in reasons["0000:17:00.0"][0]  # the vfio-bound GPU was soaked
+    # The vfio-bound GPU was reset every cycle, and could not be shown to compute again: inconclusive.
+    assert "40 cycle(s) a check could not look at: post_check_cannot_load" in reasons["0000:17:00.0"][0]
     assert "method_unsupported" in reasons["0000:31:00.0"][0]
     assert "link_width" in reasons["0000:b1:00.0"][0]
     assert any("x8 before any reset" in w for w in reasons["0000:ca:00.0"][1])
+
+
+def test_a_vfio_bound_gpu_passes_on_sysfs_alone_only_when_the_post_check_is_turned_off(tmp_path):
+    done = gpusoak("run", "--backend", "sim:pcie-4gpu", "--gpus", "0000:17:00.0", "--actions", "flr", "--cycles", 16,
+                   "--post-check-seconds", 0, "--report-dir", tmp_path, "-q", "--sim-load", "in-process")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (gpu,) = json.loads((tmp_path / "result.json").read_text())["gpus"]
+    assert gpu["class"] == "pass" and gpu["actions"]["flr"]["successes"] == 16

@@ -144,6 +144,9 @@ def test_gpusoak_run_on_the_real_node_writes_the_same_reports(guest):
     cli = guest["summary"]["cli"]
     out = guest["out"] / "cli"
     assert cli["exit"] == 0, (guest["out"] / "cli.log").read_text()[-3000:]
+    # The guest's root is the host's, read-only: the node's inventory cannot be kept in its default
+    # place, and the run says so and goes on (an immutable OS on a real node is the same).
+    assert "the node's GPU inventory is not kept" in (guest["out"] / "cli.log").read_text()
     assert {"journal.jsonl", "result.json", "junit.xml", "report.html", "state.json"} <= set(cli["files"])
     result = json.loads((out / "result.json").read_text())
     assert result["run"]["backend"] == "real" and result["run"]["options"]["destructive"] is True
