@@ -61,31 +61,26 @@ class Rules:
     max_failure_upper: float = 0.10
 
 
-def wilson_lower_bound(successes: int, attempts: int, z: float = Z95) -> float:
-    """Lower end of the Wilson score interval for a binomial proportion (0.0 with no attempts)."""
-    if attempts <= 0:
-        return 0.0
-    if not 0 <= successes <= attempts:
-        raise ValueError(f"successes {successes} not within 0..{attempts}")
-    p = successes / attempts
-    z2 = z * z
-    centre = p + z2 / (2 * attempts)
-    spread = z * math.sqrt(p * (1 - p) / attempts + z2 / (4 * attempts * attempts))
-    return max(0.0, (centre - spread) / (1 + z2 / attempts))
-
-
-def wilson_upper_bound(count: int, attempts: int, z: float = Z95) -> float:
-    """Upper end of the Wilson score interval for the proportion count/attempts (1.0 with no
-    attempts): how high a failure rate the cycles cannot rule out."""
-    if attempts <= 0:
-        return 1.0
+def _wilson(count: int, attempts: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval (centre - spread, centre + spread) of count/attempts, unclipped."""
     if not 0 <= count <= attempts:
         raise ValueError(f"count {count} not within 0..{attempts}")
     p = count / attempts
     z2 = z * z
     centre = p + z2 / (2 * attempts)
     spread = z * math.sqrt(p * (1 - p) / attempts + z2 / (4 * attempts * attempts))
-    return min(1.0, (centre + spread) / (1 + z2 / attempts))
+    return (centre - spread) / (1 + z2 / attempts), (centre + spread) / (1 + z2 / attempts)
+
+
+def wilson_lower_bound(successes: int, attempts: int, z: float = Z95) -> float:
+    """Lower end of the Wilson score interval for a binomial proportion (0.0 with no attempts)."""
+    return 0.0 if attempts <= 0 else max(0.0, _wilson(successes, attempts, z)[0])
+
+
+def wilson_upper_bound(count: int, attempts: int, z: float = Z95) -> float:
+    """Upper end of the Wilson score interval for the proportion count/attempts (1.0 with no
+    attempts): how high a failure rate the cycles cannot rule out."""
+    return 1.0 if attempts <= 0 else min(1.0, _wilson(count, attempts, z)[1])
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
