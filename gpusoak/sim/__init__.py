@@ -6,6 +6,7 @@ folder; the production readers run over it unchanged.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -91,6 +92,8 @@ def open_sim_node(name_or_path: str | None = None, *, seed: int | None = None,
     )
     if owned:
         node._close.append(lambda: shutil.rmtree(root, ignore_errors=True))
+        # And at exit, for a node nobody closed: on /dev/shm a leftover tree holds memory.
+        atexit.register(shutil.rmtree, root, True)
     return SimNode(node, kernel, scenario, root)
 
 
