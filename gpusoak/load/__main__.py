@@ -14,11 +14,10 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 from gpusoak.errors import GpusoakError
-from gpusoak.load import checks, protocol
+from gpusoak.load import checks, peaks, protocol, telemetry
 from gpusoak.model import PciAddress
 
 OK, WRONG, USAGE, NO_CUPY, GPU = (protocol.OK, protocol.WRONG, protocol.BAD_OPTION, protocol.UNAVAILABLE,
@@ -28,17 +27,25 @@ OK, WRONG, USAGE, NO_CUPY, GPU = (protocol.OK, protocol.WRONG, protocol.BAD_OPTI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gpusoak.load", description=__doc__.split("\n\n")[0])
     p.add_argument("--bdf", required=True, help="the GPU's PCI address (DDDD:BB:DD.F)")
-    p.add_argument("--seconds", type=float, default=20.0, help="GEMM time per dtype (default 20)")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="the load's window: batches of every kind back to back until it ends (default 20)")
     p.add_argument("--fraction", type=float, default=0.9, help="share of free memory to fill (default 0.9)")
     p.add_argument("--array", choices=("cupy", "numpy"), default="cupy",
                    help="cupy on the GPU (default); numpy on the CPU, for tests and the simulated node")
-    p.add_argument("--gemm-size", type=int, default=8192, help="matrix size (default 8192; numpy: keep it small)")
+    p.add_argument("--gemm-size", type=int, default=None,
+                   help="matrix size (default: chosen from the device's memory and SM count, 8192 on a "
+                        "data-centre GPU; numpy: 256)")
     p.add_argument("--vram-bytes", type=int, default=None,
                    help="bytes to fill instead of a fraction of free memory (numpy needs it)")
     p.add_argument("--chunk-bytes", type=int, default=1 << 30, help="allocation chunk (default 1 GiB)")
     p.add_argument("--inject-corruption", type=int, default=0, metavar="WORDS",
                    help="flip WORDS words after writing, to prove detection (simulated node and tests)")
     p.add_argument("--sysfs-root", default="/sys", help="where to read the GPU's PCIe link under load (default /sys)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let float32 products use TF32 tensor cores (the check's bound widens to match)")
+    p.add_argument("--telemetry", choices=("auto", "nvml", "none"), default="auto",
+                   help="sample power, SM clock, temperature and utilisation through NVML while loading "
+                        "(auto: on the GPU path; the CPU path has no GPU to sample)")
     return p
 
 
@@ -56,21 +63,27 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         bdf = PciAddress.parse(args.bdf)
     except GpusoakError as err:
         return _verdict({"error": str(err)}, USAGE)
-    if not 0.0 < args.fraction <= protocol.MAX_FRACTION or args.seconds < 0 or args.gemm_size < 16:
+    if not 0.0 < args.fraction <= protocol.MAX_FRACTION or args.seconds < 0 or (args.gemm_size or 16) < 16:
         return _verdict({"error": f"--fraction must be in (0, {protocol.MAX_FRACTION}], --seconds >= 0, "
                          "--gemm-size >= 16"}, USAGE)
     doc: dict[str, Any] = {"bdf": str(bdf), "array": args.array, "pid": os.getpid(), "started": time.time()}
     try:
-        xp, sync, total, oom, kernels = _setup(args, bdf, doc)
+        be, size, total, kernels = _setup(args, bdf, doc)
     except Exception as err:  # noqa: BLE001 - every way of not getting a device is reported, not raised
         return _verdict({**doc, "error": f"{type(err).__name__}: {err}"}, _setup_verdict(err))
     corrupt = _corruptor(args.inject_corruption)
     try:
-        doc["gemm"] = [_gemm(xp, args, dtype, sync) for dtype in ("float32", "float16")]
-        doc["link"] = _link(args.sysfs_root, bdf)
-        fill, count = kernels
-        doc["vram"] = asdict(checks.vram(xp, total, min(args.chunk_bytes, max(total, 4)), sync, oom=oom,
-                                         corrupt=corrupt, fill=fill, count=count))
+        plan = checks.Plan(n=size, vram_bytes=total, chunk_bytes=min(args.chunk_bytes, max(total, 4)), tf32=args.tf32)
+        doc["plan"] = {"n": plan.n, "vram_bytes": plan.vram_bytes, "chunk_bytes": plan.chunk_bytes,
+                       "tf32": plan.tf32, "exact_k": {k.dtype: plan.k(k) for k in plan.kinds if k.exact}}
+        with _sampler(args, bdf) as sampler:
+            result = checks.window(be, plan, args.seconds, corrupt=corrupt, kernels=kernels)
+            doc["link"] = _link(args.sysfs_root, bdf)
+        doc.update(checks.figures(result))
+        doc["telemetry"] = sampler.summary()
+        tflops = {g.dtype + ("-tf32" if g.dtype == "float32" and plan.tf32 else ""): g.tflops
+                  for g in result.gemm if not g.exact}
+        doc["peak_share"] = peaks.shares(doc.get("name"), tflops, result.vram.fill_gbps if result.vram else None)
     except Exception as err:  # noqa: BLE001
         from gpusoak.load.device import lost
         gone = lost(err)
@@ -78,7 +91,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         # Only an error that says the GPU is gone is the GPU's; any other (a cupy or driver stack
         # problem, a bug in this code) is gpusoak's own failure: it has not looked.
         return _verdict(doc, GPU if gone else NO_CUPY)
-    wrong = sum(g["mismatches"] + g["exact_mismatches"] for g in doc["gemm"]) + doc["vram"]["mismatched_words"]
+    wrong = result.wrong
     doc["ok"] = wrong == 0
     return _verdict(doc, OK if wrong == 0 else WRONG)
 
@@ -94,24 +107,32 @@ def _setup_verdict(err: BaseException) -> str:
 
 
 def _setup(args, bdf: PciAddress, doc: dict):
+    """(backend, GEMM size, VRAM bytes, fused kernels or None) for the path asked."""
     if args.array == "numpy":
-        import numpy as np
-
         doc["device"] = "cpu (numpy)"
-        return np, lambda: None, args.vram_bytes or 64 << 20, (MemoryError,), (None, None)
+        return checks.HostBackend(), args.gemm_size or 256, args.vram_bytes or 64 << 20, None
     from gpusoak.load import device
 
+    if args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # read by cupy when it decides a float32 GEMM's compute type
     cp = device.cupy()
-    doc["device"] = f"cuda:{device.select(cp, bdf)}"
+    index = device.select(cp, bdf)
+    doc["device"] = f"cuda:{index}"
+    doc.update(device.device_facts(cp, index))
     free = device.free_bytes(cp)
-    total = args.vram_bytes or int(free * args.fraction)
+    size = args.gemm_size or checks.square_size(free, doc.get("sm_count"))
+    # The operands (about 22 n**2 bytes for every kind) come out of the share asked for.
+    total = args.vram_bytes or max(0, int(free * args.fraction) - 22 * size * size)
     doc["free_bytes"] = free
-    return cp, lambda: device.sync(cp), total, device.oom_errors(cp), device.pattern_kernels(cp)
+    return device.CudaBackend(cp), size, total, device.kernels(cp)
 
 
-def _gemm(xp, args, dtype: str, sync) -> dict:
-    r = checks.gemm(xp, args.gemm_size, dtype, args.seconds / 2, sync)
-    return {**asdict(r), "tflops": round(r.tflops, 3)}
+def _sampler(args, bdf: PciAddress) -> telemetry.Sampler:
+    if args.telemetry == "none" or (args.telemetry == "auto" and args.array == "numpy"):
+        why = "not asked (--telemetry none)" if args.telemetry == "none" else "the CPU load has no GPU to sample"
+        return telemetry.Sampler(None, bdf, why=why)
+    lib, why = telemetry.nvml_library()
+    return telemetry.Sampler(lib, bdf, why=why)
 
 
 def _link(root: str, bdf: PciAddress) -> dict:

@@ -49,16 +49,46 @@ def run_load(node: Node, bdf: PciAddress, seconds: float, fraction: float, uuid:
         said = f" (its last report said {doc.get('verdict')!r}, exit {doc.get('exit')})" if doc else ""
         return LoadSummary(result.returncode, refusal=CHILD_CRASHED,
                            error=f"gpusoak's load child exited {result.returncode} without its report{said}: {last}")
-    gemm = {g["dtype"]: g for g in doc.get("gemm", [])}
-    vram = doc.get("vram", {})
-    link = doc.get("link", {})
+    return summary_of(doc, result.returncode, verdict)
+
+
+def summary_of(doc: dict, returncode: int | None, verdict: str) -> LoadSummary:
+    """The soak's summary of a verified load document (its figures, flattened for the journal)."""
+    gemm = {g.get("kind"): g for g in doc.get("gemm", []) if isinstance(g, dict)}
+    vram, link, window = doc.get("vram") or {}, doc.get("link") or {}, doc.get("window") or {}
+    tele = doc.get("telemetry") or {}
+    shares = doc.get("peak_share") or {}
+
+    def reading(name: str, stat: str) -> float | None:
+        value = tele.get(name)
+        return value.get(stat) if isinstance(value, dict) else None
+
     return LoadSummary(
-        exit=result.returncode, verdict=verdict, pid=doc.get("pid"), error=doc.get("error"),
+        exit=returncode, verdict=verdict, pid=doc.get("pid"), error=doc.get("error"),
         tflops_fp32=gemm.get("float32", {}).get("tflops"), tflops_fp16=gemm.get("float16", {}).get("tflops"),
-        gemm_mismatches=sum(g.get("mismatches", 0) + g.get("exact_mismatches", 0) for g in gemm.values()),
+        tflops_bf16=gemm.get("bfloat16", {}).get("tflops"),
+        gemm_mismatches=sum(g.get("mismatches", 0) + g.get("freivalds_rows", 0) + g.get("freivalds_cols", 0)
+                            for g in gemm.values()),
         vram_bytes=vram.get("bytes_total", 0), mismatched_words=vram.get("mismatched_words", 0),
         backed_off=vram.get("backed_off", False), link_speed=link.get("current_speed"),
-        link_width=link.get("current_width"), link_error=link.get("error"))
+        link_width=link.get("current_width"), link_error=link.get("error"),
+        window_s=window.get("seconds"), busy_share=window.get("busy_share"),
+        vram_fill_gbps=vram.get("fill_gbps"), vram_passes=vram.get("passes"), first_bad=_first_bad(doc),
+        power_w_mean=reading("power_w", "mean"), power_w_max=reading("power_w", "max"),
+        sm_clock_mhz_min=reading("sm_clock_mhz", "min"), temperature_c_max=reading("temperature_c", "max"),
+        utilisation_pct_mean=reading("utilisation_pct", "mean"),
+        telemetry=tele.get("unavailable") or ("; ".join(f"{k}: {v}" for k, v in (tele.get("missing") or {}).items())
+                                              or None),
+        device_name=doc.get("name"), fp16_peak_share=shares.get("float16"))
+
+
+def _first_bad(doc: dict) -> str | None:
+    for g in doc.get("gemm", []):
+        if isinstance(g, dict) and g.get("first_bad"):
+            product, row, col = (list(g["first_bad"]) + [None, None, None])[:3]
+            return f"{g.get('kind')} product {product}: row {row}, column {col}"
+    word = (doc.get("vram") or {}).get("first_bad_word")
+    return None if word is None else f"VRAM word {word} (byte offset {4 * word:#x} in the load's allocation)"
 
 
 def _last_json(text: str) -> dict | None:

@@ -16,7 +16,8 @@ This module imports nothing heavy: the soak's side must never import cupy or num
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 OK, WRONG, BAD_OPTION, UNAVAILABLE, GPU_FAILED = "ok", "wrong_result", "bad_option", "unavailable", "gpu_failed"
 # verdict: exit status (0, and 10 upwards: none of Python's own)
@@ -57,6 +58,28 @@ class LoadSummary:
     link_speed: str | None = None  # current_link_speed the child read under load; None: no such file
     link_width: int | None = None
     link_error: str | None = None  # the child's link read failed (its errno)
+    # The window's figures (gpusoak/load/checks.py): work over the batches' device time, the
+    # share of the window the device was busy, and what NVML read meanwhile (None: not measured).
+    tflops_bf16: float | None = None
+    window_s: float | None = None
+    busy_share: float | None = None
+    vram_fill_gbps: float | None = None
+    vram_passes: float | None = None
+    first_bad: str | None = None  # where the first wrong element or word was
+    power_w_mean: float | None = None
+    power_w_max: float | None = None
+    sm_clock_mhz_min: float | None = None
+    temperature_c_max: float | None = None
+    utilisation_pct_mean: float | None = None
+    telemetry: str | None = None  # why NVML readings are missing, when they are
+    device_name: str | None = None
+    fp16_peak_share: float | None = None  # of the part's dense datasheet peak (gpusoak/load/peaks.py)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadSummary:
+        """From a journal record; keys another gpusoak version wrote and this one lacks are dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def ok(self) -> bool:
@@ -81,5 +104,6 @@ class LoadSummary:
     def detail(self) -> str:
         if self.error:
             return self.error
+        where = f"; first at {self.first_bad}" if self.first_bad else ""
         return (f"{self.gemm_mismatches} wrong product elements, {self.mismatched_words} mismatched words in "
-                f"{self.vram_bytes} bytes")
+                f"{self.vram_bytes} bytes{where}")

@@ -57,8 +57,43 @@ def summary(verdict: Verdict, *, run_id: str | None, backend: str | None, kernel
         "<h3>Per GPU and action</h3>"
         f'<table id="gpusoak-gpus" border="1" cellpadding="4" style="border-collapse:collapse">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"{load_table(results)}"
         "</div>"
     )
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def load_table(results: Sequence[CycleResult]) -> str:
+    """The load's figures per cycle (the load before the reset, the post-check after): what the
+    GPU went through just before each reset, and whether it still worked after."""
+    from gpusoak.report.result_json import load_figures
+
+    rows = []
+    for bdf in dict.fromkeys(r.bdf for r in results):
+        for f in load_figures(results, bdf):
+            power = "–" if f["power_w_mean"] is None else f"{f['power_w_mean']:.0f} / {f['power_w_max']:.0f}"
+            cells = [bdf, f["action"], f["cycle"], f["phase"].replace("_", "-"), f["verdict"] or "–",
+                     _num(f["window_s"], ".1f"), _num(f["busy_share"], ".0%"), _num(f["tflops_fp16"], ".4g"),
+                     _num(f["tflops_bf16"], ".4g"), _num(f["tflops_fp32"], ".4g"),
+                     _num(f["fp16_peak_share"], ".0%"), _num((f["vram_bytes"] or 0) / 2 ** 30, ".2f"),
+                     _num(f["vram_fill_gbps"], ".4g"), _num(f["vram_passes"], ".1f"), power,
+                     _num(f["sm_clock_mhz_min"], ".0f"), _num(f["temperature_c_max"], ".0f"),
+                     f["first_bad"] or (f"telemetry: {f['telemetry']}" if f["telemetry"] else "")]
+            rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in (
+        "GPU", "action", "cycle", "phase", "verdict", "window s", "busy", "fp16 TFLOP/s", "bf16 TFLOP/s",
+        "fp32 TFLOP/s", "fp16 of peak", "VRAM GiB", "fill GB/s", "VRAM passes", "power W mean / max",
+        "SM MHz min", "temp °C max", "notes"))
+    return ("<h3>Load per cycle</h3>"
+            "<p>Work over the time its batches took on the device (checks included); busy: that time "
+            "over the window's wall time; power, clock and temperature as NVML read them during the load.</p>"
+            '<table id="gpusoak-load" border="1" cellpadding="4" style="border-collapse:collapse">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 # -- pictures ------------------------------------------------------------------------------------

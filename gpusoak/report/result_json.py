@@ -17,9 +17,10 @@ from gpusoak.journal import JournalContent
 from gpusoak.model import FIRST_SEMANTICS, OUTCOMES, Verdict
 from gpusoak.verdict import inventory
 
-SCHEMA_VERSION = "1.3"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
+SCHEMA_VERSION = "1.4"  # 1.1 added: run.profile, node.reliability/labels, gpus[].reliability/sequences/aer_events
 # 1.2 added: run.actions_semantics, trends.not_compared; 1.3: inventory, node.decision subset and
-# admit_long_jobs_only (a profile's run whose worst GPU is long-jobs-only)
+# admit_long_jobs_only (a profile's run whose worst GPU is long-jobs-only); 1.4: gpus[].load, the
+# load's figures per cycle
 
 
 def schema() -> dict[str, Any]:
@@ -85,6 +86,8 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
                 # Below capability before any reset (an x8-wired slot, a BIOS-capped generation):
                 # the node's build, reported, never a failure (1.2, optional).
                 "warnings": list(warnings.get(g.bdf, [])),
+                # What each cycle's load and post-check achieved (1.4): gpusoak/load/checks.py.
+                "load": load_figures(content.results, g.bdf),
                 "actions": {
                     name: {
                         "attempts": s.attempts,
@@ -98,6 +101,26 @@ def build(content: JournalContent, verdict: Verdict) -> dict[str, Any]:
             for g in verdict.gpus
         ],
     }
+
+
+# The load's figures each cycle keeps (gpusoak/load/protocol.py LoadSummary), in this order.
+LOAD_FIGURES = ("verdict", "window_s", "busy_share", "tflops_fp16", "tflops_bf16", "tflops_fp32", "fp16_peak_share",
+                "vram_bytes", "vram_fill_gbps", "vram_passes", "power_w_mean", "power_w_max", "sm_clock_mhz_min",
+                "temperature_c_max", "utilisation_pct_mean", "telemetry", "first_bad", "device_name")
+
+
+def load_figures(results: Any, bdf: str) -> list[dict[str, Any]]:
+    """One row per load that ran for ``bdf``: the load before a cycle's reset and the post-check
+    after it."""
+    rows = []
+    for r in results:
+        if r.bdf != bdf:
+            continue
+        for phase, summary in (("load", r.load), ("post_check", r.post_check)):
+            if isinstance(summary, dict) and summary.get("exit") is not None:
+                rows.append({"action": r.action, "cycle": r.cycle, "phase": phase,
+                             **{k: summary.get(k) for k in LOAD_FIGURES}})
+    return rows
 
 
 def write(path: Path, document: dict[str, Any]) -> None:

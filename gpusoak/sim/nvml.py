@@ -36,6 +36,7 @@ HEALTH: dict[str, Any] = {
     "retired_pages_sbe": 0, "retired_pages_dbe": 0, "retired_pages_pending": False,
     "remapped_rows_correctable": 0, "remapped_rows_uncorrectable": 0, "remapped_rows_pending": False,
     "remapped_rows_failure": False, "clock_event_reasons": 0x1, "recovery_action": 0,
+    "sm_clock_mhz": 1980,
 }
 
 _GEN = {"2.5 GT/s PCIe": 1, "5.0 GT/s PCIe": 2, "8.0 GT/s PCIe": 3, "16.0 GT/s PCIe": 4,
@@ -238,6 +239,13 @@ class SimNvmlLib:
 
     def nvmlDeviceGetPowerUsage(self, h: SimHandle) -> int:
         return self._h(h, "power_mw")
+
+    def nvmlDeviceGetClockInfo(self, h: SimHandle, clock_type: int) -> int:
+        """nvml.h nvmlDeviceGetClockInfo: the current clock in MHz; only the SM clock (NVML_CLOCK_SM)
+        is modelled, any other type is NVML_ERROR_NOT_SUPPORTED here [U: which types a part has]."""
+        if clock_type != pynvml.NVML_CLOCK_SM:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self._h(h, "sm_clock_mhz")
 
     def nvmlDeviceGetPersistenceMode(self, h: SimHandle) -> int:
         return pynvml.NVML_FEATURE_ENABLED if self._h(h, "persistence_mode") else pynvml.NVML_FEATURE_DISABLED

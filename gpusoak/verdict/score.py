@@ -452,13 +452,13 @@ def _around(results: Sequence[CycleResult], i: int) -> tuple[dict | None, dict |
 
 def _gpu_fault(summary: dict) -> str:
     """What a load check found wrong with the GPU (a wrong result, a GPU error); "" if nothing."""
-    s = LoadSummary(**summary)
+    s = LoadSummary.from_dict(summary)
     return "" if s.ok or s.tool_error else s.reason("load_check")
 
 
 def _tool_fault(summary: dict) -> str:
     """Why gpusoak's own load child could not look (no UUID, a crash, no cupy); "" if it looked."""
-    s = LoadSummary(**summary)
+    s = LoadSummary.from_dict(summary)
     return s.reason("load_check") if s.tool_error else ""
 
 

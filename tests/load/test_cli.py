@@ -17,15 +17,22 @@ def load(*args):
 def test_numpy_run_passes_with_its_figures():
     code, doc = load("--bdf", "0000:18:00.0", *SMALL)
     assert code == 0 and doc["ok"] is True and doc["verdict"] == "ok" and doc["exit"] == 0 and doc["device"] == "cpu (numpy)"
-    assert [g["dtype"] for g in doc["gemm"]] == ["float32", "float16"]
-    assert all(g["tflops"] >= 0 and g["reps"] >= 1 for g in doc["gemm"])
+    assert [g["kind"] for g in doc["gemm"]] == ["float16", "float16-exact", "float32", "float32-exact"]
+    assert all(g["tflops"] > 0 and g["products"] >= 1 for g in doc["gemm"])
     assert doc["vram"]["bytes_total"] == 1048576 and doc["vram"]["mismatched_words"] == 0
+    assert doc["vram"]["passes"] >= 1 and doc["window"]["busy_share"] > 0 and doc["window"]["batches"] >= 5
+    assert set(doc["window"]["unavailable"]) == {"bfloat16", "bfloat16-exact"}  # numpy has none: said
+    assert doc["telemetry"] == {"unavailable": "the CPU load has no GPU to sample"} and doc["peak_share"] is None
+    assert doc["plan"]["exact_k"] == {"float16": 32, "bfloat16": 32, "float32": 32}
     assert isinstance(doc["pid"], int)
 
 
 def test_corruption_is_reported_and_fails():
     code, doc = load("--bdf", "0000:18:00.0", *SMALL, "--inject-corruption", "5")
-    assert code == 10 and doc["verdict"] == "wrong_result" and doc["ok"] is False and doc["vram"]["mismatched_words"] == 15
+    # Five words of the first chunk flipped after each write: caught at every read-back, at word 0.
+    v = doc["vram"]
+    assert code == 10 and doc["verdict"] == "wrong_result" and doc["ok"] is False
+    assert v["mismatched_words"] >= 5 and v["mismatched_words"] % 5 == 0 and v["first_bad_word"] == 0
 
 
 def test_missing_cupy_names_the_extras():
@@ -54,9 +61,11 @@ def test_the_gpu_path_on_a_gpu():
     if count == 0:  # pragma: no cover
         pytest.skip("no CUDA device")
     bus_id = cp.cuda.runtime.deviceGetPCIBusId(0).lower()  # pragma: no cover
-    code, doc = load("--bdf", bus_id[-12:] if len(bus_id) > 12 else bus_id, "--seconds", "2", "--fraction", "0.2",
-                     "--gemm-size", "4096")  # pragma: no cover
-    assert code == 0 and doc["device"] == "cuda:0" and doc["gemm"][1]["tflops"] > 1  # pragma: no cover
+    code, doc = load("--bdf", bus_id[-12:] if len(bus_id) > 12 else bus_id, "--seconds", "4",
+                     "--fraction", "0.2")  # pragma: no cover
+    fp16 = next(g for g in doc["gemm"] if g["kind"] == "float16")  # pragma: no cover
+    assert code == 0 and doc["device"] == "cuda:0" and fp16["tflops"] > 1  # pragma: no cover
+    assert doc["window"]["busy_share"] > 0.5 and doc["vram"]["passes"] >= 1  # pragma: no cover
 
 
 def test_a_cuda_stack_that_cannot_give_a_device_is_unavailable_not_the_gpus_failure():
