@@ -3,8 +3,9 @@
 Run on a GPU node:   python bench/bench_load.py --bdf 0000:18:00.0 [--seconds 30]
 Elsewhere it prints why it was skipped and exits 0. It loads only (no reset, no MIG or clock change).
 
-Targets (issue 5): fp16 GEMM >= 70 % of the dense fp16/bf16 tensor-core peak; VRAM fill >= 80 % of
-the memory bandwidth. Peaks are NVIDIA's datasheet figures for the SXM/PCIe parts named below.
+Targets (issue 15): the device busy >= 95 % of the window; fp16 GEMM >= 70 % of the dense fp16
+tensor-core peak; VRAM fill >= 80 % of the memory bandwidth. Peaks are NVIDIA's datasheet figures
+(gpusoak/load/peaks.py, with their sources). Prints the load's own document too (JSON, last line).
 """
 
 from __future__ import annotations
@@ -13,16 +14,11 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-# (dense fp16 tensor TFLOP/s, memory TB/s), from NVIDIA's H100, H200 and A100 datasheets.
-PEAKS = {
-    "NVIDIA H100 80GB HBM3": (989.4, 3.35),  # H100 SXM5
-    "NVIDIA H100 PCIe": (756.0, 2.0),
-    "NVIDIA H100 NVL": (835.0, 3.9),
-    "NVIDIA H200": (989.4, 4.8),  # H200 SXM
-    "NVIDIA A100-SXM4-80GB": (312.0, 2.039),
-    "NVIDIA A100 80GB PCIe": (312.0, 1.935),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpusoak.load import peaks  # noqa: E402
 
 
 def main() -> int:
@@ -45,19 +41,31 @@ def main() -> int:
     if done.returncode != 0:
         print(f"load failed (exit {done.returncode}): {doc.get('error') or doc}")
         return 1
-    fp16 = next(g for g in doc["gemm"] if g["dtype"] == "float16")
-    fp32 = next(g for g in doc["gemm"] if g["dtype"] == "float32")
-    vram = doc["vram"]
-    print(f"GPU: {name} at {args.bdf} ({doc['device']})")
-    print(f"fp32 GEMM: {fp32['tflops']:.1f} TFLOP/s; fp16 GEMM: {fp16['tflops']:.1f} TFLOP/s (n={fp16['n']})")
-    print(f"VRAM: {vram['bytes_total'] / 2**30:.1f} GiB checked, fill {vram['write_gbps']:.0f} GB/s, "
-          f"read-check {vram['read_gbps']:.0f} GB/s, mismatched words {vram['mismatched_words']}")
-    if name in PEAKS:
-        tflops, tbps = PEAKS[name]
-        print(f"fp16 share of dense peak {tflops} TFLOP/s: {fp16['tflops'] / tflops:.0%} (target >= 70%)")
-        print(f"fill share of {tbps} TB/s: {vram['write_gbps'] / (tbps * 1000):.0%} (target >= 80%)")
+    gemm = {g["kind"]: g for g in doc["gemm"]}
+    vram, window, tele = doc["vram"], doc["window"], doc.get("telemetry", {})
+    print(f"GPU: {name} at {args.bdf} ({doc['device']}, {doc.get('sm_count')} SMs, cc {doc.get('compute_capability')})")
+    print(f"window {window['seconds']:.1f} s, setup {window['setup_s']:.1f} s, {window['batches']} batches, "
+          f"busy {window['busy_share']:.1%} (target >= 95%); not run: {window['unavailable'] or 'none'}")
+    for kind, g in gemm.items():
+        print(f"  {kind:14} n={g['n']} k={g['k']}: {g['tflops']:.1f} TFLOP/s over {g['products']} products")
+    print(f"VRAM: {vram['bytes_total'] / 2**30:.1f} GiB kept full, {vram['passes']:.1f} passes, "
+          f"first fill {vram['fill_gbps']:.0f} GB/s, verify+rewrite {vram['gbps']:.0f} GB/s, "
+          f"mismatched words {vram['mismatched_words']}")
+    for reading in ("power_w", "sm_clock_mhz", "temperature_c", "utilisation_pct"):
+        if isinstance(tele.get(reading), dict):
+            r = tele[reading]
+            print(f"  {reading}: mean {r['mean']}, min {r['min']}, max {r['max']} ({r['samples']} samples)")
+    if "unavailable" in tele:
+        print(f"  telemetry unavailable: {tele['unavailable']}")
+    peak = peaks.peak_of(name)
+    if peak is not None:
+        fp16 = gemm.get("float16", {}).get("tflops", 0.0)
+        print(f"fp16 share of dense peak {peak.fp16_tflops} TFLOP/s: {fp16 / peak.fp16_tflops:.0%} (target >= 70%)"
+              + (f" [{peak.unconfirmed}]" if peak.unconfirmed else ""))
+        print(f"fill share of {peak.memory_gbps:.0f} GB/s: {vram['fill_gbps'] / peak.memory_gbps:.0%} (target >= 80%)")
     else:
-        print(f"no datasheet peak recorded for {name!r}: add it to PEAKS to get the shares")
+        print(f"no datasheet peak recorded for {name!r}: add it to gpusoak/load/peaks.py to get the shares")
+    print(json.dumps(doc))
     return 0
 
 
