@@ -9,7 +9,7 @@
 # look says why (no nvidia-smi, no PCI sysfs in a sandbox, no /dev/kmsg, no cupy) instead of
 # failing, and the script exits 0 unless gpusoak itself cannot be imported. Everything it saw is
 # written to OUT_DIR (default $OUT, else /tmp/gpusoak-smoke), one file per step, and summary.txt.
-# Under 10 minutes: each step has a deadline, the load runs 10 s per dtype.
+# Under 10 minutes: each step has a deadline, the load window is 10 s.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
