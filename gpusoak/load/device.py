@@ -123,7 +123,7 @@ class CudaBackend:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.stream.use()
         self.copies = cp.cuda.Stream(non_blocking=True)
-        self.name = "cuda"
+        self.name = f"cupy {getattr(cp, '__version__', '?')}: bfloat16 needs cupy 14 or later with ml_dtypes"
 
     def dtype(self, name: str) -> Any | None:
         if name == "bfloat16":
@@ -154,14 +154,17 @@ class CudaBackend:
 
 
 def _bfloat16(cp: Any) -> Any | None:
-    """bfloat16 where this cupy can multiply it (ml_dtypes' numpy dtype, which newer cupy accepts);
-    None otherwise, and the load says bf16 did not run and why."""
+    """bfloat16 where this cupy can multiply it and compile a kernel over it (cupy 14's "initial
+    support for bfloat16 via ml_dtypes.bfloat16", docs/source/upgrade.rst, which warns of compile
+    issues with CUDA 12.1); None otherwise, and the load says bf16 did not run and why."""
     try:
         import ml_dtypes
 
         dt = cp.dtype(ml_dtypes.bfloat16)
         probe = cp.ones((16, 16), dtype=dt)
         cp.matmul(probe, probe)
+        cp.ElementwiseKernel("T c, T c0", "bool d", "d = (float)c != (float)c0", "gpusoak_bf16_probe")(probe, probe)
+        cp.cuda.get_current_stream().synchronize()
         return dt
     except Exception:  # noqa: BLE001 - no ml_dtypes, or a cupy without bfloat16 support
         return None
